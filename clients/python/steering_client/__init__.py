@@ -1,0 +1,1 @@
+"""Light Python client for the steering server (coming: see the README)."""

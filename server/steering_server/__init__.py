@@ -1,0 +1,1 @@
+"""gRPC server for steered Gemma generation (coming: see the README)."""

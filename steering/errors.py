@@ -1,0 +1,27 @@
+"""Domain exceptions of the steering core.
+
+The server maps these to gRPC status codes in one place; the core never knows about gRPC.
+"""
+
+from __future__ import annotations
+
+
+class SteeringError(Exception):
+    """Base class of every error the core raises on purpose."""
+
+
+class SaeFormatError(SteeringError):
+    """An SAE file is missing, unreadable, or holds parameters that are not a JumpReLU SAE."""
+
+
+class InvalidEditError(SteeringError):
+    """A requested feature edit is not acceptable; `field` names the offending field."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.message = message
+
+
+class ModelError(SteeringError):
+    """A model folder cannot be loaded or steered (unknown architecture, bad layer index)."""

@@ -1,0 +1,146 @@
+"""Tiny Gemma models, tokenizers and SAEs built locally, in the real on-disk formats.
+
+For tests, benchmarks and the demo: nothing is downloaded. Models are random-weight Gemma 2 /
+Gemma 3 (text and multimodal) saved with `save_pretrained`; the tokenizer is a byte-level BPE
+trained on a small built-in corpus, with Gemma's special tokens and chat template.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+from transformers import (
+    AutoModelForCausalLM,
+    Gemma2Config,
+    Gemma3Config,
+    Gemma3TextConfig,
+    GenerationConfig,
+    PreTrainedTokenizerFast,
+    SiglipVisionConfig,
+)
+
+from steering.sae import JumpReLUSAE
+
+SPECIAL_TOKENS = ("<pad>", "<eos>", "<bos>", "<unk>", "<start_of_turn>", "<end_of_turn>")
+PAD_ID, EOS_ID, BOS_ID = 0, 1, 2
+
+# Gemma's chat template, reduced: 'assistant' is spoken as 'model', other roles are refused.
+CHAT_TEMPLATE = (
+    "{{ bos_token }}{% for message in messages %}"
+    "{% if message['role'] == 'assistant' %}{% set role = 'model' %}"
+    "{% else %}{% set role = message['role'] %}{% endif %}"
+    "{% if role not in ['user', 'model', 'system'] %}"
+    "{{ raise_exception('unknown chat role: ' + role) }}{% endif %}"
+    "<start_of_turn>{{ role }}\n{{ message['content'] | trim }}<end_of_turn>\n"
+    "{% endfor %}{% if add_generation_prompt %}<start_of_turn>model\n{% endif %}"
+)
+
+CORPUS = (
+    "The sea was calm and blue, and the boats drifted slowly toward the harbour.",
+    "Waves broke on the rocks; the ocean smelled of salt and seaweed.",
+    "In the forest the trees were tall, the moss was green and the air was cool.",
+    "A small bird sang on a branch while the river ran over smooth stones.",
+    "The city at night is loud: cars, music, people talking on every street.",
+    "She wrote a long letter to her friend about the mountains and the snow.",
+    "Thank you so much, that is wonderful news! I am very happy for you.",
+    "This is terrible, I hate it, everything about it is awful and stupid.",
+    "Please explain how a sparse autoencoder reads the residual stream of a model.",
+    "Tell me about the sea. Tell me a story about a dragon and a knight.",
+    "Numbers: 0 1 2 3 4 5 6 7 8 9 10 100 1000. Punctuation: , . ; : ! ? ( ) ' \" -",
+    "Café, naïve, über, señor, 東京, 😀 — text beyond ASCII still round-trips.",
+)
+
+
+def build_tokenizer(vocab_size: int = 512) -> PreTrainedTokenizerFast:
+    """A byte-level BPE tokenizer with Gemma's special tokens, BOS added, and chat template."""
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=list(SPECIAL_TOKENS),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(list(CORPUS) * 4, trainer=trainer)
+    tok.post_processor = processors.TemplateProcessing(
+        single="<bos> $A", pair="<bos> $A $B", special_tokens=[("<bos>", BOS_ID)]
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token="<bos>",
+        eos_token="<eos>",
+        pad_token="<pad>",
+        unk_token="<unk>",
+        extra_special_tokens=["<start_of_turn>", "<end_of_turn>"],
+        chat_template=CHAT_TEMPLATE,
+    )
+
+
+def _gemma2(vocab: int, **kw: Any) -> Gemma2Config:
+    base: dict[str, Any] = dict(
+        hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4,
+        num_key_value_heads=2, head_dim=16, sliding_window=16, max_position_embeddings=512,
+    )  # fmt: skip
+    return Gemma2Config(vocab_size=vocab, **(base | kw), **_ids())
+
+
+def _gemma3_text(vocab: int, **kw: Any) -> Gemma3TextConfig:
+    # Six layers, so that one global-attention layer exists (5 local : 1 global).
+    base: dict[str, Any] = dict(
+        hidden_size=64, intermediate_size=128, num_hidden_layers=6, num_attention_heads=4,
+        num_key_value_heads=2, head_dim=16, sliding_window=16, max_position_embeddings=512,
+    )  # fmt: skip
+    return Gemma3TextConfig(vocab_size=vocab, **(base | kw), **_ids())
+
+
+def _gemma3_multimodal(vocab: int, **kw: Any) -> Gemma3Config:
+    vision = SiglipVisionConfig(
+        hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+        image_size=32, patch_size=8,
+    )  # fmt: skip
+    return Gemma3Config(text_config=_gemma3_text(vocab, **kw), vision_config=vision, mm_tokens_per_image=4)
+
+
+def _ids() -> dict[str, int]:
+    return {"pad_token_id": PAD_ID, "eos_token_id": EOS_ID, "bos_token_id": BOS_ID}
+
+
+FAMILIES = {"gemma2": _gemma2, "gemma3": _gemma3_text, "gemma3_multimodal": _gemma3_multimodal}
+
+
+def build_model_folder(folder: str | Path, family: str = "gemma2", *, seed: int = 0, **config: Any) -> Path:
+    """Save a random-weight tiny Gemma and its tokenizer as a Hugging Face folder.
+
+    `config` overrides the text config (e.g. hidden_size=512, num_hidden_layers=8).
+    """
+    out = Path(folder)
+    tokenizer = build_tokenizer()
+    end_of_turn = tokenizer.convert_tokens_to_ids("<end_of_turn>")
+    model_config = FAMILIES[family](len(tokenizer), **config)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = AutoModelForCausalLM.from_config(model_config)
+    model.generation_config = GenerationConfig(
+        bos_token_id=BOS_ID, pad_token_id=PAD_ID, eos_token_id=[EOS_ID, end_of_turn]
+    )
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
+
+
+def random_sae(d_model: int, d_sae: int, *, seed: int = 0, threshold: float = 0.05) -> JumpReLUSAE:
+    """A random JumpReLU SAE; thresholds spread around `threshold` so some features fire."""
+    gen = torch.Generator().manual_seed(seed)
+    w_dec = torch.randn(d_sae, d_model, generator=gen)
+    return JumpReLUSAE(
+        W_enc=torch.randn(d_model, d_sae, generator=gen) / math.sqrt(d_model),
+        W_dec=w_dec / w_dec.norm(dim=1, keepdim=True),
+        b_enc=0.02 * torch.randn(d_sae, generator=gen),
+        b_dec=0.02 * torch.randn(d_model, generator=gen),
+        threshold=threshold * (0.5 + torch.rand(d_sae, generator=gen)),
+    )
