@@ -15,7 +15,13 @@ from steering.edits import (
     validate_edits,
 )
 from steering.errors import InvalidEditError, ModelError, SaeFormatError, SteeringError
-from steering.hooks import SaeAttachment, StepTables, SteeringHooks, decoder_layers, install_steering
+from steering.hooks import (
+    SaeAttachment,
+    SteeringHooks,
+    StepTables,
+    decoder_layers,
+    install_steering,
+)
 from steering.model import LoadedModel, load_model
 from steering.sae import JumpReLUSAE
 from steering.sae_formats import FORMATS, load_sae, save_sae

@@ -69,16 +69,20 @@ def validate_edits(
         width = d_sae_of[edit.sae]
         if not 0 <= edit.feature < width:
             raise InvalidEditError(
-                f"{where}.feature", f"feature {edit.feature} is out of range for SAE {edit.sae!r} (width {width})"
+                f"{where}.feature",
+                f"feature {edit.feature} is out of range for SAE {edit.sae!r} (width {width})",
             )
         if not math.isfinite(edit.value):
             raise InvalidEditError(f"{where}.value", f"value must be finite, got {edit.value}")
         if not abs(edit.value) <= max_abs_value:
-            raise InvalidEditError(f"{where}.value", f"|value| must be at most {max_abs_value:g}, got {edit.value:g}")
+            raise InvalidEditError(
+                f"{where}.value", f"|value| must be at most {max_abs_value:g}, got {edit.value:g}"
+            )
         key = (edit.sae, edit.feature)
         if key in seen:
             raise InvalidEditError(
-                f"{where}.feature", f"feature {edit.feature} of SAE {edit.sae!r} is edited twice in one request"
+                f"{where}.feature",
+                f"feature {edit.feature} of SAE {edit.sae!r} is edited twice in one request",
             )
         seen.add(key)
     return tuple(edits)
@@ -141,7 +145,9 @@ def _table(sae: JumpReLUSAE, edits_of_row: dict[int, list[FeatureEdit]]) -> Edit
     )
 
 
-def edit_features(f: torch.Tensor, alpha: torch.Tensor, beta: torch.Tensor, gated: torch.Tensor) -> torch.Tensor:
+def edit_features(
+    f: torch.Tensor, alpha: torch.Tensor, beta: torch.Tensor, gated: torch.Tensor
+) -> torch.Tensor:
     """f' = alpha * f + beta, except where gated and the feature is not active.
 
     f: (R, T, F); alpha, beta, gated: (R, F).
@@ -151,14 +157,16 @@ def edit_features(f: torch.Tensor, alpha: torch.Tensor, beta: torch.Tensor, gate
 
 
 def sparse_delta(x: torch.Tensor, table: EditTable) -> torch.Tensor:
-    """sum_i (f'_i - f_i) * W_dec[i] for the table's rows: (B, T, d_model) -> (R, T, d_model) f32."""
+    """sum_i (f'_i - f_i) * W_dec[i] for the table's rows: (B, T, d_model) -> (R, T, d_model)."""
     xr = x[table.rows].float()  # (R, T, d_model)
     pre = xr @ table.w_enc + table.b_enc  # (R, T, F)
     f = pre * (pre > table.threshold)
     return (edit_features(f, table.alpha, table.beta, table.gated) - f) @ table.w_dec
 
 
-def apply_sparse_delta(x: torch.Tensor, table: EditTable, steerable: torch.Tensor | None = None) -> torch.Tensor:
+def apply_sparse_delta(
+    x: torch.Tensor, table: EditTable, steerable: torch.Tensor | None = None
+) -> torch.Tensor:
     """x + sparse delta at the table's rows and steerable positions; a new tensor, x's dtype.
 
     x: (B, T, d_model); steerable: (B, T) bool, False at positions left alone (special tokens).

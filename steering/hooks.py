@@ -51,7 +51,9 @@ def decoder_layers(model: nn.Module) -> nn.ModuleList:
     decoder = get_decoder() if callable(get_decoder) else None
     layers = getattr(decoder, "layers", None)
     if not isinstance(layers, nn.ModuleList):
-        raise ModelError(f"{type(model).__name__}: cannot find decoder layers (model.get_decoder().layers)")
+        raise ModelError(
+            f"{type(model).__name__}: cannot find decoder layers (model.get_decoder().layers)"
+        )
     return layers
 
 
@@ -109,7 +111,9 @@ class SteeringHooks:
         return hook
 
 
-def steer(hidden: torch.Tensor, attachments: Sequence[SaeAttachment], tables: StepTables) -> torch.Tensor:
+def steer(
+    hidden: torch.Tensor, attachments: Sequence[SaeAttachment], tables: StepTables
+) -> torch.Tensor:
     """One layer's steering; SAEs sharing a layer apply in order. Returns `hidden` if unchanged."""
     for attachment in attachments:
         table = tables.tables.get(attachment.name)
@@ -134,11 +138,17 @@ def _checked(model: nn.Module, attachments: Sequence[SaeAttachment]) -> tuple[Sa
             raise ModelError(f"SAE name {a.name!r} is used twice")
         names.add(a.name)
         if a.site not in SITES:
-            raise ModelError(f"SAE {a.name!r}: site {a.site!r} is not served (served: {', '.join(SITES)})")
+            raise ModelError(
+                f"SAE {a.name!r}: site {a.site!r} is not served (served: {', '.join(SITES)})"
+            )
         if not 0 <= a.layer < n_layers:
-            raise ModelError(f"SAE {a.name!r}: layer {a.layer} is out of range (the model has {n_layers} layers)")
+            raise ModelError(
+                f"SAE {a.name!r}: layer {a.layer} is out of range (the model has {n_layers} layers)"
+            )
         if d_model is not None and a.sae.d_model != d_model:
-            raise ModelError(f"SAE {a.name!r}: d_model {a.sae.d_model} does not match the model's {d_model}")
+            raise ModelError(
+                f"SAE {a.name!r}: d_model {a.sae.d_model} does not match the model's {d_model}"
+            )
     return tuple(attachments)
 
 

@@ -54,8 +54,12 @@ class JumpReLUSAE:
     def params(self) -> dict[str, torch.Tensor]:
         return {name: getattr(self, name) for name in PARAM_SHAPES}
 
-    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> JumpReLUSAE:
-        return JumpReLUSAE(**{k: v.to(device=device, dtype=dtype) for k, v in self.params().items()})
+    def to(
+        self, device: torch.device | str | None = None, dtype: torch.dtype | None = None
+    ) -> JumpReLUSAE:
+        return JumpReLUSAE(
+            **{k: v.to(device=device, dtype=dtype) for k, v in self.params().items()}
+        )
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """(..., d_model) -> (..., d_sae) feature activations, in float32."""
@@ -74,7 +78,7 @@ def shape_problem(params: dict[str, torch.Tensor]) -> str | None:
         shape = tuple(params[name].shape)
         if len(shape) != len(dims):
             return f"'{name}' has shape {list(shape)}, expected [{', '.join(dims)}]"
-        for dim, size in zip(dims, shape):
+        for dim, size in zip(dims, shape, strict=False):
             if sizes.setdefault(dim, size) != size:
                 return (
                     f"'{name}' has shape {list(shape)}: its {dim} is {size} "

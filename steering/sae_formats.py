@@ -79,7 +79,8 @@ def _read_safetensors(file: Path) -> dict[str, torch.Tensor]:
 
 
 def _write_npz(folder: Path, params: Params) -> None:
-    np.savez(folder / "params.npz", **{k: v.float().cpu().numpy() for k, v in params.items()})
+    arrays: dict[str, Any] = {k: v.float().cpu().numpy() for k, v in params.items()}
+    np.savez(folder / "params.npz", **arrays)
 
 
 def _read_gemma_scope_2(file: Path) -> Params:
@@ -96,14 +97,20 @@ def _read_saelens(file: Path) -> Params:
     try:
         cfg = json.loads(cfg_file.read_text())
     except (OSError, ValueError) as exc:
-        raise SaeFormatError(f"{cfg_file}: a SAELens folder needs a readable cfg.json ({exc})") from exc
+        raise SaeFormatError(
+            f"{cfg_file}: a SAELens folder needs a readable cfg.json ({exc})"
+        ) from exc
     if not isinstance(cfg, dict):
         raise SaeFormatError(f"{cfg_file}: expected a JSON object")
     architecture = cfg.get("architecture", "jumprelu")
     if architecture != "jumprelu":
-        raise SaeFormatError(f"{cfg_file}: architecture is {architecture!r}, only 'jumprelu' is supported")
+        raise SaeFormatError(
+            f"{cfg_file}: architecture is {architecture!r}, only 'jumprelu' is supported"
+        )
     if cfg.get("apply_b_dec_to_input"):
-        raise SaeFormatError(f"{cfg_file}: apply_b_dec_to_input is set; Gemma Scope SAEs do not use it")
+        raise SaeFormatError(
+            f"{cfg_file}: apply_b_dec_to_input is set; Gemma Scope SAEs do not use it"
+        )
     if cfg.get("normalize_activations") not in (None, "none"):
         raise SaeFormatError(
             f"{cfg_file}: normalize_activations={cfg['normalize_activations']!r} is not supported"
@@ -144,13 +151,21 @@ SAELENS = register_format(
 def _resolve(path: Path) -> tuple[SaeFormat, Path]:
     """The format and the marking file of a folder or a file."""
     if path.is_dir():
-        found = [(fmt, path / fmt.filename) for fmt in FORMATS.values() if (path / fmt.filename).is_file()]
+        found = [
+            (fmt, path / fmt.filename)
+            for fmt in FORMATS.values()
+            if (path / fmt.filename).is_file()
+        ]
         if not found:
             expected = ", ".join(fmt.filename for fmt in FORMATS.values())
-            raise SaeFormatError(f"{path}: no SAE file in this folder (expected one of: {expected})")
+            raise SaeFormatError(
+                f"{path}: no SAE file in this folder (expected one of: {expected})"
+            )
         if len(found) > 1:
             names = ", ".join(file.name for _, file in found)
-            raise SaeFormatError(f"{path}: several SAE files in one folder ({names}); name the file")
+            raise SaeFormatError(
+                f"{path}: several SAE files in one folder ({names}); name the file"
+            )
         return found[0]
     if not path.is_file():
         raise SaeFormatError(f"{path}: no such file or folder")
@@ -164,7 +179,10 @@ def _resolve(path: Path) -> tuple[SaeFormat, Path]:
 
 
 def load_sae(
-    path: str | Path, *, device: torch.device | str | None = None, dtype: torch.dtype = torch.float32
+    path: str | Path,
+    *,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype = torch.float32,
 ) -> JumpReLUSAE:
     """Load a JumpReLU SAE from a Gemma Scope 1/2 or SAELens folder, or from the file itself."""
     fmt, file = _resolve(Path(path))
@@ -174,7 +192,9 @@ def load_sae(
         raise SaeFormatError(f"{file}: {problem}")
     for name, tensor in params.items():
         if not tensor.is_floating_point():
-            raise SaeFormatError(f"{file}: '{name}' has dtype {tensor.dtype}, expected floating point")
+            raise SaeFormatError(
+                f"{file}: '{name}' has dtype {tensor.dtype}, expected floating point"
+            )
         if not torch.isfinite(tensor).all():
             raise SaeFormatError(f"{file}: '{name}' holds non-finite values (NaN or inf)")
     return JumpReLUSAE(**{k: v.to(device=device, dtype=dtype) for k, v in params.items()})

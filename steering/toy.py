@@ -103,7 +103,9 @@ def _gemma3_multimodal(vocab: int, **kw: Any) -> Gemma3Config:
         hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
         image_size=32, patch_size=8,
     )  # fmt: skip
-    return Gemma3Config(text_config=_gemma3_text(vocab, **kw), vision_config=vision, mm_tokens_per_image=4)
+    return Gemma3Config(
+        text_config=_gemma3_text(vocab, **kw), vision_config=vision, mm_tokens_per_image=4
+    )
 
 
 def _ids() -> dict[str, int]:
@@ -113,7 +115,9 @@ def _ids() -> dict[str, int]:
 FAMILIES = {"gemma2": _gemma2, "gemma3": _gemma3_text, "gemma3_multimodal": _gemma3_multimodal}
 
 
-def build_model_folder(folder: str | Path, family: str = "gemma2", *, seed: int = 0, **config: Any) -> Path:
+def build_model_folder(
+    folder: str | Path, family: str = "gemma2", *, seed: int = 0, **config: Any
+) -> Path:
     """Save a random-weight tiny Gemma and its tokenizer as a Hugging Face folder.
 
     `config` overrides the text config (e.g. hidden_size=512, num_hidden_layers=8).

@@ -8,13 +8,13 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
-from pathlib import Path  # noqa: E402
+from pathlib import Path
 
-import pytest  # noqa: E402
-import torch  # noqa: E402
+import pytest
+import torch
 
-from steering import LoadedModel, load_model  # noqa: E402
-from steering.toy import build_model_folder  # noqa: E402
+from steering import LoadedModel, load_model
+from steering.toy import build_model_folder
 
 torch.set_num_threads(1)
 
@@ -31,3 +31,8 @@ def model_folders(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 def tiny(request: pytest.FixtureRequest, model_folders: dict[str, Path]) -> LoadedModel:
     """Each tiny Gemma variant, loaded with the real loading code (float32, CPU)."""
     return load_model(model_folders[request.param], dtype=torch.float32)
+
+
+@pytest.fixture(scope="session")
+def gemma2(model_folders: dict[str, Path]) -> LoadedModel:
+    return load_model(model_folders["gemma2"], dtype=torch.float32)

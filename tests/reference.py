@@ -21,7 +21,10 @@ def edited_value(f: torch.Tensor, edit: FeatureEdit) -> torch.Tensor:
 
 
 def reference_row(
-    x: torch.Tensor, sae: JumpReLUSAE, edits: list[FeatureEdit], steerable: torch.Tensor | None = None
+    x: torch.Tensor,
+    sae: JumpReLUSAE,
+    edits: list[FeatureEdit],
+    steerable: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """x̂' + (x - x̂) for one row x: (T, d_model), in float32, via the full SAE."""
     x = x.float()

@@ -40,8 +40,10 @@ def _active_features(sae, x: torch.Tensor) -> list[int]:
 @pytest.mark.parametrize("mode", list(EditMode))
 def test_each_mode_equals_full_reference(sae, mode: EditMode, only_when_active: bool) -> None:
     x = torch.randn(1, T, D_MODEL)
-    features = _active_features(sae, x[0])[:3] + [0, 1]
-    edits = [FeatureEdit("s", i, mode, VALUES[mode], only_when_active) for i in dict.fromkeys(features)]
+    features = [*_active_features(sae, x[0])[:3], 0, 1]
+    edits = [
+        FeatureEdit("s", i, mode, VALUES[mode], only_when_active) for i in dict.fromkeys(features)
+    ]
     table = build_tables([edits], {"s": sae})["s"]
     got = apply_sparse_delta(x, table)
     want = reference_row(x[0], sae, edits)
@@ -54,10 +56,27 @@ def test_gate_leaves_inactive_positions_alone(sae) -> None:
     x = torch.randn(1, T, D_MODEL)
     feature = _active_features(sae, x[0])[0]
     active = sae.encode(x[0])[:, feature] > 0
-    table = build_tables([[FeatureEdit("s", feature, EditMode.SET, 9.0, only_when_active=True)]], {"s": sae})
+    table = build_tables(
+        [[FeatureEdit("s", feature, EditMode.SET, 9.0, only_when_active=True)]], {"s": sae}
+    )
     got = apply_sparse_delta(x, table["s"])
     assert torch.equal(got[0, ~active], x[0, ~active])
     assert not torch.equal(got[0, active], x[0, active])
+
+
+def test_feature_exactly_at_threshold_is_inactive(sae) -> None:
+    """Strict '>': with pre == threshold the feature does not fire, so a gated edit is a no-op."""
+    at_threshold = type(sae)(**(sae.params() | {"b_enc": sae.threshold.clone()}))
+    x = torch.zeros(1, T, D_MODEL)
+    gated = build_tables(
+        [[FeatureEdit("s", 4, EditMode.SET, 9.0, only_when_active=True)]], {"s": at_threshold}
+    )
+    assert torch.equal(apply_sparse_delta(x, gated["s"]), x)
+    ungated = build_tables([[FeatureEdit("s", 4, EditMode.SET, 9.0)]], {"s": at_threshold})
+    assert (
+        rel_error(apply_sparse_delta(x, ungated["s"])[0], 9.0 * at_threshold.W_dec[4].expand(T, -1))
+        <= 1e-6
+    )
 
 
 def test_rows_with_different_edits_and_rows_without(sae) -> None:
@@ -115,7 +134,11 @@ def test_bfloat16_residual_keeps_its_dtype_and_unedited_rows(sae) -> None:
 
 def test_full_path_with_error_term_matches_sparse(sae) -> None:
     x = torch.randn(3, T, D_MODEL)
-    row_edits = [[FeatureEdit("s", 2, EditMode.SET, 3.0)], [], [FeatureEdit("s", 7, EditMode.SCALE, 2.0)]]
+    row_edits = [
+        [FeatureEdit("s", 2, EditMode.SET, 3.0)],
+        [],
+        [FeatureEdit("s", 7, EditMode.SCALE, 2.0)],
+    ]
     table = build_tables(row_edits, {"s": sae})["s"]
     sparse = apply_sparse_delta(x, table)
     full = apply_full(x, sae, table)
@@ -181,7 +204,8 @@ def test_magnitude_cap_is_configurable() -> None:
 
 def test_same_feature_on_different_saes_is_fine() -> None:
     validate_edits(
-        [FeatureEdit("res", 3, EditMode.SET, 1.0), FeatureEdit("other", 3, EditMode.SET, 1.0)], WIDTHS
+        [FeatureEdit("res", 3, EditMode.SET, 1.0), FeatureEdit("other", 3, EditMode.SET, 1.0)],
+        WIDTHS,
     )
 
 
@@ -196,7 +220,12 @@ def test_random_batches_match_reference(sae) -> None:
             features = torch.randperm(D_SAE, generator=gen)[:k].tolist()
             modes = itertools.cycle(list(EditMode)[trial % 4 :] + list(EditMode)[: trial % 4])
             row_edits.append(
-                [FeatureEdit("s", f, next(modes), float(torch.randn(1, generator=gen)), bool(f % 2)) for f in features]
+                [
+                    FeatureEdit(
+                        "s", f, next(modes), float(torch.randn(1, generator=gen)), bool(f % 2)
+                    )
+                    for f in features
+                ]
             )
         tables = build_tables(row_edits, {"s": sae})
         got = apply_sparse_delta(x, tables["s"]) if tables else x

@@ -52,7 +52,10 @@ def test_load_to_dtype_and_device(tmp_path: Path, sae) -> None:
 
 
 def test_bfloat16_safetensors_are_read(tmp_path: Path, sae) -> None:
-    save_file({k.lower(): v.bfloat16() for k, v in sae.params().items()}, str(tmp_path / "params.safetensors"))
+    save_file(
+        {k.lower(): v.bfloat16() for k, v in sae.params().items()},
+        str(tmp_path / "params.safetensors"),
+    )
     loaded = load_sae(tmp_path)
     assert torch.equal(loaded.W_dec, sae.W_dec.bfloat16().float())
 
@@ -84,7 +87,9 @@ def test_shape_mismatch_is_named(tmp_path: Path, sae) -> None:
 def test_threshold_width_mismatch_is_named(tmp_path: Path, sae) -> None:
     params = _good(sae)
     params["threshold"] = params["threshold"][:10]
-    with pytest.raises(SaeFormatError, match=r"'threshold' has shape \[10\]: its d_sae is 10 .* d_sae is 48"):
+    with pytest.raises(
+        SaeFormatError, match=r"'threshold' has shape \[10\]: its d_sae is 10 .* d_sae is 48"
+    ):
         load_sae(_npz(tmp_path, params))
 
 
@@ -111,7 +116,9 @@ def test_integer_parameters_are_refused(tmp_path: Path, sae) -> None:
 
 
 def test_lower_case_keys_required_for_gemma_scope_2(tmp_path: Path, sae) -> None:
-    save_file({k: v.contiguous() for k, v in sae.params().items()}, str(tmp_path / "params.safetensors"))
+    save_file(
+        {k: v.contiguous() for k, v in sae.params().items()}, str(tmp_path / "params.safetensors")
+    )
     with pytest.raises(SaeFormatError, match=r"params\.safetensors: missing key 'w_enc'"):
         load_sae(tmp_path)
 
@@ -131,7 +138,9 @@ def test_corrupt_files_are_named(tmp_path: Path) -> None:
         load_sae(tmp_path / "a")
     (tmp_path / "b").mkdir()
     (tmp_path / "b" / "params.safetensors").write_bytes(b"\x00" * 3)
-    with pytest.raises(SaeFormatError, match=r"b/params\.safetensors: not a readable safetensors file"):
+    with pytest.raises(
+        SaeFormatError, match=r"b/params\.safetensors: not a readable safetensors file"
+    ):
         load_sae(tmp_path / "b")
 
 
@@ -144,7 +153,9 @@ def test_corrupt_files_are_named(tmp_path: Path) -> None:
         ({"d_sae": 7}, r"d_sae=7 but W_enc has shape \[16, 48\]"),
     ],
 )
-def test_saelens_config_is_checked(tmp_path: Path, sae, change: dict[str, object], message: str) -> None:
+def test_saelens_config_is_checked(
+    tmp_path: Path, sae, change: dict[str, object], message: str
+) -> None:
     save_sae(sae, tmp_path, "saelens")
     cfg = json.loads((tmp_path / "cfg.json").read_text())
     (tmp_path / "cfg.json").write_text(json.dumps(cfg | change))
