@@ -14,13 +14,25 @@ class SaeFormatError(SteeringError):
     """An SAE file is missing, unreadable, or holds parameters that are not a JumpReLU SAE."""
 
 
-class InvalidEditError(SteeringError):
-    """A requested feature edit is not acceptable; `field` names the offending field."""
+class InvalidRequestError(SteeringError):
+    """A request is not acceptable; `field` names the offending field (e.g. `sampling.top_p`)."""
 
     def __init__(self, field: str, message: str) -> None:
         super().__init__(f"{field}: {message}")
         self.field = field
         self.message = message
+
+
+class InvalidEditError(InvalidRequestError):
+    """A requested feature edit is not acceptable."""
+
+
+class QueueFullError(SteeringError):
+    """The engine's waiting queue is full; the request was not admitted."""
+
+
+class EngineClosedError(SteeringError):
+    """The engine is shutting down and takes no new requests."""
 
 
 class ModelError(SteeringError):
