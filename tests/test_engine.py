@@ -12,6 +12,7 @@ import torch
 
 from steering import EditMode, FeatureEdit, LoadedModel, SaeAttachment, StepTables, load_model
 from steering.channel import OutputChannel
+from steering.detokenize import TextStream
 from steering.edits import build_tables, steerable_positions
 from steering.engine import Engine
 from steering.hooks import SteeringHooks, decoder_layers
@@ -262,3 +263,26 @@ def test_a_non_finite_row_fails_alone(lm: LoadedModel) -> None:
         _reference(lm, engine.hooks, prompts[1], (), 10),
         FinishReason.LENGTH,
     )
+
+
+def test_stop_string_found_at_the_edge_finishes_the_request(lm: LoadedModel) -> None:
+    engine = Engine.from_loaded(lm)
+    prompt = _ids(lm, PROMPTS[0])
+    free = engine.add(_greedy(prompt, (), 30))
+    _run(engine)
+    full_text = lm.tokenizer.decode(_collect(free.channel)[0], skip_special_tokens=True)
+    stop = full_text[len(full_text) // 2 : len(full_text) // 2 + 3]
+    assert stop.strip(), full_text
+    handle = engine.add(_greedy(prompt, (), 30))
+    stream, text, reason = TextStream(lm.tokenizer, [stop]), "", None
+    while reason is None:
+        engine.step()
+        while (out := handle.channel.take(0)) is not None:
+            already_stopped = stream.stopped
+            text += stream.push(out.token_ids)
+            reason = out.finish_reason or reason
+            if stream.stopped and not already_stopped:
+                engine.finish(handle.key)
+    assert reason is FinishReason.STOP
+    assert text == full_text[: full_text.index(stop)]
+    assert engine.idle
