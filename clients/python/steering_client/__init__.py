@@ -1,1 +1,37 @@
-"""Light Python client for the steering server (coming: see the README)."""
+"""Light Python client of the steering server (grpcio + protobuf only) and its CLI.
+
+from steering_client import Edit, SteeringClient
+
+with SteeringClient("localhost:50051") as client:
+    for chunk in client.generate("The sea is", edits=[Edit.set("res12", 1234, 8.0)]):
+        print(chunk.text, end="")
+"""
+
+from steering_client.client import DEFAULT_TARGET, AsyncSteeringClient, SteeringClient
+from steering_client.edits import Edit, parse_edit
+from steering_client.errors import SteeringClientError
+from steering_client.responses import (
+    Chunk,
+    Completion,
+    Limits,
+    ModelDescription,
+    ModelInfo,
+    SaeInfo,
+    Usage,
+)
+
+__all__ = [
+    "DEFAULT_TARGET",
+    "AsyncSteeringClient",
+    "Chunk",
+    "Completion",
+    "Edit",
+    "Limits",
+    "ModelDescription",
+    "ModelInfo",
+    "SaeInfo",
+    "SteeringClient",
+    "SteeringClientError",
+    "Usage",
+    "parse_edit",
+]

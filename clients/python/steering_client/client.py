@@ -1,0 +1,294 @@
+"""Sync and async clients of the steering server: stream a steered generation, describe the model.
+
+Both speak the same API over one gRPC channel each; a failed call raises `SteeringClientError`.
+They hold no state beyond the channel, so one client may serve many threads (sync) or tasks
+(async, on one event loop).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
+from types import TracebackType
+
+import grpc
+import grpc.aio
+
+from steering_client._proto.steering.v1 import steering_pb2 as pb
+from steering_client._proto.steering.v1 import steering_pb2_grpc as pb_grpc
+from steering_client.edits import Edit
+from steering_client.errors import SteeringClientError
+from steering_client.request import (
+    ChatMessage,
+    auth_metadata,
+    build_generate_request,
+    sampling_params,
+)
+from steering_client.responses import Chunk, ModelDescription
+
+DEFAULT_TARGET = "localhost:50051"
+
+
+def _credentials(root_certificates: bytes | None, tls: bool) -> grpc.ChannelCredentials | None:
+    """TLS credentials when asked for (system roots unless `root_certificates` are given)."""
+    if root_certificates is None and not tls:
+        return None
+    return grpc.ssl_channel_credentials(root_certificates)
+
+
+class SteeringClient:
+    """Blocking client. `target` is "host:port"; `token` is sent as `authorization: Bearer ...`.
+
+    TLS is used when `tls` is true or `root_certificates` (PEM bytes) are given. `timeout` is the
+    default deadline of each call, in seconds (None: no deadline). Close it, or use `with`.
+    """
+
+    def __init__(
+        self,
+        target: str = DEFAULT_TARGET,
+        *,
+        token: str | None = None,
+        root_certificates: bytes | None = None,
+        tls: bool = False,
+        timeout: float | None = None,
+    ) -> None:
+        creds = _credentials(root_certificates, tls)
+        self._channel = (
+            grpc.insecure_channel(target) if creds is None else grpc.secure_channel(target, creds)
+        )
+        self._stub = pb_grpc.SteeringServiceStub(self._channel)
+        self._metadata = auth_metadata(token)
+        self._timeout = timeout
+
+    def generate(
+        self,
+        prompt: str | None = None,
+        *,
+        chat: Sequence[ChatMessage] | None = None,
+        edits: Iterable[Edit | pb.FeatureEdit] = (),
+        max_new_tokens: int = 0,
+        temperature: float = 0.0,
+        top_k: int = 0,
+        top_p: float = 0.0,
+        seed: int | None = None,
+        stop: Iterable[str] = (),
+        ignore_eos: bool = False,
+        request_id: str = "",
+        timeout: float | None = None,
+    ) -> Iterator[Chunk]:
+        """Stream the chunks of one generation; the call starts when iteration does.
+
+        Give exactly one of `prompt` (raw text) or `chat` ((role, content) pairs or dicts,
+        rendered with the chat template). Zeros mean defaults: temperature 0 is greedy,
+        max_new_tokens 0 the server's default, top_k 0 and top_p 0 no cut; seed None lets the
+        server pick one (reported on the last chunk). Leaving the loop early cancels the call.
+        Raises ValueError for a malformed request, SteeringClientError when the call fails.
+        """
+        sampling = sampling_params(
+            max_new_tokens=max_new_tokens,
+            temperature=temperature,
+            top_k=top_k,
+            top_p=top_p,
+            seed=seed,
+            stop=stop,
+            ignore_eos=ignore_eos,
+        )
+        request = build_generate_request(prompt, chat, edits, sampling, request_id)
+        return self._stream(request, self._timeout if timeout is None else timeout)
+
+    def generate_text(
+        self,
+        prompt: str | None = None,
+        *,
+        chat: Sequence[ChatMessage] | None = None,
+        edits: Iterable[Edit | pb.FeatureEdit] = (),
+        max_new_tokens: int = 0,
+        temperature: float = 0.0,
+        top_k: int = 0,
+        top_p: float = 0.0,
+        seed: int | None = None,
+        stop: Iterable[str] = (),
+        ignore_eos: bool = False,
+        request_id: str = "",
+        timeout: float | None = None,
+    ) -> str:
+        """The whole text of `generate(...)` (same arguments), once generation has finished."""
+        chunks = self.generate(
+            prompt,
+            chat=chat,
+            edits=edits,
+            max_new_tokens=max_new_tokens,
+            temperature=temperature,
+            top_k=top_k,
+            top_p=top_p,
+            seed=seed,
+            stop=stop,
+            ignore_eos=ignore_eos,
+            request_id=request_id,
+            timeout=timeout,
+        )
+        return "".join(chunk.text for chunk in chunks)
+
+    def describe(self, *, timeout: float | None = None) -> ModelDescription:
+        """The served model, its SAEs and the server's limits."""
+        try:
+            response = self._stub.DescribeModel(
+                pb.DescribeModelRequest(),
+                timeout=self._timeout if timeout is None else timeout,
+                metadata=self._metadata,
+            )
+        except grpc.RpcError as error:
+            raise SteeringClientError.from_rpc_error(error) from error
+        return ModelDescription.from_proto(response)
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def __enter__(self) -> SteeringClient:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def _stream(self, request: pb.GenerateRequest, timeout: float | None) -> Iterator[Chunk]:
+        call = self._stub.Generate(request, timeout=timeout, metadata=self._metadata)
+        try:
+            for response in call:
+                yield Chunk.from_proto(response)
+        except grpc.RpcError as error:
+            raise SteeringClientError.from_rpc_error(error) from error
+        finally:
+            call.cancel()  # frees the server's batch row when the caller stops early; else a no-op
+
+
+class AsyncSteeringClient:
+    """The asyncio twin of `SteeringClient` (grpc.aio): same arguments, same results.
+
+    `async for chunk in client.generate(...)`, `await client.generate_text(...)`,
+    `await client.describe()`. Create it inside the event loop that uses it; close it with
+    `await client.close()` or `async with`. To stop a stream early and cancel the call at once,
+    wrap it in `contextlib.aclosing`.
+    """
+
+    def __init__(
+        self,
+        target: str = DEFAULT_TARGET,
+        *,
+        token: str | None = None,
+        root_certificates: bytes | None = None,
+        tls: bool = False,
+        timeout: float | None = None,
+    ) -> None:
+        creds = _credentials(root_certificates, tls)
+        self._channel = (
+            grpc.aio.insecure_channel(target)
+            if creds is None
+            else grpc.aio.secure_channel(target, creds)
+        )
+        self._stub = pb_grpc.SteeringServiceStub(self._channel)
+        self._metadata = auth_metadata(token)
+        self._timeout = timeout
+
+    def generate(
+        self,
+        prompt: str | None = None,
+        *,
+        chat: Sequence[ChatMessage] | None = None,
+        edits: Iterable[Edit | pb.FeatureEdit] = (),
+        max_new_tokens: int = 0,
+        temperature: float = 0.0,
+        top_k: int = 0,
+        top_p: float = 0.0,
+        seed: int | None = None,
+        stop: Iterable[str] = (),
+        ignore_eos: bool = False,
+        request_id: str = "",
+        timeout: float | None = None,
+    ) -> AsyncIterator[Chunk]:
+        """Stream the chunks of one generation (see `SteeringClient.generate`)."""
+        sampling = sampling_params(
+            max_new_tokens=max_new_tokens,
+            temperature=temperature,
+            top_k=top_k,
+            top_p=top_p,
+            seed=seed,
+            stop=stop,
+            ignore_eos=ignore_eos,
+        )
+        request = build_generate_request(prompt, chat, edits, sampling, request_id)
+        return self._stream(request, self._timeout if timeout is None else timeout)
+
+    async def generate_text(
+        self,
+        prompt: str | None = None,
+        *,
+        chat: Sequence[ChatMessage] | None = None,
+        edits: Iterable[Edit | pb.FeatureEdit] = (),
+        max_new_tokens: int = 0,
+        temperature: float = 0.0,
+        top_k: int = 0,
+        top_p: float = 0.0,
+        seed: int | None = None,
+        stop: Iterable[str] = (),
+        ignore_eos: bool = False,
+        request_id: str = "",
+        timeout: float | None = None,
+    ) -> str:
+        """The whole text of `generate(...)` (same arguments), once generation has finished."""
+        chunks = self.generate(
+            prompt,
+            chat=chat,
+            edits=edits,
+            max_new_tokens=max_new_tokens,
+            temperature=temperature,
+            top_k=top_k,
+            top_p=top_p,
+            seed=seed,
+            stop=stop,
+            ignore_eos=ignore_eos,
+            request_id=request_id,
+            timeout=timeout,
+        )
+        return "".join([chunk.text async for chunk in chunks])
+
+    async def describe(self, *, timeout: float | None = None) -> ModelDescription:
+        """The served model, its SAEs and the server's limits."""
+        try:
+            response = await self._stub.DescribeModel(
+                pb.DescribeModelRequest(),
+                timeout=self._timeout if timeout is None else timeout,
+                metadata=self._metadata,
+            )
+        except grpc.RpcError as error:
+            raise SteeringClientError.from_rpc_error(error) from error
+        return ModelDescription.from_proto(response)
+
+    async def close(self) -> None:
+        await self._channel.close()
+
+    async def __aenter__(self) -> AsyncSteeringClient:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def _stream(
+        self, request: pb.GenerateRequest, timeout: float | None
+    ) -> AsyncIterator[Chunk]:
+        call = self._stub.Generate(request, timeout=timeout, metadata=self._metadata)
+        try:
+            async for response in call:
+                yield Chunk.from_proto(response)
+        except grpc.RpcError as error:
+            raise SteeringClientError.from_rpc_error(error) from error
+        finally:
+            call.cancel()  # frees the server's batch row when the caller stops early; else a no-op

@@ -1,0 +1,144 @@
+"""Feature edits as the client writes them: a typed `Edit`, its proto form, and the CLI grammar.
+
+Checks only what the client can know (mode, value present and finite, index in uint32 range);
+whether an SAE or feature exists, and value bounds, are the server's to judge.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+
+from steering_client._proto.steering.v1 import steering_pb2 as pb
+
+# The registry of edit modes: CLI / dataclass name -> proto enum value.
+MODE_TO_PROTO: dict[str, pb.EditMode.ValueType] = {
+    "set": pb.EDIT_MODE_SET,
+    "add": pb.EDIT_MODE_ADD,
+    "scale": pb.EDIT_MODE_SCALE,
+    "ablate": pb.EDIT_MODE_ABLATE,
+}
+VALUELESS_MODES = frozenset({"ablate"})
+MAX_FEATURE = 2**32 - 1  # FeatureEdit.feature is a uint32
+
+GRAMMAR = "SAE:FEATURE=MODE[:VALUE][@active]"
+_ACTIVE_SUFFIX = "@active"
+# SAE names may hold ':' themselves: the feature is what follows the last ':' before '='.
+_SHAPE = re.compile(r"^(?P<sae>.+):(?P<feature>[^:=]*)=(?P<mode>[^:]*)(?::(?P<value>.*))?$")
+
+
+@dataclass(frozen=True)
+class Edit:
+    """One edit of one SAE feature: f' = value (set), f + value (add), value·f (scale), 0 (ablate).
+
+    With `only_when_active`, the edit applies only at positions where the feature is active.
+    """
+
+    sae: str
+    feature: int
+    mode: str
+    value: float = 0.0
+    only_when_active: bool = False
+
+    def __post_init__(self) -> None:
+        if not self.sae:
+            raise ValueError("edit: the SAE name is empty")
+        if self.mode not in MODE_TO_PROTO:
+            raise ValueError(
+                f"edit: unknown mode {self.mode!r} (one of {', '.join(MODE_TO_PROTO)})"
+            )
+        if not 0 <= self.feature <= MAX_FEATURE:
+            raise ValueError(f"edit: feature must be in [0, {MAX_FEATURE}], got {self.feature}")
+        if not math.isfinite(self.value):
+            raise ValueError(f"edit: value must be finite, got {self.value}")
+        if self.mode in VALUELESS_MODES and self.value != 0.0:
+            raise ValueError(f"edit: {self.mode} takes no value, got {self.value:g}")
+
+    @classmethod
+    def set(cls, sae: str, feature: int, value: float, *, only_when_active: bool = False) -> Edit:
+        """f' = value."""
+        return cls(sae, feature, "set", value, only_when_active)
+
+    @classmethod
+    def add(cls, sae: str, feature: int, value: float, *, only_when_active: bool = False) -> Edit:
+        """f' = f + value."""
+        return cls(sae, feature, "add", value, only_when_active)
+
+    @classmethod
+    def scale(
+        cls, sae: str, feature: int, factor: float, *, only_when_active: bool = False
+    ) -> Edit:
+        """f' = factor * f."""
+        return cls(sae, feature, "scale", factor, only_when_active)
+
+    @classmethod
+    def ablate(cls, sae: str, feature: int, *, only_when_active: bool = False) -> Edit:
+        """f' = 0."""
+        return cls(sae, feature, "ablate", 0.0, only_when_active)
+
+    def to_proto(self) -> pb.FeatureEdit:
+        return pb.FeatureEdit(
+            sae=self.sae,
+            feature=self.feature,
+            mode=MODE_TO_PROTO[self.mode],
+            value=self.value,
+            only_when_active=self.only_when_active,
+        )
+
+    def __str__(self) -> str:
+        """The CLI form, which `parse_edit` reads back."""
+        value = "" if self.mode in VALUELESS_MODES else f":{self.value:g}"
+        active = _ACTIVE_SUFFIX if self.only_when_active else ""
+        return f"{self.sae}:{self.feature}={self.mode}{value}{active}"
+
+
+def parse_edit(text: str) -> Edit:
+    """Read `SAE:FEATURE=MODE[:VALUE][@active]`, e.g. `res12:1234=set:8` or `res12:7=ablate@active`.
+
+    MODE is set, add, scale or ablate; ablate takes no VALUE, the others need one.
+    Raises ValueError naming what is wrong.
+    """
+    spec = text.strip()
+    active = spec.endswith(_ACTIVE_SUFFIX)
+    if active:
+        spec = spec[: -len(_ACTIVE_SUFFIX)]
+    match = _SHAPE.match(spec)
+    if match is None:
+        raise _bad(text, f"expected {GRAMMAR}")
+    mode = match["mode"].strip().lower()
+    if mode not in MODE_TO_PROTO:
+        raise _bad(text, f"unknown mode {match['mode']!r} (one of {', '.join(MODE_TO_PROTO)})")
+    feature = _parse_feature(text, match["feature"])
+    value = _parse_value(text, mode, match["value"])
+    return Edit(match["sae"].strip(), feature, mode, value, active)
+
+
+def _parse_feature(text: str, raw: str) -> int:
+    raw = raw.strip()
+    if not raw.isdigit():
+        raise _bad(text, f"feature must be a non-negative integer, got {raw!r}")
+    feature = int(raw)
+    if feature > MAX_FEATURE:
+        raise _bad(text, f"feature {feature} is larger than {MAX_FEATURE}")
+    return feature
+
+
+def _parse_value(text: str, mode: str, raw: str | None) -> float:
+    if mode in VALUELESS_MODES:
+        if raw is not None:
+            raise _bad(text, f"{mode} takes no value")
+        return 0.0
+    if raw is None or not raw.strip():
+        raise _bad(text, f"{mode} needs a value, e.g. {mode}:2")
+    try:
+        value = float(raw)
+    except ValueError:
+        raise _bad(text, f"value must be a number, got {raw!r}") from None
+    if not math.isfinite(value):
+        raise _bad(text, f"value must be finite, got {raw!r}")
+    return value
+
+
+def _bad(text: str, why: str) -> ValueError:
+    return ValueError(f"bad edit {text!r}: {why}")

@@ -1,0 +1,165 @@
+"""What the server sends back, as frozen dataclasses read from the proto messages.
+
+A generation streams `Chunk`s; the last one carries the finish reason, usage and seed.
+`Completion.from_chunks` reassembles a stream; `ModelDescription` answers DescribeModel.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, fields
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from google.protobuf.message import Message
+
+from steering_client._proto.steering.v1 import steering_pb2 as pb
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
+# Proto finish reasons -> the words the client uses; a reason newer than these stubs reads as
+# "unknown" rather than failing.
+FINISH_REASONS: dict[int, str] = {
+    pb.FINISH_REASON_LENGTH: "length",
+    pb.FINISH_REASON_EOS: "eos",
+    pb.FINISH_REASON_STOP: "stop",
+}
+
+
+@dataclass(frozen=True)
+class Usage:
+    """Token counts of a whole request: prompt (BOS included) and generated tokens."""
+
+    prompt_tokens: int
+    completion_tokens: int
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """The tokens generated since the previous chunk, and their text.
+
+    `finish_reason` ("length", "eos" or "stop"), `usage` and `seed` are set on the last chunk
+    only; `seed` is what to pass back as `seed=` to reproduce a sampled output.
+    """
+
+    token_ids: tuple[int, ...]
+    text: str
+    finish_reason: str | None = None
+    usage: Usage | None = None
+    seed: int | None = None
+
+    @property
+    def is_last(self) -> bool:
+        return self.finish_reason is not None
+
+    @classmethod
+    def from_proto(cls, msg: pb.GenerateResponse) -> Chunk:
+        reason = None
+        if msg.finish_reason != pb.FINISH_REASON_UNSPECIFIED:
+            reason = FINISH_REASONS.get(msg.finish_reason, "unknown")
+        usage = None
+        if msg.HasField("usage"):
+            usage = Usage(msg.usage.prompt_tokens, msg.usage.completion_tokens)
+        return cls(
+            token_ids=tuple(msg.token_ids),
+            text=msg.text,
+            finish_reason=reason,
+            usage=usage,
+            seed=msg.seed if msg.HasField("seed") else None,
+        )
+
+
+@dataclass(frozen=True)
+class Completion:
+    """A whole generation: every chunk's tokens and text joined, and the last chunk's summary."""
+
+    token_ids: tuple[int, ...]
+    text: str
+    finish_reason: str | None
+    usage: Usage | None
+    seed: int | None
+
+    @classmethod
+    def from_chunks(cls, chunks: Iterable[Chunk]) -> Completion:
+        token_ids: list[int] = []
+        texts: list[str] = []
+        last: Chunk | None = None
+        for chunk in chunks:
+            token_ids.extend(chunk.token_ids)
+            texts.append(chunk.text)
+            last = chunk
+        return cls(
+            token_ids=tuple(token_ids),
+            text="".join(texts),
+            finish_reason=last.finish_reason if last else None,
+            usage=last.usage if last else None,
+            seed=last.seed if last else None,
+        )
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """The served model: its name, decoder layers, residual width and vocabulary size."""
+
+    name: str
+    num_layers: int
+    d_model: int
+    vocab_size: int
+
+
+@dataclass(frozen=True)
+class SaeInfo:
+    """An SAE that edits may name: its layer, width (d_sae features) and site."""
+
+    name: str
+    layer: int
+    d_sae: int
+    d_model: int
+    site: str
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Bounds the server enforces (see `Limits` in the proto for each one's meaning)."""
+
+    max_prompt_tokens: int
+    max_new_tokens: int
+    default_max_new_tokens: int
+    max_edits_per_request: int
+    max_abs_edit_value: float
+    max_batch_size: int
+    max_queued_requests: int
+    max_stop_strings: int
+
+
+@dataclass(frozen=True)
+class ModelDescription:
+    """DescribeModel's answer: the model, the SAEs by name, and the limits."""
+
+    model: ModelInfo
+    saes: tuple[SaeInfo, ...]
+    limits: Limits
+
+    def sae(self, name: str) -> SaeInfo:
+        """The SAE called `name`; KeyError if the server has none by that name."""
+        for info in self.saes:
+            if info.name == name:
+                return info
+        raise KeyError(name)
+
+    @classmethod
+    def from_proto(cls, msg: pb.DescribeModelResponse) -> ModelDescription:
+        return cls(
+            model=_from_message(ModelInfo, msg.model),
+            saes=tuple(_from_message(SaeInfo, sae) for sae in msg.saes),
+            limits=_from_message(Limits, msg.limits),
+        )
+
+
+_D = TypeVar("_D", bound="DataclassInstance")
+
+
+def _from_message(cls: type[_D], msg: Message) -> _D:
+    """A dataclass whose fields are named as the message's scalar fields."""
+    values: dict[str, Any] = {f.name: getattr(msg, f.name) for f in fields(cls)}
+    return cls(**values)

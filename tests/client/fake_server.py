@@ -1,0 +1,111 @@
+"""An in-process fake of the steering server: canned chunks, recorded requests, scripted failures.
+
+It checks nothing about steering; it lets client tests see exactly what went over the wire.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from concurrent import futures
+from contextlib import contextmanager
+
+import grpc
+from steering_client._proto.steering.v1 import steering_pb2 as pb
+from steering_client._proto.steering.v1 import steering_pb2_grpc as pb_grpc
+
+CANNED = (
+    pb.GenerateResponse(token_ids=[10, 11], text="Hello"),
+    pb.GenerateResponse(token_ids=[12], text=", world"),
+    pb.GenerateResponse(
+        token_ids=[13],
+        text="!",
+        finish_reason=pb.FINISH_REASON_LENGTH,
+        usage=pb.Usage(prompt_tokens=3, completion_tokens=4),
+        seed=1234,
+    ),
+)
+
+DESCRIPTION = pb.DescribeModelResponse(
+    model=pb.ModelInfo(name="tiny-gemma", num_layers=6, d_model=64, vocab_size=512),
+    saes=[pb.SaeInfo(name="res2", layer=2, d_sae=256, d_model=64, site="resid_post")],
+    limits=pb.Limits(
+        max_prompt_tokens=2048,
+        max_new_tokens=1024,
+        default_max_new_tokens=64,
+        max_edits_per_request=32,
+        max_abs_edit_value=1e4,
+        max_batch_size=16,
+        max_queued_requests=1_000_000,
+        max_stop_strings=8,
+    ),
+)
+
+
+class FakeSteering(pb_grpc.SteeringServiceServicer):
+    """Streams `chunks`; can demand a bearer token, abort up front or mid-stream, or hang."""
+
+    def __init__(self) -> None:
+        self.chunks: tuple[pb.GenerateResponse, ...] = CANNED
+        self.token: str | None = None  # when set, calls must carry "Bearer <token>"
+        self.abort: tuple[grpc.StatusCode, str] | None = None
+        self.abort_after: int | None = None  # abort after this many chunks instead of up front
+        self.hang_after: int | None = None  # stop sending after this many chunks, until cancelled
+        self.requests: list[pb.GenerateRequest | pb.DescribeModelRequest] = []
+        self.metadata: list[dict[str, str]] = []
+        self.ended = threading.Event()  # a Generate call has terminated, for whatever reason
+
+    def Generate(
+        self, request: pb.GenerateRequest, context: grpc.ServicerContext
+    ) -> Iterator[pb.GenerateResponse]:
+        context.add_callback(self.ended.set)
+        self._admit(request, context, abort_now=self.abort_after is None)
+        for i, chunk in enumerate(self.chunks):
+            if i == self.abort_after and self.abort:
+                context.abort(*self.abort)
+            if i == self.hang_after:
+                self._hold(context)
+                return
+            yield chunk
+
+    def DescribeModel(
+        self, request: pb.DescribeModelRequest, context: grpc.ServicerContext
+    ) -> pb.DescribeModelResponse:
+        self._admit(request, context, abort_now=True)
+        return DESCRIPTION
+
+    def _admit(
+        self,
+        request: pb.GenerateRequest | pb.DescribeModelRequest,
+        context: grpc.ServicerContext,
+        *,
+        abort_now: bool,
+    ) -> None:
+        self.requests.append(request)
+        metadata = {key: str(value) for key, value in context.invocation_metadata()}
+        self.metadata.append(metadata)
+        if self.token is not None and metadata.get("authorization") != f"Bearer {self.token}":
+            context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or wrong bearer token")
+        if abort_now and self.abort:
+            context.abort(*self.abort)
+
+    @staticmethod
+    def _hold(context: grpc.ServicerContext) -> None:
+        """Wait (at most 10 s) until the call is cancelled, times out or the server stops."""
+        give_up = time.monotonic() + 10.0
+        while context.is_active() and time.monotonic() < give_up:
+            time.sleep(0.005)
+
+
+@contextmanager
+def serve(servicer: FakeSteering) -> Iterator[str]:
+    """Serve `servicer` on a free loopback port; yields the target "127.0.0.1:PORT"."""
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+    pb_grpc.add_SteeringServiceServicer_to_server(servicer, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        yield f"127.0.0.1:{port}"
+    finally:
+        server.stop(grace=None)
