@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 TORCH_VERSION ?= 2.13.0
 
-.PHONY: test lint check format bench-hook clean
+.PHONY: test lint check format bench-hook bench-engine clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -33,5 +33,57 @@ format: $(STAMP)
 bench-hook: $(STAMP)
 	$(PY) -m bench.hook_overhead
 
+# Engine throughput on the medium preset: concurrent vs sequential vs model.generate.
+bench-engine: $(STAMP)
+	$(PY) -m bench.engine_throughput
+
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+
+# --- gRPC contract: Python stubs generated from proto/ into the client package -------------
+# `make proto` is the only way the stubs change; `make proto-check` (run by `make lint`) fails
+# when the committed stubs differ from what the pinned generators make of proto/.
+PROTO_DIR := proto
+PROTO_FILES := $(shell find $(PROTO_DIR) -name '*.proto' | sort)
+PROTO_OUT := clients/python/steering_client/_proto
+PROTO_CHECK := build/proto-check
+
+# $(1): output folder. protoc writes `from steering.v1 import steering_pb2`, but `steering` is
+# this project's core package: the sed points such imports at the stubs' real home.
+define generate_proto
+	mkdir -p $(1)
+	$(PY) -m grpc_tools.protoc -I$(PROTO_DIR) \
+		--plugin=protoc-gen-mypy=$(VENV)/bin/protoc-gen-mypy \
+		--plugin=protoc-gen-mypy_grpc=$(VENV)/bin/protoc-gen-mypy_grpc \
+		--python_out=$(1) --mypy_out=quiet:$(1) \
+		--grpc_python_out=$(1) --mypy_grpc_out=quiet:$(1) \
+		$(PROTO_FILES)
+	find $(1)/steering \( -name '*.py' -o -name '*.pyi' \) -exec \
+		sed -i.orig 's/^from steering\./from steering_client._proto.steering./' {} +
+	find $(1)/steering -name '*.orig' -delete
+	find $(1)/steering -type d -exec touch {}/__init__.py \;
+endef
+
+.PHONY: proto proto-check lint-client proto-lint
+
+proto: $(STAMP)
+	rm -rf $(PROTO_OUT)/steering
+	$(call generate_proto,$(PROTO_OUT))
+
+proto-check: $(STAMP)
+	rm -rf $(PROTO_CHECK)
+	$(call generate_proto,$(PROTO_CHECK))
+	diff -r -x __pycache__ $(PROTO_CHECK)/steering $(PROTO_OUT)/steering \
+		|| { echo "stubs in $(PROTO_OUT) are stale: run 'make proto'" >&2; exit 1; }
+	rm -rf $(PROTO_CHECK)
+
+# buf (npm @bufbuild/buf) is not a Python package, so it is not installed by the Makefile.
+BUF ?= buf
+proto-lint:
+	$(BUF) lint
+	$(BUF) format --diff --exit-code
+
+lint-client: $(STAMP)
+	$(VENV)/bin/mypy clients/python/steering_client
+
+lint: lint-client proto-check

@@ -125,16 +125,23 @@ def build_model_folder(
     out = Path(folder)
     tokenizer = build_tokenizer()
     end_of_turn = tokenizer.convert_tokens_to_ids("<end_of_turn>")
-    model_config = FAMILIES[family](len(tokenizer), **config)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = AutoModelForCausalLM.from_config(model_config)
+    model = build_model(family, len(tokenizer), seed=seed, **config)
     model.generation_config = GenerationConfig(
         bos_token_id=BOS_ID, pad_token_id=PAD_ID, eos_token_id=[EOS_ID, end_of_turn]
     )
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     return out
+
+
+def build_model(family: str, vocab_size: int, *, seed: int = 0, **config: Any) -> Any:
+    """A random-weight Gemma of `family` in memory, float32, eval mode (seeded, no global RNG)."""
+    model_config = FAMILIES[family](vocab_size, **config)
+    if family == "gemma2":
+        model_config._attn_implementation = "eager"  # Gemma 2 soft-caps attention scores
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return AutoModelForCausalLM.from_config(model_config).eval()
 
 
 def random_sae(d_model: int, d_sae: int, *, seed: int = 0, threshold: float = 0.05) -> JumpReLUSAE:
