@@ -7,11 +7,14 @@ max_new_tokens ids wait). `notify` lets an asyncio bridge wake up without pollin
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from steering.requests import FinishReason
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -62,7 +65,10 @@ class OutputChannel:
             self._pending = pending
             self._cond.notify_all()
         if self._notify is not None:
-            self._notify()
+            try:
+                self._notify()
+            except Exception:  # a reader's wake-up must never break the engine thread
+                log.exception("output channel notify failed")
 
     def take(self, timeout: float | None = None) -> RequestOutput | None:
         """Everything pending, waiting up to `timeout` seconds; None if nothing came."""

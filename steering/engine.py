@@ -194,7 +194,8 @@ class Engine:
 
     def step(self) -> StepStats:
         """One iteration: aborts, one decode step of the running batch, then admissions."""
-        start = time.perf_counter()
+        start, hook_start = time.perf_counter(), self.hooks.seconds
+        on_step = self.on_step  # read once: a callback set mid-step starts with the next step
         finished: list[FinishedRequest] = []
         self._apply_finish_requests(finished)
         batch = self._batch
@@ -209,10 +210,11 @@ class Engine:
             prefill_tokens=prefill_tokens,
             generated_tokens=decoded + first_tokens,
             steered_rows=batch.steered_rows if batch else 0,
+            hook_seconds=self.hooks.seconds - hook_start,
             finished=tuple(finished),
         )
-        if self.on_step is not None:
-            self.on_step(stats)
+        if on_step is not None:
+            on_step(stats)
         return stats
 
     def _has_work(self) -> bool:

@@ -8,6 +8,7 @@ Hooks return new tensors and never write into the model's outputs.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -63,6 +64,7 @@ class SteeringHooks:
     def __init__(self, model: nn.Module, attachments: Sequence[SaeAttachment]) -> None:
         self.attachments = _checked(model, attachments)
         self._current: StepTables | None = None
+        self.seconds = 0.0  # host time spent steering, all calls together
         self._handles: list[RemovableHandle] = []
         layers = decoder_layers(model)
         for layer in sorted({a.layer for a in self.attachments}):
@@ -103,7 +105,9 @@ class SteeringHooks:
             if tables is None:
                 return None
             hidden = output[0] if isinstance(output, tuple) else output  # (B, T, d_model)
+            start = time.perf_counter()
             steered = steer(hidden, attachments, tables)
+            self.seconds += time.perf_counter() - start
             if steered is hidden:
                 return None
             return (steered, *output[1:]) if isinstance(output, tuple) else steered

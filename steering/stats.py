@@ -31,6 +31,7 @@ class StepStats:
     prefill_tokens: int
     generated_tokens: int  # new tokens over all rows, prefill's first tokens included
     steered_rows: int  # rows of the decode forward that carried edits
+    hook_seconds: float  # host time inside steering hooks (on GPU: launch time, not kernel time)
     finished: tuple[FinishedRequest, ...]
 
 

@@ -1,0 +1,197 @@
+"""Assembling and running the service: load, warm up, serve, drain.
+
+`SteeringApp.start()` loads the model and SAEs (or the demo), starts the engine thread, the gRPC
+server (with health and reflection) and the metrics endpoint, runs one warm-up generation, then
+marks health SERVING. `drain()` is the SIGTERM path: NOT_SERVING, refuse new calls, let calls in
+flight finish within the grace period, then stop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+import torch
+from grpc import aio
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1.health import aio as health_aio
+from grpc_reflection.v1alpha import reflection
+from prometheus_client import start_http_server
+from steering_client._proto.steering.v1 import steering_pb2 as pb
+from steering_client._proto.steering.v1 import steering_pb2_grpc as pb_grpc
+
+from steering import LoadedModel, SaeAttachment, load_model, load_sae
+from steering.engine import Engine, EngineConfig
+from steering_server.bridge import Bridge
+from steering_server.convert import StopLimits
+from steering_server.errors import AuthInterceptor, ErrorInterceptor
+from steering_server.metrics import Metrics
+from steering_server.servicer import ModelDescription, SteeringServicer
+from steering_server.settings import Settings
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["SteeringService"].full_name
+
+
+@dataclass(frozen=True)
+class Loaded:
+    model: LoadedModel
+    attachments: tuple[SaeAttachment, ...]
+    name: str
+
+
+def resolve_device(setting: str) -> torch.device:
+    if setting == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(setting)
+
+
+def resolve_dtype(setting: str, device: torch.device) -> torch.dtype:
+    if setting == "auto":  # bf16 where it is fast, float32 on CPU
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16}[setting]
+
+
+def load(settings: Settings) -> Loaded:
+    """The model and SAEs named by the settings (or the built-in demo), on the chosen device."""
+    device = resolve_device(settings.device)
+    dtype = resolve_dtype(settings.dtype, device)
+    if settings.demo:
+        from steering.demo import build_demo, default_demo_dir
+
+        assets = build_demo(default_demo_dir())
+        specs = [(assets.sae_name, assets.sae_dir, assets.layer)]
+        model_dir, name = assets.model_dir, "demo"
+    else:
+        if settings.model is None:
+            raise ValueError("name a model folder with --model (or run --demo)")
+        specs = [(s.name, s.path, s.layer) for s in settings.sae]
+        model_dir, name = settings.model, settings.model.name
+    model = load_model(model_dir, device=device, dtype=dtype)
+    attachments = tuple(
+        SaeAttachment(n, load_sae(p, device=device), layer) for n, p, layer in specs
+    )
+    return Loaded(model, attachments, name)
+
+
+class SteeringApp:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.metrics = Metrics()
+        self.health = health_aio.HealthServicer()
+        self.servicer = SteeringServicer(
+            self.metrics, StopLimits(settings.max_stop_strings, settings.max_stop_string_chars)
+        )
+        self.server: aio.Server | None = None
+        self.bridge: Bridge | None = None
+        self.port = 0
+        self.metrics_port = 0
+        self._metrics_http: Any = None
+        self._draining = False
+
+    async def start(self) -> None:
+        s = self.settings
+        for service in ("", SERVICE_NAME):
+            await self.health.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
+        self._start_metrics()
+        self.server = self._grpc_server()
+        await self.server.start()
+        log.info("gRPC listening on %s:%d (health NOT_SERVING while loading)", s.host, self.port)
+        loaded = await asyncio.to_thread(load, s)
+        config = EngineConfig(s.limits(), s.prefill_tokens_per_step)
+        engine = Engine.from_loaded(loaded.model, loaded.attachments, config)
+        self.bridge = Bridge(engine, loaded.model.tokenizer, self.metrics)
+        self.metrics.watch(engine.snapshot)
+        self.bridge.start()
+        await self.bridge.warm_up()
+        engine.on_step = self.metrics.on_step
+        self.servicer.ready(self.bridge, _describe(loaded))
+        for service in ("", SERVICE_NAME):
+            await self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
+        log.info(
+            "serving %s with SAEs %s", loaded.name, [a.name for a in loaded.attachments] or "none"
+        )
+
+    def _start_metrics(self) -> None:
+        self._metrics_http, _ = start_http_server(
+            self.settings.metrics_port, addr=self.settings.host, registry=self.metrics.registry
+        )
+        self.metrics_port = int(self._metrics_http.server_port)
+        log.info("metrics on http://%s:%d/metrics", self.settings.host, self.metrics_port)
+
+    def _grpc_server(self) -> aio.Server:
+        s = self.settings
+        interceptors: list[aio.ServerInterceptor] = [ErrorInterceptor()]
+        if s.auth_tokens:
+            interceptors.insert(0, AuthInterceptor(s.auth_tokens))
+        options = [
+            ("grpc.max_receive_message_length", s.max_message_bytes),
+            ("grpc.max_send_message_length", s.max_message_bytes),
+        ]
+        server = aio.server(interceptors=interceptors, options=options)
+        pb_grpc.add_SteeringServiceServicer_to_server(self.servicer, server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        reflection.enable_server_reflection(
+            (
+                SERVICE_NAME,
+                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                reflection.SERVICE_NAME,
+            ),
+            server,
+        )
+        address = f"{s.host}:{s.port}"
+        credentials = _credentials(s)
+        self.port = (
+            server.add_secure_port(address, credentials)
+            if credentials
+            else server.add_insecure_port(address)
+        )
+        return server
+
+    async def drain(self, grace: float | None = None) -> None:
+        """Stop taking calls, let those in flight finish within the grace period, then stop."""
+        if self._draining:
+            return
+        self._draining = True
+        grace = self.settings.grace_period_s if grace is None else grace
+        await self.health.enter_graceful_shutdown()
+        if self.bridge is not None:
+            self.bridge.engine.close()
+            deadline = time.monotonic() + grace
+            while self.bridge.in_flight and time.monotonic() < deadline:
+                await asyncio.sleep(0.02)
+            await asyncio.to_thread(self.bridge.stop)  # what is left ends as UNAVAILABLE
+        if self.server is not None:
+            await self.server.stop(grace=1.0)
+        if self._metrics_http is not None:
+            self._metrics_http.shutdown()
+        log.info("stopped")
+
+
+def _describe(loaded: Loaded) -> ModelDescription:
+    config = loaded.model.model.config.get_text_config()
+    return ModelDescription(
+        name=loaded.name,
+        num_layers=int(config.num_hidden_layers),
+        d_model=int(config.hidden_size),
+        vocab_size=int(config.vocab_size),
+        attachments=loaded.attachments,
+    )
+
+
+def _credentials(s: Settings) -> grpc.ServerCredentials | None:
+    if s.tls_cert is None and s.tls_key is None:
+        return None
+    if s.tls_cert is None or s.tls_key is None:
+        raise ValueError("TLS needs both --tls-cert and --tls-key")
+    pair = [(Path(s.tls_key).read_bytes(), Path(s.tls_cert).read_bytes())]
+    client_ca = Path(s.tls_client_ca).read_bytes() if s.tls_client_ca else None
+    return grpc.ssl_server_credentials(
+        pair, root_certificates=client_ca, require_client_auth=client_ca is not None
+    )

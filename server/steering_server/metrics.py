@@ -1,0 +1,108 @@
+"""Prometheus metrics: the only module that knows prometheus_client.
+
+Consumes the engine's plain stats (`StepStats`, `EngineSnapshot`) and the bridge's per-request
+events. Names start with `steering_`; counters end in `_total`, times in `_seconds`; no label
+carries a request id, a prompt or a feature index.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
+
+from steering.edits import FeatureEdit
+from steering.stats import EngineSnapshot, StepStats
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+DURATION_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+
+OUTCOMES = (
+    "ok",
+    "invalid_argument",
+    "resource_exhausted",
+    "cancelled",
+    "deadline_exceeded",
+    "unavailable",
+    "internal",
+    "unauthenticated",
+)
+
+
+class Metrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        disable_created_metrics()  # type: ignore[no-untyped-call]  # no `_created` series: they double the exposition for nothing
+        r = self.registry = registry or CollectorRegistry()
+        self.requests = Counter(
+            "steering_requests", "Generate calls, by outcome.", ["outcome"], registry=r
+        )
+        for outcome in OUTCOMES:
+            self.requests.labels(outcome)  # every outcome exported from the start, at 0
+        self.prompt_tokens = Counter(
+            "steering_prompt_tokens", "Prompt tokens admitted.", registry=r
+        )
+        self.generated_tokens = Counter(
+            "steering_generated_tokens", "Tokens generated.", registry=r
+        )
+        self.feature_edits = Counter(
+            "steering_feature_edits",
+            "Feature edits admitted, by SAE and mode.",
+            ["sae", "mode"],
+            registry=r,
+        )
+        self.time_to_first_token = Histogram(
+            "steering_time_to_first_token_seconds",
+            "From receiving a Generate call to its first token.",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.inter_token_latency = Histogram(
+            "steering_inter_token_latency_seconds",
+            "Between consecutive tokens of one request.",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.request_duration = Histogram(
+            "steering_request_duration_seconds",
+            "Generate calls, start to end.",
+            buckets=DURATION_BUCKETS,
+            registry=r,
+        )
+        self.step_duration = Histogram(
+            "steering_step_duration_seconds", "Engine steps.", buckets=LATENCY_BUCKETS, registry=r
+        )
+        self.batch_size = Histogram(
+            "steering_batch_size", "Rows in each decode step.", buckets=BATCH_BUCKETS, registry=r
+        )
+        self.hook_seconds = Counter(
+            "steering_hook_seconds", "Time spent inside steering hooks (host time).", registry=r
+        )
+        self.running = Gauge(
+            "steering_requests_running", "Requests in the running batch.", registry=r
+        )
+        self.waiting = Gauge(
+            "steering_requests_waiting", "Requests waiting for a batch row.", registry=r
+        )
+
+    def watch(self, snapshot: Callable[[], EngineSnapshot]) -> None:
+        """Read the running and waiting gauges from the engine at each scrape."""
+        self.running.set_function(lambda: snapshot().running)
+        self.waiting.set_function(lambda: snapshot().waiting)
+
+    def on_step(self, stats: StepStats) -> None:
+        """Called from the engine thread after each step."""
+        self.step_duration.observe(stats.seconds)
+        if stats.batch_size:
+            self.batch_size.observe(stats.batch_size)
+        self.generated_tokens.inc(stats.generated_tokens)
+        self.hook_seconds.inc(stats.hook_seconds)
+
+    def on_admitted(self, prompt_tokens: int, edits: Sequence[FeatureEdit]) -> None:
+        self.prompt_tokens.inc(prompt_tokens)
+        for edit in edits:
+            self.feature_edits.labels(edit.sae, edit.mode.value).inc()
+
+    def on_finished(self, outcome: str, seconds: float) -> None:
+        self.requests.labels(outcome).inc()
+        self.request_duration.observe(seconds)
