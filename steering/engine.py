@@ -184,12 +184,19 @@ class Engine:
                 self._cond.wait_for(lambda: self._stopping or self._has_work())
                 if self._stopping:
                     break
-            self.step()
+            try:
+                self.step()
+            except Exception:  # a bug, not a model fault: fail what is in flight, keep serving
+                log.exception("engine step failed; failing every request in flight")
+                self._finish_all(FinishReason.ERROR, "internal error in the engine")
+        self._finish_all(FinishReason.ABORTED)
+
+    def _finish_all(self, reason: FinishReason, error: str | None = None) -> None:
         with self._cond:
-            leftover = list(self._waiting) + list(self._running.values())
+            rows = list(self._waiting) + list(self._running.values())
             self._waiting.clear()
-        for row in leftover:
-            self._finish(row, FinishReason.ABORTED, [])
+        for row in rows:
+            self._finish(row, reason, [], error)
         self._batch = None
 
     def step(self) -> StepStats:

@@ -241,6 +241,37 @@ def test_run_in_a_thread_and_stop() -> None:
     assert engine.snapshot().running == 0
 
 
+def test_run_survives_a_failing_step() -> None:
+    engine = _engine()
+    real_admit = engine._admit
+    calls = {"n": 0}
+
+    def flaky_admit(finished: list) -> tuple[int, int, int]:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise RuntimeError("a bug")
+        return real_admit(finished)
+
+    engine._admit = flaky_admit  # type: ignore[method-assign]
+    thread = threading.Thread(target=engine.run)
+    thread.start()
+    try:
+        failed = engine.add(_request(PROMPTS[0], 5))
+        out = failed.channel.take(timeout=5)
+        assert out is not None and out.finish_reason is FinishReason.ERROR
+        assert out.error == "internal error in the engine"
+        served = engine.add(_request(PROMPTS[1], 5))
+        tokens: list[int] = []
+        while (out := served.channel.take(timeout=5)) is not None:
+            tokens += out.token_ids
+            if out.finished:
+                break
+        assert tokens == mock_reference(PROMPTS[1], 5)
+    finally:
+        engine.stop()
+        thread.join(5)
+
+
 def test_stats_describe_each_step() -> None:
     seen = []
     engine = _engine()
