@@ -22,11 +22,11 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
-from steering_client._proto.steering.v1 import steering_pb2 as pb
-from steering_client._proto.steering.v1 import steering_pb2_grpc as pb_grpc
 
 from steering import LoadedModel, SaeAttachment, load_model, load_sae
 from steering.engine import Engine, EngineConfig
+from steering_client._proto.steering.v1 import steering_pb2 as pb
+from steering_client._proto.steering.v1 import steering_pb2_grpc as pb_grpc
 from steering_server.bridge import Bridge
 from steering_server.convert import StopLimits
 from steering_server.errors import AuthInterceptor, ErrorInterceptor

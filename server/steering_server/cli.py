@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         settings = settings_from(argv)
     except (ValidationError, ValueError, OSError) as exc:
-        print(f"steering-server: {exc}", file=sys.stderr)  # noqa: T201
+        sys.stderr.write(f"steering-server: {exc}\n")
         return 2
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"

@@ -12,6 +12,7 @@ from concurrent import futures
 from contextlib import contextmanager
 
 import grpc
+
 from steering_client._proto.steering.v1 import steering_pb2 as pb
 from steering_client._proto.steering.v1 import steering_pb2_grpc as pb_grpc
 

@@ -9,9 +9,9 @@ from typing import TypeVar
 
 import grpc
 import pytest
+
 from steering_client import AsyncSteeringClient, Chunk, Edit, SteeringClientError, Usage
 from steering_client._proto.steering.v1 import steering_pb2 as pb
-
 from tests.client.fake_server import FakeSteering
 
 T = TypeVar("T")

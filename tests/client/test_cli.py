@@ -7,10 +7,10 @@ import sys
 
 import grpc
 import pytest
+
 from steering_client._proto.steering.v1 import steering_pb2 as pb
 from steering_client.cli import main
 from steering_client.edits import Edit
-
 from tests.client.fake_server import FakeSteering
 
 

@@ -6,6 +6,7 @@ import re
 
 import grpc
 import pytest
+
 from steering_client import (
     Chunk,
     Completion,
@@ -16,7 +17,6 @@ from steering_client import (
     Usage,
 )
 from steering_client._proto.steering.v1 import steering_pb2 as pb
-
 from tests.client.fake_server import FakeSteering
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from steering_client import Edit, parse_edit
 from steering_client._proto.steering.v1 import steering_pb2 as pb
 

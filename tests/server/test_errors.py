@@ -9,8 +9,8 @@ from pathlib import Path
 
 import grpc
 import pytest
-from steering_client._proto.steering.v1 import steering_pb2 as pb
 
+from steering_client._proto.steering.v1 import steering_pb2 as pb
 from tests.server.harness import ServerThread, edit, request
 
 SET = pb.EDIT_MODE_SET

@@ -6,12 +6,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from steering_client._proto.steering.v1 import steering_pb2 as pb
-from steering_server.convert import MODE_OF
 
 from steering import FeatureEdit, SaeAttachment, load_model, load_sae
 from steering.engine import Engine
 from steering.requests import GenerationRequest, SamplingParams
+from steering_client._proto.steering.v1 import steering_pb2 as pb
+from steering_server.convert import MODE_OF
 from tests.server.harness import ServerThread, edit, request
 
 CASES = {
