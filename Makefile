@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 TORCH_VERSION ?= 2.13.0
 
-.PHONY: test lint check format bench-hook bench-engine clean
+.PHONY: test lint check format demo bench-hook bench-engine clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -24,6 +24,10 @@ lint: $(STAMP)
 	$(VENV)/bin/mypy steering server/steering_server
 
 check: lint test
+
+# Start the demo server, show one prompt unsteered and steered, then stop the server.
+demo: $(STAMP)
+	$(PY) -m steering_server.showcase
 
 format: $(STAMP)
 	$(VENV)/bin/ruff format .
