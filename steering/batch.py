@@ -19,6 +19,8 @@ from transformers import DynamicCache
 from steering.edits import EditTable, FeatureEdit, build_tables, steerable_positions
 from steering.hooks import SteeringHooks, StepTables
 
+PAD_ID = 0  # fills left padding; any id serves, since padding is masked and never steered
+
 
 @dataclass(frozen=True, eq=False)
 class Steering:
@@ -31,12 +33,16 @@ class Steering:
         return build_tables(row_edits, self.hooks.saes) if any(row_edits) else {}
 
     def step_tables(
-        self, edit_tables: dict[str, EditTable], ids: torch.Tensor
+        self, edit_tables: dict[str, EditTable], ids: torch.Tensor, mask: torch.Tensor | None = None
     ) -> StepTables | None:
-        """What the hooks apply to tokens `ids` (B, T); None: nothing to steer, the plain model."""
+        """What the hooks apply to tokens `ids` (B, T), whose padding `mask` marks with 0.
+
+        None: nothing to steer, the plain model runs.
+        """
         if not edit_tables and not any(a.reconstruct for a in self.hooks.attachments):
             return None
-        return StepTables(edit_tables, steerable_positions(ids, self.special_ids))
+        steerable = steerable_positions(ids, self.special_ids)
+        return StepTables(edit_tables, steerable if mask is None else steerable & mask.bool())
 
 
 def forward(
@@ -91,18 +97,24 @@ class Batch:
         cls,
         model: torch.nn.Module,
         steering: Steering,
-        key: int,
-        prompt: Sequence[int],
-        edits: tuple[FeatureEdit, ...],
+        keys: list[int],
+        prompts: Sequence[Sequence[int]],
+        row_edits: list[tuple[FeatureEdit, ...]],
     ) -> tuple[Batch, torch.Tensor]:
-        """A one-row batch holding `prompt`, and the logits (1, V) of its next token."""
+        """A batch of `prompts` (left-padded, one forward), and their next-token logits (B, V)."""
         device = steering.special_ids.device
-        ids = torch.tensor([list(prompt)], dtype=torch.long, device=device)  # (1, T)
-        mask = torch.ones_like(ids)
-        positions = torch.arange(ids.shape[1], device=device)[None, :]
-        tables = steering.step_tables(steering.edit_tables([edits]), ids)
+        length = max(len(p) for p in prompts)
+        padded = [[PAD_ID] * (length - len(p)) + list(p) for p in prompts]
+        ids = torch.tensor(padded, dtype=torch.long, device=device)  # (B, T)
+        mask = torch.tensor(
+            [[0] * (length - len(p)) + [1] * len(p) for p in prompts],
+            dtype=torch.long,
+            device=device,
+        )
+        positions = (mask.cumsum(dim=1) - 1).clamp_min(0)
+        tables = steering.step_tables(steering.edit_tables(row_edits), ids, mask)
         logits, cache = forward(model, steering, tables, ids, mask, positions, DynamicCache())
-        return cls([key], [edits], cache, mask, positions[:, -1] + 1), logits
+        return cls(keys, row_edits, cache, mask, mask.sum(dim=1)), logits
 
     def decode(
         self, model: torch.nn.Module, steering: Steering, tokens: Sequence[int]

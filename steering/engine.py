@@ -269,29 +269,37 @@ class Engine:
         return generated
 
     def _admit(self, finished: list[FinishedRequest]) -> tuple[int, int, int]:
-        """Prefill waiting requests into free rows; (requests, prompt tokens, first tokens)."""
-        admitted, tokens, generated, joined = 0, 0, 0, []
-        while (row := self._next_admission(admitted, tokens)) is not None:
-            admitted += 1
+        """Prefill waiting requests into free rows, in one forward; (requests, prompt tokens,
+        first tokens)."""
+        rows: list[_Row] = []
+        tokens = 0
+        while (row := self._next_admission(len(rows), tokens)) is not None:
+            rows.append(row)
             tokens += len(row.request.prompt_ids)
             row.admitted_at = time.monotonic()
-            try:
-                row.sampler = RowSampler.create(row.request.sampling, self.device)
-                one, logits = Batch.prefill(
-                    self.model, self._steering, row.key, row.request.prompt_ids, row.request.edits
-                )
-            except Exception:
-                log.exception("prefill failed for request %r", row.request.request_id)
+            row.sampler = RowSampler.create(row.request.sampling, self.device)
+        if not rows:
+            return 0, 0, 0
+        try:
+            prefilled, logits = Batch.prefill(
+                self.model,
+                self._steering,
+                [row.key for row in rows],
+                [row.request.prompt_ids for row in rows],
+                [row.request.edits for row in rows],
+            )
+        except Exception:
+            log.exception("prefill failed for %d requests", len(rows))
+            for row in rows:
                 self._finish(
                     row, FinishReason.ERROR, finished, "internal error while reading the prompt"
                 )
-                continue
-            generated += self._emit([row], logits, finished)
-            if row.key in self._running:
-                joined.append(one)
-        parts = ([self._batch] if self._batch else []) + joined
+            return len(rows), tokens, 0
+        generated = self._emit(rows, logits, finished)
+        joined = prefilled.filter(set(self._running))
+        parts = [b for b in (self._batch, joined) if b is not None]
         self._batch = Batch.concatenate(parts) if parts else None
-        return admitted, tokens, generated
+        return len(rows), tokens, generated
 
     def _next_admission(self, admitted: int, tokens: int) -> _Row | None:
         with self._cond:
