@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 TORCH_VERSION ?= 2.13.0
 
-.PHONY: test lint check format demo bench-hook bench-engine clean
+.PHONY: test lint check format demo bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -33,13 +33,9 @@ format: $(STAMP)
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
 
-# Hook cost per decode step at Gemma 2 2B's shape: sparse delta vs full encode/decode.
-bench-hook: $(STAMP)
-	$(PY) -m bench.hook_overhead
-
-# Engine throughput on the medium preset: concurrent vs sequential vs model.generate.
-bench-engine: $(STAMP)
-	$(PY) -m bench.engine_throughput
+# The benchmarks (see bench/README.md): Markdown on stdout, JSON in bench/results/.
+bench: $(STAMP)
+	$(PY) -m bench $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
