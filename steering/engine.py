@@ -314,8 +314,10 @@ class Engine:
 
     def _emit(self, rows: list[_Row], logits: torch.Tensor, finished: list[FinishedRequest]) -> int:
         """Sample each row's next token from logits (B, V); send it; finish rows that are done."""
-        finite = torch.isfinite(logits).all(dim=-1).tolist()
-        greedy = logits.argmax(dim=-1).tolist()
+        # One device-to-host copy per step: each row's argmax and whether its logits are finite.
+        greedy, finite = torch.stack(
+            [logits.argmax(dim=-1), torch.isfinite(logits).all(dim=-1).long()]
+        ).tolist()
         now, emitted = time.monotonic(), 0
         for b, row in enumerate(rows):
             assert row.sampler is not None
