@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from typing import Any
 
 REPLACEMENT = "\ufffd"
+CONTEXT_IDS = 4  # ids decoded again before the new ones, so joins between pieces come out right
 
 
 class TextStream:
@@ -23,6 +24,8 @@ class TextStream:
         self._skip_special = skip_special_tokens
         self._ids: list[int] = []
         self._sent = 0  # characters of the decoded text already returned
+        self._settled = 0  # ids whose text is final: they decode to `_settled_text`
+        self._settled_text = ""
         self.stopped = False
 
     @property
@@ -54,8 +57,23 @@ class TextStream:
         self._sent = len(decoded)
         return piece
 
+    def _decode(self, ids: Sequence[int]) -> str:
+        return str(self._tokenizer.decode(ids, skip_special_tokens=self._skip_special))
+
     def _decoded(self) -> str:
-        return str(self._tokenizer.decode(self._ids, skip_special_tokens=self._skip_special))
+        """The text of all ids, decoding only the unsettled tail (with a few ids of context, as
+        tokenizers treat the first id of a sequence specially). Settles text that is complete."""
+        start = max(0, self._settled - CONTEXT_IDS)
+        context = self._decode(self._ids[start : self._settled])
+        tail = self._decode(self._ids[start:])
+        text = (
+            self._settled_text + tail[len(context) :]
+            if tail.startswith(context)
+            else self._decode(self._ids)
+        )
+        if not text.endswith(REPLACEMENT):
+            self._settled, self._settled_text = len(self._ids), text
+        return text
 
     def _stop_at(self, decoded: str) -> int | None:
         """Where the earliest stop string starts, if any starts at or after text not yet final."""

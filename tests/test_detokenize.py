@@ -68,3 +68,29 @@ def test_after_a_stop_nothing_more_comes(tokenizer) -> None:
     assert stream.push(_ids(tokenizer, " and blue")) == ""
     assert stream.flush() == ""
     assert stream.text == "the sea was "
+
+
+def test_long_streams_equal_the_full_decode(tokenizer) -> None:
+    text = " ".join(["Café, naïve: 東京 😀 and the sea was calm; the boats drifted."] * 30)
+    ids = _ids(tokenizer, text)
+    stream = TextStream(tokenizer)
+    out = "".join(stream.push(ids[i : i + 3]) for i in range(0, len(ids), 3)) + stream.flush()
+    assert out == tokenizer.decode(ids) == text
+
+
+def test_decoding_work_per_push_stays_bounded(tokenizer) -> None:
+    calls: list[int] = []
+    original = tokenizer.decode
+
+    def counting(ids, **kw):  # type: ignore[no-untyped-def]
+        calls.append(len(ids))
+        return original(ids, **kw)
+
+    tokenizer.decode = counting
+    try:
+        stream = TextStream(tokenizer)
+        for i in _ids(tokenizer, "the sea was calm and blue " * 40):
+            stream.push([i])
+    finally:
+        tokenizer.decode = original
+    assert max(calls) <= 16  # a few ids of context plus the new ones, never the whole text
