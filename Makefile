@@ -87,3 +87,24 @@ lint-client: $(STAMP)
 	$(VENV)/bin/mypy clients/python/steering_client
 
 lint: lint-client proto-check
+
+# --- deploy: the Dockerfile, the Kubernetes manifests and the container test ----------------
+# Manifests are checked against the oldest and the newest Kubernetes they target (preStop
+# `sleep` is on by default from 1.30). kustomization.yaml is not a Kubernetes object.
+KUBERNETES_VERSIONS ?= 1.30.0 1.37.0
+MANIFESTS := $(filter-out %/kustomization.yaml,$(wildcard deploy/kubernetes/*.yaml))
+
+.PHONY: lint-deploy container-test
+
+lint-deploy: $(STAMP)
+	$(VENV)/bin/hadolint Dockerfile
+	for v in $(KUBERNETES_VERSIONS); do \
+		$(VENV)/bin/kubernetes-validate --strict --quiet -k $$v $(MANIFESTS) || exit 1; \
+	done
+
+lint: lint-deploy
+
+# Build the CPU image with podman from a local Debian base and check it end to end (needs root;
+# installs podman, runc and debootstrap when missing). Not part of `make test`: minutes, not s.
+container-test: $(STAMP)
+	PY=$(PY) TORCH_VERSION=$(TORCH_VERSION) deploy/container-test.sh
