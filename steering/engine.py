@@ -271,6 +271,9 @@ class Engine:
     def _admit(self, finished: list[FinishedRequest]) -> tuple[int, int, int]:
         """Prefill waiting requests into free rows, in one forward; (requests, prompt tokens,
         first tokens)."""
+        self._apply_finish_requests(
+            finished
+        )  # aborts that came during the decode: never prefill them
         rows: list[_Row] = []
         tokens = 0
         while (row := self._next_admission(len(rows), tokens)) is not None:
