@@ -76,7 +76,7 @@ async def serve(settings: Settings) -> None:
         loop.add_signal_handler(sig, stop.set)
     await app.start()
     await stop.wait()
-    log.info("signal received: draining (grace %.1f s)", settings.grace_period_s)
+    log.info("signal received")
     await app.drain()
 
 
