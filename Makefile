@@ -18,6 +18,13 @@ $(STAMP): pyproject.toml
 test: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q
 
+# The reliability suite (tests/reliability) at full scale: 100-stream cancel storms, 10,000
+# fuzzed requests, ... `make test` (and so CI) runs it at small scale; `-m "not reliability"`
+# leaves it out of a quick run.
+.PHONY: test-reliability
+test-reliability: $(STAMP)
+	HF_HUB_OFFLINE=1 STEERING_RELIABILITY_SCALE=full $(PY) -m pytest -q -m reliability tests/reliability
+
 lint: $(STAMP)
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/ruff check .

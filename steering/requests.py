@@ -13,6 +13,11 @@ from dataclasses import dataclass
 from steering.edits import DEFAULT_MAX_ABS_VALUE, FeatureEdit, validate_edits
 from steering.errors import InvalidRequestError
 
+# Below this, logits / temperature overflows float32 for ordinary logits (1e-45 turns 1.0 into
+# inf and the draw into NaN); sampling so cold is greedy in all but exact ties: ask for 0.
+MIN_TEMPERATURE = 1e-3
+MAX_TEMPERATURE = 100.0
+
 
 @dataclass(frozen=True)
 class SamplingParams:
@@ -80,9 +85,11 @@ def _validate_sampling(s: SamplingParams, limits: Limits) -> None:
             "sampling.max_new_tokens",
             f"must be between 0 and {limits.max_new_tokens}, got {s.max_new_tokens}",
         )
-    if not (math.isfinite(s.temperature) and 0.0 <= s.temperature <= 100.0):
+    t = s.temperature
+    if not (math.isfinite(t) and (t == 0.0 or MIN_TEMPERATURE <= t <= MAX_TEMPERATURE)):
         raise InvalidRequestError(
-            "sampling.temperature", f"must be between 0 and 100, got {s.temperature}"
+            "sampling.temperature",
+            f"must be 0 (greedy) or between {MIN_TEMPERATURE:g} and {MAX_TEMPERATURE:g}, got {t}",
         )
     if s.top_k < 0:
         raise InvalidRequestError("sampling.top_k", f"must not be negative, got {s.top_k}")

@@ -37,6 +37,7 @@ from steering_server.settings import Settings
 log = logging.getLogger(__name__)
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["SteeringService"].full_name
+GENERATE_METHOD = f"/{SERVICE_NAME}/Generate"
 
 
 @dataclass(frozen=True)
@@ -94,6 +95,7 @@ class SteeringApp:
         self.metrics_port = 0
         self._metrics_http: Any = None
         self._draining = False
+        self._errors = ErrorInterceptor(self._count_refused)
 
     async def start(self) -> None:
         s = self.settings
@@ -127,9 +129,9 @@ class SteeringApp:
 
     def _grpc_server(self) -> aio.Server:
         s = self.settings
-        interceptors: list[aio.ServerInterceptor] = [ErrorInterceptor()]
+        interceptors: list[aio.ServerInterceptor] = [self._errors]
         if s.auth_tokens:
-            interceptors.insert(0, AuthInterceptor(s.auth_tokens))
+            interceptors.insert(0, AuthInterceptor(s.auth_tokens, self._count_refused))
         options = [
             ("grpc.max_receive_message_length", s.max_message_bytes),
             ("grpc.max_send_message_length", s.max_message_bytes),
@@ -154,6 +156,11 @@ class SteeringApp:
         )
         return server
 
+    def _count_refused(self, method: str, code: grpc.StatusCode) -> None:
+        """Generate calls refused before the servicer (bad token, undecodable) count too."""
+        if method == GENERATE_METHOD:
+            self.metrics.on_finished(code.name.lower(), 0.0)
+
     async def drain(self, grace: float | None = None) -> None:
         """Stop taking calls, let those in flight finish within the grace period, then stop."""
         if self._draining:
@@ -163,10 +170,14 @@ class SteeringApp:
         await self.health.enter_graceful_shutdown()
         if self.bridge is not None:
             self.bridge.engine.close()
+        # Logged once it holds: health NOT_SERVING and new calls refused (tests wait for this).
+        log.info("draining: health NOT_SERVING, new calls UNAVAILABLE, grace %.1f s", grace)
+        if self.bridge is not None:
             deadline = time.monotonic() + grace
             while self.bridge.in_flight and time.monotonic() < deadline:
                 await asyncio.sleep(0.02)
             await asyncio.to_thread(self.bridge.stop)  # what is left ends as UNAVAILABLE
+        await self._errors.end_streams()
         if self.server is not None:
             await self.server.stop(grace=1.0)
         if self._metrics_http is not None:

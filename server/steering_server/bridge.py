@@ -1,8 +1,9 @@
 """The bridge between asyncio handlers and the engine thread.
 
-It owns the engine's thread, tokenizes at the edge, and turns a request into an async stream of
-chunks: new token ids with UTF-8-safe text, then a last chunk with the finish reason. Leaving
-the stream early (client cancel, deadline, server error) aborts the engine row at once.
+It owns the engine's thread and a tokenizing thread (a long prompt must not stall the event
+loop), and turns a request into an async stream of chunks: new token ids with UTF-8-safe text,
+then a last chunk with the finish reason. Leaving the stream early (client cancel, deadline,
+server error) aborts the engine row at once.
 """
 
 from __future__ import annotations
@@ -11,7 +12,8 @@ import asyncio
 import logging
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -43,6 +45,14 @@ class Bridge:
         self.metrics = metrics
         self.in_flight = 0
         self._thread = threading.Thread(target=engine.run, name="engine", daemon=True)
+        # One thread, so calls into the tokenizer never overlap (fast tokenizers are not safe
+        # to reconfigure while in use).
+        self._tokenizer_thread = ThreadPoolExecutor(1, thread_name_prefix="tokenizer")
+        # No prompt within the token limit has more characters than this: longer ones are
+        # refused before tokenizing them, so work per request stays bounded. (A token covers at
+        # most as many characters as its vocabulary entry; the margin covers normalizers.)
+        longest = max((len(token) for token in tokenizer.get_vocab()), default=1)
+        self.max_prompt_chars = 2 * engine.config.limits.max_prompt_tokens * longest
 
     def start(self) -> None:
         self._thread.start()
@@ -51,9 +61,11 @@ class Bridge:
         """Stop the engine thread; requests still in it end as aborted."""
         self.engine.stop()
         self._thread.join(timeout)
+        self._tokenizer_thread.shutdown(wait=False)
 
     def tokenize(self, parsed: ParsedRequest) -> tuple[int, ...]:
         """Prompt ids: the tokenizer's defaults for text (one BOS), the chat template for chats."""
+        self._check_length(parsed)
         if parsed.prompt is not None:
             return tuple(self.tokenizer(parsed.prompt).input_ids)
         messages = [{"role": role, "content": content} for role, content in parsed.chat or ()]
@@ -68,15 +80,27 @@ class Bridge:
         ids = encoded["input_ids"] if hasattr(encoded, "keys") else encoded
         return tuple(int(i) for i in ids)
 
-    async def generate(self, parsed: ParsedRequest, *, count: bool = True) -> AsyncIterator[Chunk]:
+    def _check_length(self, parsed: ParsedRequest) -> None:
+        if parsed.prompt is not None:
+            field, chars = "prompt", len(parsed.prompt)
+        else:
+            field, chars = "chat.messages", sum(len(r) + len(c) for r, c in parsed.chat or ())
+        if chars > self.max_prompt_chars:
+            limit = self.engine.config.limits.max_prompt_tokens
+            raise InvalidRequestError(
+                field, f"{chars} characters is more than a prompt of {limit} tokens can hold"
+            )
+
+    async def generate(
+        self, parsed: ParsedRequest, *, count: bool = True
+    ) -> AsyncGenerator[Chunk, None]:
         """Stream one request's chunks; raises the engine's domain errors before the first.
 
         `count=False` keeps it out of the metrics (the warm-up).
         """
-        request = GenerationRequest(
-            self.tokenize(parsed), parsed.sampling, parsed.edits, parsed.request_id
-        )
         loop, ready = asyncio.get_running_loop(), asyncio.Event()
+        prompt_ids = await loop.run_in_executor(self._tokenizer_thread, self.tokenize, parsed)
+        request = GenerationRequest(prompt_ids, parsed.sampling, parsed.edits, parsed.request_id)
 
         def wake() -> None:
             if not loop.is_closed():

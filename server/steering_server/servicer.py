@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
+from contextlib import aclosing
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,6 +21,10 @@ from steering_server.errors import status_of
 from steering_server.metrics import Metrics
 
 Context = aio.ServicerContext[Any, Any]
+
+# A client's deadline passes a moment before the server's (which starts when the call arrives),
+# and the client then cancels: a cancel this close to the deadline is the deadline's doing.
+DEADLINE_SLACK_S = 0.5
 
 
 @dataclass(frozen=True)
@@ -57,29 +62,32 @@ class SteeringServicer(pb_grpc.SteeringServiceServicer):
             bridge, _ = self._loaded()
             parsed = convert.parse_generate(request, self.stop_limits)
             last = None
-            async for chunk in bridge.generate(parsed):
-                now = time.perf_counter()
-                self._observe_latency(start, last, now, len(chunk.token_ids))
-                last = now
-                if chunk.finish_reason is None:
-                    yield convert.chunk(chunk.token_ids, chunk.text)
-                else:
-                    yield convert.last_chunk(
-                        chunk.token_ids,
-                        chunk.text,
-                        chunk.finish_reason,
-                        chunk.prompt_tokens,
-                        chunk.completion_tokens,
-                        chunk.seed,
-                    )
+            async with aclosing(bridge.generate(parsed)) as chunks:
+                async for chunk in chunks:
+                    now = time.perf_counter()
+                    self._observe_latency(start, last, now, len(chunk.token_ids))
+                    last = now
+                    if chunk.finish_reason is None:
+                        yield convert.chunk(chunk.token_ids, chunk.text)
+                    else:
+                        yield convert.last_chunk(
+                            chunk.token_ids,
+                            chunk.text,
+                            chunk.finish_reason,
+                            chunk.prompt_tokens,
+                            chunk.completion_tokens,
+                            chunk.seed,
+                        )
             outcome = "ok"
         except SteeringError as exc:
             outcome = status_of(exc).name.lower()
             raise
-        except asyncio.CancelledError:
+        except (asyncio.CancelledError, GeneratorExit):  # the caller left (or its deadline passed)
             remaining = context.time_remaining()
             outcome = (
-                "deadline_exceeded" if remaining is not None and remaining <= 0 else "cancelled"
+                "deadline_exceeded"
+                if remaining is not None and remaining <= DEADLINE_SLACK_S
+                else "cancelled"
             )
             raise
         finally:
