@@ -23,7 +23,8 @@ test: $(STAMP)
 # leaves it out of a quick run.
 .PHONY: test-reliability
 test-reliability: $(STAMP)
-	HF_HUB_OFFLINE=1 STEERING_RELIABILITY_SCALE=full $(PY) -m pytest -q -m reliability tests/reliability
+	HF_HUB_OFFLINE=1 STEERING_RELIABILITY_SCALE=full \
+		$(PY) -m pytest -q -s --durations=10 -m reliability tests/reliability
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff format --check .

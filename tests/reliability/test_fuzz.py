@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -129,52 +130,55 @@ def _float32(lo: float, hi: float) -> st.SearchStrategy[float]:
 
 BAD_FLOATS = st.sampled_from([float("nan"), float("inf"), float("-inf"), 3e38, -3e38])
 UINT32 = st.integers(0, 2**32 - 1) | st.sampled_from([0, 1, 2**31, 2**32 - 1])
+# Built once: strategies made inside a draw cost hypothesis a validation each time.
+EDIT_VALUE = _float32(-1e4, 1e4)  # up to the server's cap: extreme, still valid
+TEMPERATURE = st.just(0.0) | _float32(1e-3, 100.0)
+TOP_P = _float32(0.0, 1.0)
+STOPS = st.lists(_text(1, 16), max_size=4)
+REQUEST_ID = _text(0, 40)
+PROMPT = _nonblank(60)
+TURNS = st.lists(
+    st.tuples(st.sampled_from(["user", "model", "assistant"]), _nonblank(40)),
+    min_size=1,
+    max_size=3,
+)
 
 
 @st.composite
 def _valid_edits(draw: st.DrawFn) -> list[pb.FeatureEdit]:
-    keys = draw(
-        st.lists(
-            st.sampled_from(sorted(WIDTHS)).flatmap(
-                lambda sae: st.tuples(st.just(sae), st.integers(0, WIDTHS[sae] - 1))
-            ),
-            max_size=8,
-            unique=True,
-        )
-    )
-    return [
-        pb.FeatureEdit(
+    edits: dict[tuple[str, int], pb.FeatureEdit] = {}  # one edit per (SAE, feature)
+    for _ in range(draw(st.integers(0, 8))):
+        sae = draw(st.sampled_from(sorted(WIDTHS)))
+        feature = draw(st.integers(0, WIDTHS[sae] - 1))
+        edits[sae, feature] = pb.FeatureEdit(
             sae=sae,
             feature=feature,
             mode=draw(st.integers(1, 4)),
-            value=draw(_float32(-1e4, 1e4)),  # up to the server's cap: extreme, still valid
+            value=draw(EDIT_VALUE),
             only_when_active=draw(st.booleans()),
         )
-        for sae, feature in keys
-    ]
+    return list(edits.values())
 
 
 @st.composite
 def _valid(draw: st.DrawFn) -> pb.GenerateRequest:
     sampling = pb.SamplingParams(
         max_new_tokens=draw(st.integers(0, 3)),  # 0: the server's default (2)
-        temperature=draw(st.just(0.0) | _float32(1e-3, 100.0)),
+        temperature=draw(TEMPERATURE),
         top_k=draw(UINT32),
-        top_p=draw(_float32(0.0, 1.0)),
-        stop=draw(st.lists(_text(1, 16), max_size=4)),
+        top_p=draw(TOP_P),
+        stop=draw(STOPS),
         ignore_eos=draw(st.booleans()),
     )
     if draw(st.booleans()):
         sampling.seed = draw(st.integers(0, 2**64 - 1))
     message = pb.GenerateRequest(
-        sampling=sampling, edits=draw(_valid_edits()), request_id=draw(_text(0, 40))
+        sampling=sampling, edits=draw(_valid_edits()), request_id=draw(REQUEST_ID)
     )
     if draw(st.booleans()):
-        message.prompt = draw(_nonblank(60))
+        message.prompt = draw(PROMPT)
     else:
-        roles = st.sampled_from(["user", "model", "assistant"])
-        turns = st.lists(st.tuples(roles, _nonblank(40)), min_size=1, max_size=3)
-        message.chat.CopyFrom(_chat(draw(turns)))
+        message.chat.CopyFrom(_chat(draw(TURNS)))
     return message
 
 
@@ -327,9 +331,11 @@ def test_fuzzed_requests_are_ok_or_invalid_argument(fuzz_rig: ProcessRig, scale:
         answers[result.outcome] = answers.get(result.outcome, 0) + 1
         _check_answer(result)
 
+    start = time.monotonic()
     with canary(fuzz_rig) as runs:
         one()
-    print(f"fuzzed requests: {answers}; canary runs: {len(runs)}")
+    took = time.monotonic() - start
+    print(f"\nfuzzed requests: {answers} in {took:.0f} s; canary runs: {len(runs)}")
     assert answers.get("ok") and answers.get("invalid_argument"), answers  # both were reached
     assert len(runs) >= 1
 
