@@ -36,9 +36,9 @@ ARG PIP_CERT
 RUN --mount=type=secret,id=ca_bundle python3 -m venv /opt/protoc \
     && /opt/protoc/bin/pip install --no-cache-dir grpcio-tools==1.85.1 mypy-protobuf==5.1.0
 COPY proto/ /src/proto/
-COPY clients/python/steering_client/_proto/steering/ /src/committed/steering/
+COPY clients/python/steering_proto/v1/ /src/committed/v1/
 WORKDIR /src
-# protoc writes `from steering.v1 import ...`; point those at the stubs' home in the client, as
+# protoc writes `from steering.v1 import ...`; point those at the stubs' package, as
 # `make proto` does. The build fails when the committed stubs are stale.
 RUN mkdir generated \
     && find proto -name '*.proto' -exec /opt/protoc/bin/python -m grpc_tools.protoc -Iproto \
@@ -47,9 +47,9 @@ RUN mkdir generated \
         --python_out=generated --mypy_out=quiet:generated \
         --grpc_python_out=generated --mypy_grpc_out=quiet:generated {} + \
     && find generated/steering \( -name '*.py' -o -name '*.pyi' \) -exec \
-        sed -i 's/^from steering\./from steering_client._proto.steering./' {} + \
-    && find generated/steering -type d -exec touch {}/__init__.py \;
-RUN diff -r -x __pycache__ generated/steering committed/steering \
+        sed -i 's/^from steering\.v1 import/from steering_proto.v1 import/' {} + \
+    && touch generated/steering/v1/__init__.py
+RUN diff -r -x __pycache__ generated/steering/v1 committed/v1 \
     || { echo "committed stubs are stale: run 'make proto'" >&2; exit 1; }
 
 # --- deps: a virtual environment with torch and the project's dependencies ----------------------
@@ -81,7 +81,8 @@ COPY README.md ./
 COPY steering/ steering/
 COPY server/ server/
 COPY clients/python/steering_client/ clients/python/steering_client/
-COPY --from=stubs /src/generated/steering/ clients/python/steering_client/_proto/steering/
+COPY clients/python/steering_proto/ clients/python/steering_proto/
+COPY --from=stubs /src/generated/steering/v1/ clients/python/steering_proto/v1/
 RUN --mount=type=secret,id=ca_bundle pip wheel --no-cache-dir --no-deps --wheel-dir /dist .
 
 # --- runtime --------------------------------------------------------------------------------------
@@ -107,7 +108,7 @@ COPY deploy/healthcheck.py /usr/local/lib/steering/healthcheck.py
 RUN pip install --no-cache-dir --no-deps /tmp/dist/*.whl \
     && rm -rf /tmp/dist \
     && pip check \
-    && python -c "import torch, steering_server, steering_client._proto.steering.v1.steering_pb2" \
+    && python -c "import torch, steering_server, steering_proto.v1.steering_pb2" \
     && groupadd --system --gid 10001 steering \
     && useradd --system --uid 10001 --gid 10001 --home-dir /var/cache/steering \
         --no-create-home --shell /usr/sbin/nologin steering \

@@ -48,40 +48,40 @@ bench: $(STAMP)
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
 
-# --- gRPC contract: Python stubs generated from proto/ into the client package -------------
+# --- gRPC contract: Python stubs generated from proto/ into their own package ----------------
 # `make proto` is the only way the stubs change; `make proto-check` (run by `make lint`) fails
-# when the committed stubs differ from what the pinned generators make of proto/.
+# when the committed stubs differ from what the pinned generators make of proto/. The stubs live
+# in `steering_proto` (shipped by the light client and the server alike), at steering_proto/v1.
 PROTO_DIR := proto
 PROTO_FILES := $(shell find $(PROTO_DIR) -name '*.proto' | sort)
-PROTO_OUT := clients/python/steering_client/_proto
+PROTO_OUT := clients/python/steering_proto/v1
 PROTO_CHECK := build/proto-check
 
 # $(1): output folder. protoc writes `from steering.v1 import steering_pb2`, but `steering` is
-# this project's core package: the sed points such imports at the stubs' real home.
+# this project's core package: the sed points such imports at `steering_proto.v1`.
 define generate_proto
-	mkdir -p $(1)
+	rm -rf $(1) $(1).gen && mkdir -p $(1).gen
 	$(PY) -m grpc_tools.protoc -I$(PROTO_DIR) \
 		--plugin=protoc-gen-mypy=$(VENV)/bin/protoc-gen-mypy \
 		--plugin=protoc-gen-mypy_grpc=$(VENV)/bin/protoc-gen-mypy_grpc \
-		--python_out=$(1) --mypy_out=quiet:$(1) \
-		--grpc_python_out=$(1) --mypy_grpc_out=quiet:$(1) \
+		--python_out=$(1).gen --mypy_out=quiet:$(1).gen \
+		--grpc_python_out=$(1).gen --mypy_grpc_out=quiet:$(1).gen \
 		$(PROTO_FILES)
-	find $(1)/steering \( -name '*.py' -o -name '*.pyi' \) -exec \
-		sed -i.orig 's/^from steering\./from steering_client._proto.steering./' {} +
-	find $(1)/steering -name '*.orig' -delete
-	find $(1)/steering -type d -exec touch {}/__init__.py \;
+	mv $(1).gen/steering/v1 $(1) && rm -rf $(1).gen
+	find $(1) \( -name '*.py' -o -name '*.pyi' \) -exec \
+		sed -i.orig 's/^from steering\.v1 import/from steering_proto.v1 import/' {} +
+	find $(1) -name '*.orig' -delete
+	touch $(1)/__init__.py
 endef
 
 .PHONY: proto proto-check lint-client proto-lint
 
 proto: $(STAMP)
-	rm -rf $(PROTO_OUT)/steering
 	$(call generate_proto,$(PROTO_OUT))
 
 proto-check: $(STAMP)
-	rm -rf $(PROTO_CHECK)
 	$(call generate_proto,$(PROTO_CHECK))
-	diff -r -x __pycache__ $(PROTO_CHECK)/steering $(PROTO_OUT)/steering \
+	diff -r -x __pycache__ $(PROTO_CHECK) $(PROTO_OUT) \
 		|| { echo "stubs in $(PROTO_OUT) are stale: run 'make proto'" >&2; exit 1; }
 	rm -rf $(PROTO_CHECK)
 

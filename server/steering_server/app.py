@@ -25,8 +25,8 @@ from prometheus_client import start_http_server
 
 from steering import LoadedModel, SaeAttachment, load_model, load_sae
 from steering.engine import Engine, EngineConfig
-from steering_client._proto.steering.v1 import steering_pb2 as pb
-from steering_client._proto.steering.v1 import steering_pb2_grpc as pb_grpc
+from steering_proto.v1 import steering_pb2 as pb
+from steering_proto.v1 import steering_pb2_grpc as pb_grpc
 from steering_server.bridge import Bridge
 from steering_server.convert import StopLimits
 from steering_server.errors import AuthInterceptor, ErrorInterceptor

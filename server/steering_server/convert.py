@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from steering.edits import EditMode, FeatureEdit
 from steering.errors import InvalidRequestError
 from steering.requests import FinishReason, Limits, SamplingParams
-from steering_client._proto.steering.v1 import steering_pb2 as pb
+from steering_proto.v1 import steering_pb2 as pb
 
 MODE_OF = {
     pb.EDIT_MODE_SET: EditMode.SET,

@@ -13,8 +13,8 @@ from grpc import aio
 
 from steering.errors import EngineClosedError, SteeringError
 from steering.hooks import SaeAttachment
-from steering_client._proto.steering.v1 import steering_pb2 as pb
-from steering_client._proto.steering.v1 import steering_pb2_grpc as pb_grpc
+from steering_proto.v1 import steering_pb2 as pb
+from steering_proto.v1 import steering_pb2_grpc as pb_grpc
 from steering_server import convert
 from steering_server.bridge import Bridge
 from steering_server.errors import status_of

@@ -13,8 +13,8 @@ from contextlib import contextmanager
 
 import grpc
 
-from steering_client._proto.steering.v1 import steering_pb2 as pb
-from steering_client._proto.steering.v1 import steering_pb2_grpc as pb_grpc
+from steering_proto.v1 import steering_pb2 as pb
+from steering_proto.v1 import steering_pb2_grpc as pb_grpc
 
 CANNED = (
     pb.GenerateResponse(token_ids=[10, 11], text="Hello"),

@@ -11,7 +11,7 @@ import grpc
 import pytest
 
 from steering_client import AsyncSteeringClient, Chunk, Edit, SteeringClientError, Usage
-from steering_client._proto.steering.v1 import steering_pb2 as pb
+from steering_proto.v1 import steering_pb2 as pb
 from tests.client.fake_server import FakeSteering
 
 T = TypeVar("T")

@@ -8,9 +8,9 @@ import sys
 import grpc
 import pytest
 
-from steering_client._proto.steering.v1 import steering_pb2 as pb
 from steering_client.cli import main
 from steering_client.edits import Edit
+from steering_proto.v1 import steering_pb2 as pb
 from tests.client.fake_server import FakeSteering
 
 

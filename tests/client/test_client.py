@@ -16,7 +16,7 @@ from steering_client import (
     SteeringClientError,
     Usage,
 )
-from steering_client._proto.steering.v1 import steering_pb2 as pb
+from steering_proto.v1 import steering_pb2 as pb
 from tests.client.fake_server import FakeSteering
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from steering_client import Edit, parse_edit
-from steering_client._proto.steering.v1 import steering_pb2 as pb
+from steering_proto.v1 import steering_pb2 as pb
 
 
 @pytest.mark.parametrize(

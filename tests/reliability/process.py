@@ -16,7 +16,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
 
-from steering_client._proto.steering.v1 import steering_pb2_grpc as pb_grpc
+from steering_proto.v1 import steering_pb2_grpc as pb_grpc
 from tests.reliability.rig import Client, MiB, rss_bytes
 
 # Lines of the server's log that mean something went wrong inside it.

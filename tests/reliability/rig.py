@@ -29,7 +29,7 @@ from typing import Any
 import grpc
 
 from steering.stats import FinishedRequest, StepStats
-from steering_client._proto.steering.v1 import steering_pb2 as pb
+from steering_proto.v1 import steering_pb2 as pb
 from tests.server.harness import ServerThread, request
 
 SET, ADD, SCALE, ABLATE = (

@@ -11,8 +11,8 @@ import time
 
 import grpc
 
-from steering_client._proto.steering.v1 import steering_pb2 as pb
-from steering_client._proto.steering.v1 import steering_pb2_grpc as pb_grpc
+from steering_proto.v1 import steering_pb2 as pb
+from steering_proto.v1 import steering_pb2_grpc as pb_grpc
 
 
 def main(target: str, request_id: str, max_new_tokens: str) -> None:

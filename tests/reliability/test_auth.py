@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from steering_client._proto.steering.v1 import steering_pb2 as pb
+from steering_proto.v1 import steering_pb2 as pb
 from tests.reliability.conftest import start_rig
 from tests.reliability.rig import LogCapture, Rig, gen, read
 

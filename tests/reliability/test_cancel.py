@@ -11,7 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from steering_client._proto.steering.v1 import steering_pb2 as pb
+from steering_proto.v1 import steering_pb2 as pb
 from tests.reliability.conftest import Scale
 from tests.reliability.rig import ABLATE, ADD, SCALE, SET, Result, Rig, gen
 from tests.server.harness import edit

@@ -16,7 +16,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from steering_client._proto.steering.v1 import steering_pb2 as pb
+from steering_proto.v1 import steering_pb2 as pb
 from tests.reliability.conftest import RIGS, Scale
 from tests.reliability.process import ProcessRig, ServerProcess
 from tests.reliability.rig import ADD, SET, Client, Result, gen, outcome_of

@@ -9,7 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from steering_client._proto.steering.v1 import steering_pb2 as pb
+from steering_proto.v1 import steering_pb2 as pb
 from tests.reliability.conftest import Scale
 from tests.reliability.rig import SCALE, SET, Rig, gen
 from tests.server.harness import edit

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from steering_client._proto.steering.v1 import steering_pb2 as pb
+from steering_proto.v1 import steering_pb2 as pb
 from tests.reliability.conftest import Scale, start_rig
 from tests.reliability.rig import SET, LogCapture, Rig, gen
 from tests.server.harness import edit

@@ -10,8 +10,8 @@ from typing import Any
 import grpc
 from prometheus_client.parser import text_string_to_metric_families
 
-from steering_client._proto.steering.v1 import steering_pb2 as pb
-from steering_client._proto.steering.v1 import steering_pb2_grpc as pb_grpc
+from steering_proto.v1 import steering_pb2 as pb
+from steering_proto.v1 import steering_pb2_grpc as pb_grpc
 from steering_server.app import SteeringApp
 from steering_server.settings import Settings
 

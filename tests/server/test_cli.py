@@ -15,8 +15,8 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from steering_client._proto.steering.v1 import steering_pb2 as pb
-from steering_client._proto.steering.v1 import steering_pb2_grpc as pb_grpc
+from steering_proto.v1 import steering_pb2 as pb
+from steering_proto.v1 import steering_pb2_grpc as pb_grpc
 from tests.server.harness import request
 
 

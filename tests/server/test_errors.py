@@ -10,7 +10,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from steering_client._proto.steering.v1 import steering_pb2 as pb
+from steering_proto.v1 import steering_pb2 as pb
 from tests.server.harness import ServerThread, edit, request
 
 SET = pb.EDIT_MODE_SET

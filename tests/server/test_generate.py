@@ -10,7 +10,7 @@ import torch
 from steering import FeatureEdit, SaeAttachment, load_model, load_sae
 from steering.engine import Engine
 from steering.requests import GenerationRequest, SamplingParams
-from steering_client._proto.steering.v1 import steering_pb2 as pb
+from steering_proto.v1 import steering_pb2 as pb
 from steering_server.convert import MODE_OF
 from tests.server.harness import ServerThread, edit, request
 

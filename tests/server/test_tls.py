@@ -14,8 +14,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from steering_client._proto.steering.v1 import steering_pb2 as pb
-from steering_client._proto.steering.v1 import steering_pb2_grpc as pb_grpc
+from steering_proto.v1 import steering_pb2 as pb
+from steering_proto.v1 import steering_pb2_grpc as pb_grpc
 from tests.server.harness import ServerThread
 
 Pair = tuple[bytes, bytes]  # (certificate PEM, key PEM)

@@ -13,8 +13,6 @@ from types import TracebackType
 import grpc
 import grpc.aio
 
-from steering_client._proto.steering.v1 import steering_pb2 as pb
-from steering_client._proto.steering.v1 import steering_pb2_grpc as pb_grpc
 from steering_client.edits import Edit
 from steering_client.errors import SteeringClientError
 from steering_client.request import (
@@ -24,6 +22,8 @@ from steering_client.request import (
     sampling_params,
 )
 from steering_client.responses import Chunk, ModelDescription
+from steering_proto.v1 import steering_pb2 as pb
+from steering_proto.v1 import steering_pb2_grpc as pb_grpc
 
 DEFAULT_TARGET = "localhost:50051"
 

@@ -10,7 +10,7 @@ import math
 import re
 from dataclasses import dataclass
 
-from steering_client._proto.steering.v1 import steering_pb2 as pb
+from steering_proto.v1 import steering_pb2 as pb
 
 # The registry of edit modes: CLI / dataclass name -> proto enum value.
 MODE_TO_PROTO: dict[str, pb.EditMode.ValueType] = {

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 
-from steering_client._proto.steering.v1 import steering_pb2 as pb
 from steering_client.edits import Edit
+from steering_proto.v1 import steering_pb2 as pb
 
 # One chat message: (role, content), or a mapping with "role" and "content" keys.
 ChatMessage = tuple[str, str] | Mapping[str, str]

@@ -13,7 +13,7 @@ concerned only.
 
 from collections import abc as _abc
 from grpc import aio as _aio
-from steering_client._proto.steering.v1 import steering_pb2 as _steering_pb2
+from steering_proto.v1 import steering_pb2 as _steering_pb2
 import abc as _abc_1
 import grpc as _grpc
 import sys

@@ -3,7 +3,7 @@
 import grpc
 import warnings
 
-from steering_client._proto.steering.v1 import steering_pb2 as steering_dot_v1_dot_steering__pb2
+from steering_proto.v1 import steering_pb2 as steering_dot_v1_dot_steering__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
