@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from steering import load_model
-from steering.toy import build_model
+from steering.demo.toy import build_model
 
 PRESETS: dict[str, dict[str, int]] = {
     "tiny": dict(

@@ -20,9 +20,9 @@ from steering import (
     build_tables,
 )
 from steering import hooks as hooks_module
+from steering.demo.toy import random_sae
 from steering.engine import Engine, EngineConfig
 from steering.requests import GenerationRequest, Limits, SamplingParams
-from steering.toy import random_sae
 
 Edits = tuple[FeatureEdit, ...]
 SAES = ("a", "b", "c")

@@ -28,7 +28,7 @@ import torch
 from bench.common import Setup, Table, interleave
 from bench.scenarios import engine_rates, make_engine, prompts
 from steering import save_sae
-from steering.toy import build_tokenizer, random_sae
+from steering.demo.toy import build_tokenizer, random_sae
 from steering_proto.v1 import steering_pb2 as pb
 from steering_proto.v1 import steering_pb2_grpc as pb_grpc
 

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from steering import LoadedModel, load_model
-from steering.toy import build_model_folder
+from steering.demo.toy import build_model_folder
 
 torch.set_num_threads(1)
 

@@ -10,7 +10,6 @@ import pytest
 import torch
 
 from steering import SaeAttachment, load_model, load_sae, validate_edits
-from steering import demo as demo_module
 from steering.demo import (
     DEMO_FEATURES,
     DEMO_PROMPTS,
@@ -20,6 +19,7 @@ from steering.demo import (
     build_demo,
     default_demo_dir,
 )
+from steering.demo import themes as demo_module
 from steering.engine import Engine
 from steering.requests import GenerationRequest, SamplingParams
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from steering.demo.toy import build_tokenizer
 from steering.detokenize import REPLACEMENT, TextStream
-from steering.toy import build_tokenizer
 
 
 @pytest.fixture(scope="module")

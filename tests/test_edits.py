@@ -17,7 +17,7 @@ from steering import (
     steerable_positions,
     validate_edits,
 )
-from steering.toy import random_sae
+from steering.demo.toy import random_sae
 from tests.reference import reference_row, rel_error
 
 D_MODEL, D_SAE, T = 32, 96, 7

@@ -12,12 +12,12 @@ import torch
 
 from steering import EditMode, FeatureEdit, LoadedModel, SaeAttachment, StepTables, load_model
 from steering.channel import OutputChannel
+from steering.demo.toy import random_sae
 from steering.detokenize import TextStream
 from steering.edits import build_tables, steerable_positions
 from steering.engine import Engine
 from steering.hooks import SteeringHooks, decoder_layers
 from steering.requests import FinishReason, GenerationRequest, SamplingParams
-from steering.toy import random_sae
 
 PROMPTS = [
     "Tell me about the sea",

@@ -21,7 +21,7 @@ from steering import (
     install_steering,
     steerable_positions,
 )
-from steering.toy import random_sae
+from steering.demo.toy import random_sae
 from tests.reference import reference_row, rel_error
 
 PROMPTS = ["Tell me about the sea", "The forest", "Thank you so much, that is wonderful news!"]

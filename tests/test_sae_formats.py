@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import save_file
 
 from steering import FORMATS, SaeFormatError, load_sae, save_sae
-from steering.toy import random_sae
+from steering.demo.toy import random_sae
 
 D_MODEL, D_SAE = 16, 48
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from steering import save_sae
-from steering.toy import random_sae
+from steering.demo.toy import random_sae
 from tests.reliability.process import ProcessRig
 from tests.reliability.rig import ADD, SET, LogCapture, Rig
 from tests.server.harness import ServerThread, edit, request

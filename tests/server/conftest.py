@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from steering import save_sae
-from steering.toy import random_sae
+from steering.demo.toy import random_sae
 from tests.server.harness import ServerThread
 
 D_MODEL = 64  # the tiny models' width

@@ -19,10 +19,10 @@ from typing import Any, NamedTuple
 import torch
 from transformers import GenerationConfig
 
+from steering.demo.toy import BOS_ID, EOS_ID, PAD_ID, build_model, build_tokenizer
 from steering.edits import EditMode, FeatureEdit
 from steering.sae import JumpReLUSAE
 from steering.sae_formats import save_sae
-from steering.toy import BOS_ID, EOS_ID, PAD_ID, build_model, build_tokenizer
 
 DEMO_VERSION = 1  # bump whenever the recipe below changes: cached builds are keyed by it
 SAE_NAME, LAYER, D_SAE, SEED = "demo", 0, 64, 0
