@@ -1,10 +1,11 @@
 """The running batch: its rows' KV cache, attention mask and positions, and the model forward.
 
-A small contract in the manner of TGI: `prefill` makes a one-row batch from a prompt,
-`concatenate` joins batches (left-padding the shorter KV), `filter` keeps some rows and drops
-padding no row needs any more, `decode` runs one step. The KV cache is a `DynamicCache` of plain
-full-length layers: sliding windows are enforced by the attention mask rather than by truncating
-the cache, so caches of different lengths can be joined. Knows nothing of sampling or requests.
+A small contract in the manner of TGI: `prefill` makes a batch from prompts (one left-padded
+forward), `concatenate` joins batches (left-padding the shorter KV), `filter` keeps some rows and
+drops padding no row needs any more, `decode` runs one step. The KV cache is a `DynamicCache` of
+plain full-length layers: sliding windows are enforced by the attention mask rather than by
+truncating the cache, so caches of different lengths can be joined. Knows nothing of sampling or
+requests.
 """
 
 from __future__ import annotations

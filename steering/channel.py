@@ -2,7 +2,7 @@
 
 The engine thread `push`es each step's new tokens; a reader `take`s everything pending at once.
 A slow reader finds several steps' tokens merged, never a growing queue (at most
-max_new_tokens ids wait). `notify` lets an asyncio bridge wake up without polling.
+max_new_tokens ids wait). `notify` lets the asyncio front end wake up without polling.
 """
 
 from __future__ import annotations

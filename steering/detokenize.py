@@ -3,7 +3,7 @@
 `TextStream` turns a request's generated token ids into text pieces as they arrive. It holds
 back a trailing incomplete UTF-8 sequence (decoded as U+FFFD) and any tail that could be the
 start of a stop string; when a stop string appears, the text ends right before it.
-Tokenizer-level only: it knows nothing of the engine, which it tells to `finish` when stopped.
+Tokenizer-level only: it knows nothing of the engine (the front end tells it to finish).
 """
 
 from __future__ import annotations

@@ -3,7 +3,8 @@
 Synchronous: it owns the model, its steering hooks and the running batch, and speaks token ids
 only. `add`, `abort` and `finish` may be called from any thread; `step` (or `run`) from one
 engine thread. A step applies aborts, decodes the running batch by one token, then admits
-waiting requests (each prefilled alone) into the batch; rows that finish leave at once.
+waiting requests into it (prefilled together, in one left-padded forward); rows that finish
+leave at once.
 """
 
 from __future__ import annotations

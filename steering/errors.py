@@ -37,3 +37,7 @@ class EngineClosedError(SteeringError):
 
 class ModelError(SteeringError):
     """A model folder cannot be loaded or steered (unknown architecture, bad layer index)."""
+
+
+class RequestFailedError(SteeringError):
+    """The engine failed this request (its message is safe to show the caller)."""

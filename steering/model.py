@@ -26,7 +26,21 @@ class LoadedModel:
     @property
     def special_ids(self) -> torch.Tensor:
         """(S,) long: ids of the tokenizer's special tokens, whose positions are never steered."""
-        return torch.tensor(sorted(set(self.tokenizer.all_special_ids)), dtype=torch.long)
+        return torch.tensor(special_token_ids(self.tokenizer), dtype=torch.long)
+
+
+def special_token_ids(tokenizer: Any) -> list[int]:
+    """Sorted ids of every token the tokenizer marks special: the positions never steered.
+
+    `all_special_ids` alone is not enough: a Gemma 3 tokenizer as converted from GGUF lists
+    `<start_of_turn>` / `<end_of_turn>` (and `<start_of_image>`) only as added tokens flagged
+    `special=True` in `added_tokens_decoder`, not among its named or extra special tokens, so
+    chat prompts would otherwise be steered at their turn markers.
+    """
+    ids = set(tokenizer.all_special_ids)
+    added = getattr(tokenizer, "added_tokens_decoder", {})
+    ids.update(i for i, token in added.items() if getattr(token, "special", False))
+    return sorted(int(i) for i in ids)
 
 
 def load_model(

@@ -1,13 +1,15 @@
-"""Generation requests as the engine takes them: frozen inputs, their limits and validation.
+"""Requests as the core takes them, their limits, and every rule about them, in one place.
 
-Token ids only: tokenizing and detokenizing happen at the edge.
+`TextRequest` is what a caller sends the front end (text, a chat, sampling, edits);
+`GenerationRequest` is what the engine takes (token ids). `validate_text` checks the first
+before any tokenizing, `validate_request` the second; both apply the same `Limits`.
 """
 
 from __future__ import annotations
 
 import enum
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from steering.edits import DEFAULT_MAX_ABS_VALUE, FeatureEdit, validate_edits
@@ -17,6 +19,7 @@ from steering.errors import InvalidRequestError
 # inf and the draw into NaN); sampling so cold is greedy in all but exact ties: ask for 0.
 MIN_TEMPERATURE = 1e-3
 MAX_TEMPERATURE = 100.0
+CHAT_ROLES = ("system", "user", "model", "assistant")
 
 
 @dataclass(frozen=True)
@@ -24,9 +27,27 @@ class SamplingParams:
     max_new_tokens: int = 0  # 0: the engine's default
     temperature: float = 0.0  # 0: greedy
     top_k: int = 0  # 0: off
-    top_p: float = 1.0  # 1 (or 0): off
+    top_p: float = 1.0  # 0 or 1: off
     seed: int | None = None  # None: a fresh random seed, reported back
     ignore_eos: bool = False
+    stop: tuple[str, ...] = ()  # stop strings: the front end's, the engine never sees text
+
+
+@dataclass(frozen=True)
+class ChatMessage:
+    role: str  # one of CHAT_ROLES
+    content: str
+
+
+@dataclass(frozen=True)
+class TextRequest:
+    """A generation as a caller asks for it: exactly one of `prompt` or `chat`."""
+
+    prompt: str | None = None  # tokenized as the tokenizer does by default (one BOS)
+    chat: tuple[ChatMessage, ...] | None = None  # rendered by the chat template, one BOS
+    sampling: SamplingParams = SamplingParams()
+    edits: tuple[FeatureEdit, ...] = ()
+    request_id: str = ""  # the caller's label, for logs
 
 
 @dataclass(frozen=True)
@@ -40,14 +61,14 @@ class GenerationRequest:
 class FinishReason(enum.Enum):
     LENGTH = "length"  # max_new_tokens or the model's context length
     EOS = "eos"  # an end-of-sequence token
-    STOP = "stop"  # a stop string, found at the edge (see `Engine.finish`)
+    STOP = "stop"  # a stop string, found by the front end (see `Engine.finish`)
     ABORTED = "aborted"  # the caller went away
     ERROR = "error"  # this request failed inside the engine
 
 
 @dataclass(frozen=True)
 class Limits:
-    """What the engine accepts; served to clients by DescribeModel."""
+    """What the server accepts: one name per limit, in settings, DescribeModel and clients."""
 
     max_prompt_tokens: int = 4096
     max_new_tokens: int = 1024
@@ -56,6 +77,24 @@ class Limits:
     max_abs_edit_value: float = DEFAULT_MAX_ABS_VALUE
     max_active_rows: int = 16
     max_queued_requests: int = 64
+    max_stop_strings: int = 8
+    max_stop_string_chars: int = 64
+
+
+def validate_text(
+    request: TextRequest, limits: Limits, d_sae_of: Mapping[str, int], *, chat: bool
+) -> None:
+    """Raise InvalidRequestError naming the field if `request` breaks a rule; before tokenizing.
+
+    `chat`: whether a chat template is loaded. Token counts are `validate_request`'s to check.
+    """
+    if (request.prompt is None) == (request.chat is None):
+        raise InvalidRequestError("input", "set either prompt or chat")
+    if request.prompt is not None and not request.prompt.strip():
+        raise InvalidRequestError("prompt", "the prompt is empty")
+    if request.chat is not None:
+        _validate_chat(request.chat, chat)
+    validate_options(request.sampling, request.edits, limits, d_sae_of)
 
 
 def validate_request(
@@ -70,13 +109,39 @@ def validate_request(
             "prompt",
             f"the prompt has {n_prompt} tokens, more than the limit of {limits.max_prompt_tokens}",
         )
-    _validate_sampling(request.sampling, limits)
-    if len(request.edits) > limits.max_edits_per_request:
+    validate_options(request.sampling, request.edits, limits, d_sae_of)
+
+
+def validate_options(
+    sampling: SamplingParams,
+    edits: Sequence[FeatureEdit],
+    limits: Limits,
+    d_sae_of: Mapping[str, int],
+) -> None:
+    """The sampling parameters, stop strings and edits of a request."""
+    _validate_sampling(sampling, limits)
+    _validate_stop(sampling.stop, limits)
+    if len(edits) > limits.max_edits_per_request:
         raise InvalidRequestError(
             "edits",
-            f"{len(request.edits)} edits, more than the limit of {limits.max_edits_per_request}",
+            f"{len(edits)} edits, more than the limit of {limits.max_edits_per_request}",
         )
-    validate_edits(request.edits, d_sae_of, max_abs_value=limits.max_abs_edit_value)
+    validate_edits(edits, d_sae_of, max_abs_value=limits.max_abs_edit_value)
+
+
+def _validate_chat(messages: Sequence[ChatMessage], chat: bool) -> None:
+    if not chat:
+        raise InvalidRequestError("chat", "the model has no chat template: send a prompt")
+    if not messages:
+        raise InvalidRequestError("chat.messages", "a chat needs at least one message")
+    for i, message in enumerate(messages):
+        if message.role not in CHAT_ROLES:
+            raise InvalidRequestError(
+                f"chat.messages[{i}].role",
+                f"unknown role {message.role!r} (known: {', '.join(CHAT_ROLES)})",
+            )
+    if not any(m.content.strip() for m in messages):
+        raise InvalidRequestError("chat.messages", "every message is empty")
 
 
 def _validate_sampling(s: SamplingParams, limits: Limits) -> None:
@@ -97,3 +162,16 @@ def _validate_sampling(s: SamplingParams, limits: Limits) -> None:
         raise InvalidRequestError("sampling.top_p", f"must be between 0 and 1, got {s.top_p}")
     if s.seed is not None and not 0 <= s.seed < 2**64:
         raise InvalidRequestError("sampling.seed", f"must be between 0 and 2**64 - 1, got {s.seed}")
+
+
+def _validate_stop(stop: Sequence[str], limits: Limits) -> None:
+    if len(stop) > limits.max_stop_strings:
+        raise InvalidRequestError(
+            "sampling.stop",
+            f"{len(stop)} stop strings, more than the limit of {limits.max_stop_strings}",
+        )
+    for i, text in enumerate(stop):
+        if not text or len(text) > limits.max_stop_string_chars:
+            raise InvalidRequestError(
+                f"sampling.stop[{i}]", f"must have 1 to {limits.max_stop_string_chars} characters"
+            )

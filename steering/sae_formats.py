@@ -148,6 +148,11 @@ SAELENS = register_format(
 )
 
 
+def sae_file(path: str | Path) -> Path:
+    """The parameter file that `load_sae(path)` would read; SaeFormatError if there is none."""
+    return _resolve(Path(path))[1]
+
+
 def _resolve(path: Path) -> tuple[SaeFormat, Path]:
     """The format and the marking file of a folder or a file."""
     if path.is_dir():

@@ -4,7 +4,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from steering.edits import FeatureEdit
 from steering.requests import FinishReason
+
+
+@dataclass(frozen=True)
+class AdmittedRequest:
+    """A request the engine took (from the front end)."""
+
+    request_id: str
+    prompt_tokens: int
+    edits: tuple[FeatureEdit, ...]
 
 
 @dataclass(frozen=True)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection, Sequence
+from typing import Any
+
 import torch
 
 from steering import EditMode, FeatureEdit, JumpReLUSAE
@@ -36,6 +39,42 @@ def reference_row(
     if steerable is not None:
         out = torch.where(steerable[:, None], out, x)
     return out
+
+
+def reference_greedy(
+    model: Any,
+    prompt: Sequence[int],
+    sae: JumpReLUSAE,
+    layer: int,
+    edits: list[FeatureEdit],
+    n: int,
+    *,
+    special_ids: Collection[int],
+) -> list[int]:
+    """`n` greedy tokens after `prompt`, steered at the output of decoder layer `layer`.
+
+    Written the long way: every step re-runs the whole sequence without a cache, and a plain
+    forward hook replaces each row by `reference_row`, leaving positions whose token is in
+    `special_ids` untouched (so the caller decides which ids are never steered).
+    """
+    ids = torch.tensor([list(prompt)])
+    skipped = torch.tensor(sorted(special_ids), dtype=torch.long)
+
+    def steer(module: Any, args: Any, output: Any) -> Any:
+        hidden = output[0] if isinstance(output, tuple) else output
+        steerable = ~torch.isin(ids[0], skipped)
+        row = reference_row(hidden[0], sae, edits, steerable).to(hidden.dtype)[None]
+        return (row, *output[1:]) if isinstance(output, tuple) else row
+
+    handle = model.get_decoder().layers[layer].register_forward_hook(steer)
+    try:
+        with torch.no_grad():
+            for _ in range(n):
+                logits = model(input_ids=ids, use_cache=False).logits
+                ids = torch.cat([ids, logits[:, -1].argmax(-1, keepdim=True)], dim=1)
+    finally:
+        handle.remove()
+    return ids[0, len(prompt) :].tolist()
 
 
 def rel_error(a: torch.Tensor, b: torch.Tensor) -> float:

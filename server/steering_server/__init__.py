@@ -1,1 +1,2 @@
-"""gRPC server for steered Gemma generation (coming: see the README)."""
+"""The gRPC edge of the steering server: settings, proto <-> domain, servicer, interceptors,
+metrics, health and the CLI. The work itself is the core's (`steering.frontend`)."""

@@ -25,13 +25,13 @@ from prometheus_client import start_http_server
 
 from steering import LoadedModel, SaeAttachment, load_model, load_sae
 from steering.engine import Engine, EngineConfig
+from steering.frontend import FrontEnd
 from steering_proto.v1 import steering_pb2 as pb
 from steering_proto.v1 import steering_pb2_grpc as pb_grpc
-from steering_server.bridge import Bridge
-from steering_server.convert import StopLimits
 from steering_server.errors import AuthInterceptor, ErrorInterceptor
 from steering_server.metrics import Metrics
-from steering_server.servicer import ModelDescription, SteeringServicer
+from steering_server.preflight import StartupError
+from steering_server.servicer import SteeringServicer
 from steering_server.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -70,8 +70,7 @@ def load(settings: Settings) -> Loaded:
         specs = [(assets.sae_name, assets.sae_dir, assets.layer)]
         model_dir, name = assets.model_dir, "demo"
     else:
-        if settings.model is None:
-            raise ValueError("name a model folder with --model (or run --demo)")
+        assert settings.model is not None  # checked by preflight
         specs = [(s.name, s.path, s.layer) for s in settings.sae]
         model_dir, name = settings.model, settings.model.name
     model = load_model(model_dir, device=device, dtype=dtype)
@@ -86,11 +85,9 @@ class SteeringApp:
         self.settings = settings
         self.metrics = Metrics()
         self.health = health_aio.HealthServicer()
-        self.servicer = SteeringServicer(
-            self.metrics, StopLimits(settings.max_stop_strings, settings.max_stop_string_chars)
-        )
+        self.servicer = SteeringServicer(self.metrics)
         self.server: aio.Server | None = None
-        self.bridge: Bridge | None = None
+        self.frontend: FrontEnd | None = None
         self.port = 0
         self.metrics_port = 0
         self._metrics_http: Any = None
@@ -108,12 +105,17 @@ class SteeringApp:
         loaded = await asyncio.to_thread(load, s)
         config = EngineConfig(s.limits(), s.prefill_tokens_per_step)
         engine = Engine.from_loaded(loaded.model, loaded.attachments, config)
-        self.bridge = Bridge(engine, loaded.model.tokenizer, self.metrics)
+        self.frontend = FrontEnd(
+            engine,
+            loaded.model.tokenizer,
+            name=loaded.name,
+            on_admitted=self.metrics.on_admitted,
+        )
         self.metrics.watch(engine.snapshot)
-        self.bridge.start()
-        await self.bridge.warm_up()
+        self.frontend.start()
+        await self.frontend.warm_up()
         engine.on_step = self.metrics.on_step
-        self.servicer.ready(self.bridge, _describe(loaded))
+        self.servicer.ready(self.frontend)
         for service in ("", SERVICE_NAME):
             await self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
         log.info(
@@ -121,9 +123,15 @@ class SteeringApp:
         )
 
     def _start_metrics(self) -> None:
-        self._metrics_http, _ = start_http_server(
-            self.settings.metrics_port, addr=self.settings.host, registry=self.metrics.registry
-        )
+        s = self.settings
+        try:
+            self._metrics_http, _ = start_http_server(
+                s.metrics_port, addr=s.host, registry=self.metrics.registry
+            )
+        except OSError as exc:
+            raise StartupError(
+                f"--metrics-port: cannot bind {s.host}:{s.metrics_port} ({exc})"
+            ) from None
         self.metrics_port = int(self._metrics_http.server_port)
         log.info("metrics on http://%s:%d/metrics", self.settings.host, self.metrics_port)
 
@@ -149,11 +157,14 @@ class SteeringApp:
         )
         address = f"{s.host}:{s.port}"
         credentials = _credentials(s)
-        self.port = (
-            server.add_secure_port(address, credentials)
-            if credentials
-            else server.add_insecure_port(address)
-        )
+        try:
+            self.port = (
+                server.add_secure_port(address, credentials)
+                if credentials
+                else server.add_insecure_port(address)
+            )
+        except RuntimeError as exc:  # grpc says only "Failed to bind to address ..."
+            raise StartupError(f"--port: cannot bind {address} ({exc})") from None
         return server
 
     def _count_refused(self, method: str, code: grpc.StatusCode) -> None:
@@ -168,15 +179,15 @@ class SteeringApp:
         self._draining = True
         grace = self.settings.grace_period_s if grace is None else grace
         await self.health.enter_graceful_shutdown()
-        if self.bridge is not None:
-            self.bridge.engine.close()
+        if self.frontend is not None:
+            self.frontend.close()
         # Logged once it holds: health NOT_SERVING and new calls refused (tests wait for this).
         log.info("draining: health NOT_SERVING, new calls UNAVAILABLE, grace %.1f s", grace)
-        if self.bridge is not None:
+        if self.frontend is not None:
             deadline = time.monotonic() + grace
-            while self.bridge.in_flight and time.monotonic() < deadline:
+            while self.frontend.in_flight and time.monotonic() < deadline:
                 await asyncio.sleep(0.02)
-            await asyncio.to_thread(self.bridge.stop)  # what is left ends as UNAVAILABLE
+            await asyncio.to_thread(self.frontend.stop)  # what is left ends as UNAVAILABLE
         await self._errors.end_streams()
         if self.server is not None:
             await self.server.stop(grace=1.0)
@@ -185,22 +196,9 @@ class SteeringApp:
         log.info("stopped")
 
 
-def _describe(loaded: Loaded) -> ModelDescription:
-    config = loaded.model.model.config.get_text_config()
-    return ModelDescription(
-        name=loaded.name,
-        num_layers=int(config.num_hidden_layers),
-        d_model=int(config.hidden_size),
-        vocab_size=int(config.vocab_size),
-        attachments=loaded.attachments,
-    )
-
-
 def _credentials(s: Settings) -> grpc.ServerCredentials | None:
-    if s.tls_cert is None and s.tls_key is None:
+    if s.tls_cert is None or s.tls_key is None:  # both or neither: checked by preflight
         return None
-    if s.tls_cert is None or s.tls_key is None:
-        raise ValueError("TLS needs both --tls-cert and --tls-key")
     pair = [(Path(s.tls_key).read_bytes(), Path(s.tls_cert).read_bytes())]
     client_ca = Path(s.tls_client_ca).read_bytes() if s.tls_client_ca else None
     return grpc.ssl_server_credentials(

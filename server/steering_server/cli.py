@@ -3,6 +3,9 @@
 steering-server --model PATH [--sae NAME=PATH@LAYER ...] [--host H] [--port P]
                 [--metrics-port M] [--device auto|cpu|cuda] [--dtype auto|float32|bfloat16]
 steering-server --demo [--port P] [--metrics-port M]
+
+Every setting is a flag (generated from `Settings`, so `--help` lists them all). A bad setting
+or file exits with code 2 and one line naming it, before any port is bound.
 """
 
 from __future__ import annotations
@@ -13,53 +16,71 @@ import logging
 import os
 import signal
 import sys
+import types
+import typing
 from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
+from pydantic.fields import FieldInfo
 
+from steering.errors import SteeringError
+from steering_server import logs, preflight
 from steering_server.app import SteeringApp
 from steering_server.settings import Settings, load_settings
 
 log = logging.getLogger("steering_server")
+
+EXIT_BAD_SETTINGS = 2
+METAVARS = {"sae": "NAME=PATH@LAYER", "auth_tokens": "TOKEN"}
 
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="steering-server",
         description="Serve steered Gemma generation over gRPC. Every option also reads from "
-        "STEERING_<NAME> (e.g. STEERING_PORT) and from a TOML/JSON config file.",
+        "STEERING_<NAME> (e.g. STEERING_PORT) and from a TOML/JSON config file whose keys are "
+        "the settings' names (e.g. metrics_port).",
         argument_default=argparse.SUPPRESS,  # only flags given on the command line override
     )
     p.add_argument("--config", type=Path, help="TOML or JSON settings file (or STEERING_CONFIG)")
-    p.add_argument("--model", type=Path, help="local Hugging Face model folder")
-    p.add_argument(
-        "--sae", action="append", metavar="NAME=PATH@LAYER", help="an SAE to serve (repeatable)"
-    )
-    p.add_argument("--demo", action="store_true", help="serve a small built-in model and SAE")
-    p.add_argument("--host", help="address to bind (default 0.0.0.0)")
-    p.add_argument("--port", type=int, help="gRPC port (default 50051; 0 picks a free one)")
-    p.add_argument("--metrics-port", type=int, help="Prometheus port (default 9090; 0 picks one)")
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"])
-    p.add_argument("--dtype", choices=["auto", "float32", "bfloat16"])
-    p.add_argument("--max-active-rows", type=int, help="rows decoded together (default 16)")
-    p.add_argument(
-        "--max-queued-requests", type=int, help="requests waiting beyond those (default 64)"
-    )
-    p.add_argument("--max-new-tokens", type=int, help="largest max_new_tokens a request may ask")
-    p.add_argument(
-        "--auth-token", dest="auth_tokens", action="append", help="accepted bearer token"
-    )
-    p.add_argument("--tls-cert", type=Path)
-    p.add_argument("--tls-key", type=Path)
-    p.add_argument(
-        "--tls-client-ca", type=Path, help="require client certificates signed by this CA"
-    )
-    p.add_argument(
-        "--grace-period", dest="grace_period_s", type=float, help="seconds to drain on SIGTERM"
-    )
-    p.add_argument("--log-level", help="DEBUG, INFO, WARNING, ...")
+    for name, field in Settings.model_fields.items():
+        _add_flag(p, name, field)
     return p
+
+
+def flag_of(name: str) -> str:
+    """The command-line flag of the setting `name`."""
+    extra = Settings.model_fields[name].json_schema_extra
+    flag = extra.get("flag") if isinstance(extra, dict) else None
+    return str(flag) if flag else "--" + name.replace("_", "-")
+
+
+def _add_flag(p: argparse.ArgumentParser, name: str, field: FieldInfo) -> None:
+    default = field.get_default(call_default_factory=True)
+    shown = "" if default in (None, False, []) else f"; default {default}"
+    kwargs: dict[str, Any] = {
+        "dest": name,
+        "help": f"{field.description} (env STEERING_{name.upper()}{shown})",
+    }
+    kind = _plain(field.annotation)
+    if kind is bool:
+        kwargs["action"] = "store_true"
+    elif typing.get_origin(kind) is list:
+        kwargs.update(action="append", metavar=METAVARS.get(name))
+    elif typing.get_origin(kind) is typing.Literal:
+        kwargs["choices"] = typing.get_args(kind)
+    else:
+        kwargs["type"] = kind
+    p.add_argument(flag_of(name), **kwargs)
+
+
+def _plain(annotation: Any) -> Any:
+    """`X | None` -> X."""
+    if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
+        (kind,) = [a for a in typing.get_args(annotation) if a is not type(None)]
+        return kind
+    return annotation
 
 
 def settings_from(argv: list[str] | None) -> Settings:
@@ -68,13 +89,30 @@ def settings_from(argv: list[str] | None) -> Settings:
     return load_settings(args, Path(config) if config else None)
 
 
+def one_line(exc: ValidationError) -> str:
+    """A settings error as one line naming the flag (pydantic's own report spans many)."""
+    error = exc.errors()[0]
+    name = str(error["loc"][0]) if error["loc"] else ""
+    message = str(error["msg"]).removeprefix("Value error, ")
+    if error["type"] == "extra_forbidden":
+        where, message = name, "unknown setting"
+    else:
+        where = flag_of(name) if name in Settings.model_fields else name
+    more = exc.error_count() - 1
+    return f"{where}: {message}" + (f" (and {more} more)" if more else "")
+
+
 async def serve(settings: Settings) -> None:
     app = SteeringApp(settings)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    await app.start()
+    try:
+        await app.start()
+    except BaseException:
+        await app.drain(grace=0)  # a load that failed: close what was opened, then report
+        raise
     await stop.wait()
     log.info("signal received")
     await app.drain()
@@ -83,14 +121,23 @@ async def serve(settings: Settings) -> None:
 def main(argv: list[str] | None = None) -> int:
     try:
         settings = settings_from(argv)
-    except (ValidationError, ValueError, OSError) as exc:
-        sys.stderr.write(f"steering-server: {exc}\n")
-        return 2
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    asyncio.run(serve(settings))
+        preflight.check(settings)
+    except ValidationError as exc:
+        return _fail(one_line(exc))
+    except (preflight.StartupError, ValueError, OSError) as exc:
+        return _fail(str(exc))
+    logs.configure(settings.log_level, settings.log_format)
+    try:
+        asyncio.run(serve(settings))
+    except (SteeringError, preflight.StartupError) as exc:  # found while loading, after binding
+        return _fail(str(exc))
     return 0
+
+
+def _fail(message: str) -> int:
+    first = message.strip().splitlines()[0] if message.strip() else "cannot start"
+    sys.stderr.write(f"steering-server: {first}\n")
+    return EXIT_BAD_SETTINGS
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ from steering.errors import (
     InvalidRequestError,
     ModelError,
     QueueFullError,
+    RequestFailedError,
     SaeFormatError,
     SteeringError,
 )
@@ -38,19 +39,8 @@ STATUS_OF: dict[type[SteeringError], grpc.StatusCode] = {
     EngineClosedError: grpc.StatusCode.UNAVAILABLE,
     SaeFormatError: grpc.StatusCode.INTERNAL,
     ModelError: grpc.StatusCode.INTERNAL,
+    RequestFailedError: grpc.StatusCode.INTERNAL,
 }
-
-
-class RequestFailedError(SteeringError):
-    """The engine failed this request (its message is safe to show the client)."""
-
-
-class ShuttingDownError(SteeringError):
-    """The server stopped before this request finished."""
-
-
-STATUS_OF[RequestFailedError] = grpc.StatusCode.INTERNAL
-STATUS_OF[ShuttingDownError] = grpc.StatusCode.UNAVAILABLE
 
 
 def status_of(exc: SteeringError) -> grpc.StatusCode:
@@ -186,7 +176,7 @@ class ErrorInterceptor(aio.ServerInterceptor):
         if task.done() and not task.cancelled():
             task.result()  # its exception, if any
             return
-        raise ShuttingDownError("the server is shutting down")
+        raise EngineClosedError("the server is shutting down")
 
 
 OPEN_METHODS = ("/grpc.health.v1.Health/",)

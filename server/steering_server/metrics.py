@@ -1,18 +1,17 @@
 """Prometheus metrics: the only module that knows prometheus_client.
 
-Consumes the engine's plain stats (`StepStats`, `EngineSnapshot`) and the bridge's per-request
+Consumes the engine's plain stats (`StepStats`, `EngineSnapshot`) and the front end's per-request
 events. Names start with `steering_`; counters end in `_total`, times in `_seconds`; no label
 carries a request id, a prompt or a feature index.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
 
-from steering.edits import FeatureEdit
-from steering.stats import EngineSnapshot, StepStats
+from steering.stats import AdmittedRequest, EngineSnapshot, StepStats
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 DURATION_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
@@ -98,9 +97,10 @@ class Metrics:
         self.generated_tokens.inc(stats.generated_tokens)
         self.hook_seconds.inc(stats.hook_seconds)
 
-    def on_admitted(self, prompt_tokens: int, edits: Sequence[FeatureEdit]) -> None:
-        self.prompt_tokens.inc(prompt_tokens)
-        for edit in edits:
+    def on_admitted(self, request: AdmittedRequest) -> None:
+        """Called by the front end for each request the engine took."""
+        self.prompt_tokens.inc(request.prompt_tokens)
+        for edit in request.edits:
             self.feature_edits.labels(edit.sae, edit.mode.value).inc()
 
     def on_finished(self, outcome: str, seconds: float) -> None:

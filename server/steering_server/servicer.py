@@ -1,23 +1,23 @@
-"""The SteeringService handlers: parse, hand to the bridge, stream back, record the outcome."""
+"""The SteeringService handlers: convert, hand to the front end, stream back, record the outcome."""
 
 from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 from collections.abc import AsyncIterator
 from contextlib import aclosing
-from dataclasses import dataclass
 from typing import Any
 
 from grpc import aio
 
 from steering.errors import EngineClosedError, SteeringError
-from steering.hooks import SaeAttachment
+from steering.frontend import FrontEnd, TextChunk
 from steering_proto.v1 import steering_pb2 as pb
 from steering_proto.v1 import steering_pb2_grpc as pb_grpc
 from steering_server import convert
-from steering_server.bridge import Bridge
 from steering_server.errors import status_of
+from steering_server.logs import RequestRecord, log_request
 from steering_server.metrics import Metrics
 
 Context = aio.ServicerContext[Any, Any]
@@ -27,57 +27,41 @@ Context = aio.ServicerContext[Any, Any]
 DEADLINE_SLACK_S = 0.5
 
 
-@dataclass(frozen=True)
-class ModelDescription:
-    name: str
-    num_layers: int
-    d_model: int
-    vocab_size: int
-    attachments: tuple[SaeAttachment, ...]
-
-
 class SteeringServicer(pb_grpc.SteeringServiceServicer):
     """Registered before the model loads; answers UNAVAILABLE until `ready`."""
 
-    def __init__(self, metrics: Metrics, stop_limits: convert.StopLimits) -> None:
+    def __init__(self, metrics: Metrics) -> None:
         self.metrics = metrics
-        self.stop_limits = stop_limits
-        self._bridge: Bridge | None = None
-        self._description: ModelDescription | None = None
+        self._frontend: FrontEnd | None = None
 
-    def ready(self, bridge: Bridge, description: ModelDescription) -> None:
-        self._bridge, self._description = bridge, description
+    def ready(self, frontend: FrontEnd) -> None:
+        self._frontend = frontend
 
-    def _loaded(self) -> tuple[Bridge, ModelDescription]:
-        if self._bridge is None or self._description is None:
+    def _loaded(self) -> FrontEnd:
+        if self._frontend is None:
             raise EngineClosedError("the model is still loading")
-        return self._bridge, self._description
+        return self._frontend
 
     async def Generate(
         self, request: pb.GenerateRequest, context: Context
     ) -> AsyncIterator[pb.GenerateResponse]:
         start = time.perf_counter()
+        request_id = request.request_id or uuid.uuid4().hex
         outcome = "internal"
+        first_at: float | None = None  # when the first token was sent
+        last_at: float | None = None  # when the latest token was sent
+        final: TextChunk | None = None  # the latest chunk: its token counts
         try:
-            bridge, _ = self._loaded()
-            parsed = convert.parse_generate(request, self.stop_limits)
-            last = None
-            async with aclosing(bridge.generate(parsed)) as chunks:
+            frontend = self._loaded()
+            text_request = convert.text_request(request, request_id)
+            async with aclosing(frontend.generate(text_request)) as chunks:
                 async for chunk in chunks:
-                    now = time.perf_counter()
-                    self._observe_latency(start, last, now, len(chunk.token_ids))
-                    last = now
-                    if chunk.finish_reason is None:
-                        yield convert.chunk(chunk.token_ids, chunk.text)
-                    else:
-                        yield convert.last_chunk(
-                            chunk.token_ids,
-                            chunk.text,
-                            chunk.finish_reason,
-                            chunk.prompt_tokens,
-                            chunk.completion_tokens,
-                            chunk.seed,
-                        )
+                    if chunk.token_ids:
+                        now = time.perf_counter()
+                        self._observe_latency(start, last_at, now, len(chunk.token_ids))
+                        first_at, last_at = first_at or now, now
+                    final = chunk
+                    yield convert.response(chunk)
             outcome = "ok"
         except SteeringError as exc:
             outcome = status_of(exc).name.lower()
@@ -91,11 +75,21 @@ class SteeringServicer(pb_grpc.SteeringServiceServicer):
             )
             raise
         finally:
-            self.metrics.on_finished(outcome, time.perf_counter() - start)
+            duration = time.perf_counter() - start
+            self.metrics.on_finished(outcome, duration)
+            log_request(
+                RequestRecord(
+                    request_id=request_id,
+                    rpc="Generate",
+                    outcome=outcome,
+                    prompt_tokens=final.prompt_tokens if final else 0,
+                    completion_tokens=final.completion_tokens if final else 0,
+                    time_to_first_token_s=None if first_at is None else first_at - start,
+                    duration_s=duration,
+                )
+            )
 
     def _observe_latency(self, start: float, last: float | None, now: float, tokens: int) -> None:
-        if not tokens:
-            return
         if last is None:
             self.metrics.time_to_first_token.observe(now - start)
             tokens -= 1
@@ -106,20 +100,4 @@ class SteeringServicer(pb_grpc.SteeringServiceServicer):
     async def DescribeModel(
         self, request: pb.DescribeModelRequest, context: Context
     ) -> pb.DescribeModelResponse:
-        bridge, d = self._loaded()
-        return pb.DescribeModelResponse(
-            model=pb.ModelInfo(
-                name=d.name, num_layers=d.num_layers, d_model=d.d_model, vocab_size=d.vocab_size
-            ),
-            saes=[
-                pb.SaeInfo(
-                    name=a.name,
-                    layer=a.layer,
-                    d_sae=a.sae.d_sae,
-                    d_model=a.sae.d_model,
-                    site=a.site,
-                )
-                for a in d.attachments
-            ],
-            limits=convert.limits_message(bridge.engine.config.limits, self.stop_limits),
-        )
+        return convert.description(self._loaded().describe())

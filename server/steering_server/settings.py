@@ -22,6 +22,8 @@ from pydantic_settings import (
 
 from steering.requests import Limits
 
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
 
 class SaeSpec(BaseModel, frozen=True):
     """`NAME=PATH@LAYER`: serve the SAE at PATH under NAME, reading decoder layer LAYER."""
@@ -49,36 +51,75 @@ def _split(value: Any) -> Any:
     return value
 
 
+def _flag(flag: str) -> dict[str, Any]:
+    """A command-line flag named otherwise than `--<field-name>`."""
+    return {"flag": flag}
+
+
 class Settings(BaseSettings):
+    """Every setting; each field's description is its `--help` line."""
+
     model_config = SettingsConfigDict(env_prefix="STEERING_", extra="forbid")
 
-    model: Path | None = None
-    sae: Annotated[list[SaeSpec], NoDecode] = Field(default_factory=list)
-    demo: bool = False
-    host: str = "0.0.0.0"
-    port: int = Field(50051, ge=0, le=65535)
-    metrics_port: int = Field(9090, ge=0, le=65535)
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    dtype: Literal["auto", "float32", "bfloat16"] = "auto"
+    model: Path | None = Field(None, description="local Hugging Face model folder")
+    sae: Annotated[list[SaeSpec], NoDecode] = Field(
+        default_factory=list,
+        description="an SAE to serve, NAME=PATH@LAYER (repeatable)",
+        json_schema_extra=_flag("--sae"),
+    )
+    demo: bool = Field(False, description="serve the built-in demo model and SAE")
+    host: str = Field("0.0.0.0", description="address to bind")
+    port: int = Field(50051, ge=0, le=65535, description="gRPC port (0 picks a free one)")
+    metrics_port: int = Field(
+        9090, ge=0, le=65535, description="Prometheus port (0 picks a free one)"
+    )
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="where the model runs")
+    dtype: Literal["auto", "float32", "bfloat16"] = Field(
+        "auto", description="the model's dtype (SAE arithmetic is float32 whatever this is)"
+    )
     # Limits of what one request may ask, and of the traffic the engine takes.
-    max_active_rows: int = Field(16, ge=1)
-    max_queued_requests: int = Field(64, ge=0)
-    max_prompt_tokens: int = Field(4096, ge=1)
-    max_new_tokens: int = Field(1024, ge=1)
-    default_max_new_tokens: int = Field(64, ge=1)
-    max_edits_per_request: int = Field(64, ge=0)
-    max_abs_edit_value: float = Field(1e4, gt=0, le=1e6)
-    max_stop_strings: int = Field(8, ge=0)
-    max_stop_string_chars: int = Field(64, ge=1)
-    prefill_tokens_per_step: int = Field(4096, ge=1)
+    max_active_rows: int = Field(16, ge=1, description="requests decoded together in one batch")
+    max_queued_requests: int = Field(
+        64, ge=0, description="requests waiting beyond those; more are refused at once"
+    )
+    max_prompt_tokens: int = Field(4096, ge=1, description="most tokens in a prompt, BOS included")
+    max_new_tokens: int = Field(1024, ge=1, description="largest max_new_tokens a request may ask")
+    default_max_new_tokens: int = Field(
+        64, ge=1, description="new tokens when a request asks for 0"
+    )
+    max_edits_per_request: int = Field(64, ge=0, description="most feature edits in a request")
+    max_abs_edit_value: float = Field(
+        1e4, gt=0, le=1e6, description="largest |value| of a feature edit"
+    )
+    max_stop_strings: int = Field(8, ge=0, description="most stop strings in a request")
+    max_stop_string_chars: int = Field(64, ge=1, description="most characters in a stop string")
+    prefill_tokens_per_step: int = Field(
+        4096, ge=1, description="prompt tokens admitted per engine step (bounds decode stalls)"
+    )
     # Serving.
-    auth_tokens: Annotated[list[str], NoDecode] = Field(default_factory=list)
-    tls_cert: Path | None = None
-    tls_key: Path | None = None
-    tls_client_ca: Path | None = None  # set: clients must present a certificate it signed
-    grace_period_s: float = Field(30.0, ge=0)
-    max_message_bytes: int = Field(4 * 1024 * 1024, ge=1024)
-    log_level: str = "INFO"
+    auth_tokens: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="accepted bearer token (repeatable; none: no authentication)",
+        json_schema_extra=_flag("--auth-token"),
+    )
+    tls_cert: Path | None = Field(None, description="PEM certificate chain: serve TLS")
+    tls_key: Path | None = Field(None, description="PEM private key of --tls-cert")
+    tls_client_ca: Path | None = Field(
+        None, description="require client certificates signed by this PEM CA (mutual TLS)"
+    )
+    grace_period_s: float = Field(
+        30.0,
+        ge=0,
+        description="seconds to let calls finish on SIGTERM",
+        json_schema_extra=_flag("--grace-period"),
+    )
+    max_message_bytes: int = Field(
+        4 * 1024 * 1024, ge=1024, description="largest gRPC message, in or out"
+    )
+    log_level: str = Field("INFO", description="DEBUG, INFO, WARNING, ...")
+    log_format: Literal["text", "json"] = Field(
+        "text", description="log lines as plain text or JSON Lines"
+    )
 
     file_values: ClassVar[dict[str, Any]] = {}  # from the config file, below the environment
 
@@ -87,6 +128,13 @@ class Settings(BaseSettings):
     def _parse_sae(cls, value: Any) -> Any:
         items = _split(value)
         return [SaeSpec.parse(item) if isinstance(item, str) else item for item in items]
+
+    @field_validator("log_level")
+    @classmethod
+    def _known_level(cls, value: str) -> str:
+        if value.upper() not in LOG_LEVELS:
+            raise ValueError(f"expected one of {', '.join(LOG_LEVELS)}, got {value!r}")
+        return value.upper()
 
     @field_validator("auth_tokens", mode="before")
     @classmethod
@@ -117,6 +165,8 @@ class Settings(BaseSettings):
             max_abs_edit_value=self.max_abs_edit_value,
             max_active_rows=self.max_active_rows,
             max_queued_requests=self.max_queued_requests,
+            max_stop_strings=self.max_stop_strings,
+            max_stop_string_chars=self.max_stop_string_chars,
         )
 
 

@@ -21,6 +21,7 @@ from transformers import GenerationConfig
 
 from steering.demo.toy import BOS_ID, EOS_ID, PAD_ID, build_model, build_tokenizer
 from steering.edits import EditMode, FeatureEdit
+from steering.model import special_token_ids
 from steering.sae import JumpReLUSAE
 from steering.sae_formats import save_sae
 
@@ -209,7 +210,7 @@ class _Corpus:
         self.questions = {t: [ids(q) for q in qs] for t, qs in QUESTIONS.items()}
         self.start, self.end = tokenizer.convert_tokens_to_ids(["<start_of_turn>", "<end_of_turn>"])
         self.user, self.model, self.newline = ids("user\n"), ids("model\n"), ids("\n")
-        self.special = set(tokenizer.all_special_ids)
+        self.special = set(special_token_ids(tokenizer))
 
     def document(
         self, question: tuple[str, int] | None, parts: list[tuple[str, int]], chat: bool

@@ -27,6 +27,7 @@ from steering.sae import JumpReLUSAE
 
 SPECIAL_TOKENS = ("<pad>", "<eos>", "<bos>", "<unk>", "<start_of_turn>", "<end_of_turn>")
 PAD_ID, EOS_ID, BOS_ID = 0, 1, 2
+TURN_MARKERS = ("<start_of_turn>", "<end_of_turn>")
 
 # Gemma's chat template, reduced: 'assistant' is spoken as 'model', other roles are refused.
 CHAT_TEMPLATE = (
@@ -55,8 +56,15 @@ CORPUS = (
 )
 
 
-def build_tokenizer(vocab_size: int = 512) -> PreTrainedTokenizerFast:
-    """A byte-level BPE tokenizer with Gemma's special tokens, BOS added, and chat template."""
+def build_tokenizer(
+    vocab_size: int = 512, *, turn_markers_listed: bool = True
+) -> PreTrainedTokenizerFast:
+    """A byte-level BPE tokenizer with Gemma's special tokens, BOS added, and chat template.
+
+    With `turn_markers_listed=False` the tokenizer is shaped like one converted from GGUF:
+    `<start_of_turn>` / `<end_of_turn>` stay added tokens flagged special (same ids, still
+    single tokens in the chat template) but are absent from `all_special_ids`.
+    """
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
@@ -70,14 +78,17 @@ def build_tokenizer(vocab_size: int = 512) -> PreTrainedTokenizerFast:
     tok.post_processor = processors.TemplateProcessing(
         single="<bos> $A", pair="<bos> $A $B", special_tokens=[("<bos>", BOS_ID)]
     )
+    # The trainer already registers every SPECIAL_TOKENS entry as an added token with
+    # special=True; listing the turn markers as extra special tokens only names them.
+    listed = {"extra_special_tokens": list(TURN_MARKERS)} if turn_markers_listed else {}
     return PreTrainedTokenizerFast(
         tokenizer_object=tok,
         bos_token="<bos>",
         eos_token="<eos>",
         pad_token="<pad>",
         unk_token="<unk>",
-        extra_special_tokens=["<start_of_turn>", "<end_of_turn>"],
         chat_template=CHAT_TEMPLATE,
+        **listed,
     )
 
 
@@ -116,14 +127,20 @@ FAMILIES = {"gemma2": _gemma2, "gemma3": _gemma3_text, "gemma3_multimodal": _gem
 
 
 def build_model_folder(
-    folder: str | Path, family: str = "gemma2", *, seed: int = 0, **config: Any
+    folder: str | Path,
+    family: str = "gemma2",
+    *,
+    seed: int = 0,
+    turn_markers_listed: bool = True,
+    **config: Any,
 ) -> Path:
     """Save a random-weight tiny Gemma and its tokenizer as a Hugging Face folder.
 
-    `config` overrides the text config (e.g. hidden_size=512, num_hidden_layers=8).
+    `config` overrides the text config (e.g. hidden_size=512, num_hidden_layers=8);
+    `turn_markers_listed=False` saves the GGUF-converted tokenizer shape (see build_tokenizer).
     """
     out = Path(folder)
-    tokenizer = build_tokenizer()
+    tokenizer = build_tokenizer(turn_markers_listed=turn_markers_listed)
     end_of_turn = tokenizer.convert_tokens_to_ids("<end_of_turn>")
     model = build_model(family, len(tokenizer), seed=seed, **config)
     model.generation_config = GenerationConfig(

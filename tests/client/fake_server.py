@@ -29,7 +29,9 @@ CANNED = (
 )
 
 DESCRIPTION = pb.DescribeModelResponse(
-    model=pb.ModelInfo(name="tiny-gemma", num_layers=6, d_model=64, vocab_size=512),
+    model=pb.ModelInfo(
+        name="tiny-gemma", num_layers=6, d_model=64, vocab_size=512, context_length=8192, chat=True
+    ),
     saes=[pb.SaeInfo(name="res2", layer=2, d_sae=256, d_model=64, site="resid_post")],
     limits=pb.Limits(
         max_prompt_tokens=2048,
@@ -37,9 +39,10 @@ DESCRIPTION = pb.DescribeModelResponse(
         default_max_new_tokens=64,
         max_edits_per_request=32,
         max_abs_edit_value=1e4,
-        max_batch_size=16,
+        max_active_rows=16,
         max_queued_requests=1_000_000,
         max_stop_strings=8,
+        max_stop_string_chars=64,
     ),
 )
 

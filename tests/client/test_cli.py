@@ -97,5 +97,7 @@ def test_out_of_range_option_is_a_usage_error(
     with pytest.raises(SystemExit) as caught:
         main(["--target", target, "generate", "hi", "--top-k", "-1"])
     assert caught.value.code == 2
-    assert "sampling.top_k: Value out of range" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "--top-k must be ≥ 0" in err
+    assert "sampling.top_k" not in err  # the flag is named, not the protobuf field
     assert fake.requests == []

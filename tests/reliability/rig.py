@@ -410,9 +410,9 @@ class Rig(Client):
     def check_idle(self, timeout: float = 15.0, *, memory: bool = True) -> None:
         """The idle invariant: assert the server is back where it started."""
         srv, engine = self.srv, self.engine
-        bridge = srv.app.bridge
-        assert bridge is not None
-        self.wait_until(lambda: engine.idle and bridge.in_flight == 0, timeout)
+        frontend = srv.app.frontend
+        assert frontend is not None
+        self.wait_until(lambda: engine.idle and frontend.in_flight == 0, timeout)
         snapshot = engine.snapshot()
         assert (snapshot.running, snapshot.waiting) == (0, 0), snapshot
         metrics = srv.metrics()
@@ -420,7 +420,7 @@ class Rig(Client):
         assert metrics["steering_requests_waiting"] == 0
         assert hook_count(engine.model) == self.hooks_at_start, "a hook was left behind"
         assert engine.hooks.installed
-        assert bridge._thread.is_alive(), "the engine thread died"
+        assert frontend.running, "the engine thread died"
         # A handler counts its outcome as it ends, just after its client saw the status.
         with suppress(AssertionError):
             self.wait_until(lambda: self.counters() == +self.ledger, 5.0)

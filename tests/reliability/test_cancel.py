@@ -64,7 +64,7 @@ class PrefillTrap:
     """Holds a prefill forward holding one of `prompts` until that stream's abort arrives."""
 
     def __init__(self, rig: Rig, prompts: dict[str, str]) -> None:
-        tokenizer = rig.srv.app.bridge.tokenizer
+        tokenizer = rig.srv.app.frontend.tokenizer
         self.rig = rig
         self.ids = {rid: list(tokenizer(p).input_ids) for rid, p in prompts.items()}
         self.cancel: dict[str, threading.Event] = {rid: threading.Event() for rid in prompts}

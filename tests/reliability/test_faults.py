@@ -81,7 +81,7 @@ def test_a_failing_prefill_fails_that_request_only(rig: Rig) -> None:
     running = gen("Running along", rid="prefill-r", max_new_tokens=120, ignore_eos=True)
     reference = rig.reference(running)
     victim = "A prompt that breaks the forward"
-    ids = list(rig.srv.app.bridge.tokenizer(victim).input_ids)
+    ids = list(rig.srv.app.frontend.tokenizer(victim).input_ids)
 
     def fail_on_victim(module: Any, args: Any, kwargs: dict[str, Any]) -> None:
         rows = kwargs["input_ids"].tolist()

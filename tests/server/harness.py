@@ -39,8 +39,8 @@ class ServerThread:
 
     @property
     def engine(self) -> Any:
-        assert self.app.bridge is not None
-        return self.app.bridge.engine
+        assert self.app.frontend is not None
+        return self.app.frontend.engine
 
     def generate(self, request: pb.GenerateRequest, **kwargs: Any) -> list[pb.GenerateResponse]:
         return list(self.stub.Generate(request, **kwargs))

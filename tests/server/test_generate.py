@@ -60,7 +60,7 @@ def _ids(chunks: list[pb.GenerateResponse]) -> list[int]:
 def test_streamed_tokens_equal_the_engine(server: ServerThread, case: str) -> None:
     prompt = "Tell me about the sea"
     chunks = server.generate(request(prompt, edits=CASES[case], max_new_tokens=10, ignore_eos=True))
-    tokenizer = server.app.bridge.tokenizer
+    tokenizer = server.app.frontend.tokenizer
     prompt_ids = tokenizer(prompt).input_ids
     assert _ids(chunks) == _reference(server, prompt_ids, CASES[case], 10)
     assert "".join(c.text for c in chunks) == tokenizer.decode(
@@ -86,7 +86,7 @@ def test_chat_input_uses_the_template_with_one_bos(server: ServerThread) -> None
     chunks = server.generate(
         request(chat=chat, edits=CASES["several SAEs"], max_new_tokens=8, ignore_eos=True)
     )
-    tokenizer = server.app.bridge.tokenizer
+    tokenizer = server.app.frontend.tokenizer
     ids = tokenizer.apply_chat_template(
         [{"role": "user", "content": chat[0][1]}], add_generation_prompt=True
     )
@@ -156,7 +156,7 @@ def test_seeded_sampling_reproduces_over_grpc(gemma2_server: ServerThread) -> No
 def test_describe_model(server: ServerThread) -> None:
     d = server.stub.DescribeModel(pb.DescribeModelRequest())
     assert (d.model.num_layers, d.model.d_model) in ((4, 64), (6, 64))
-    assert d.model.vocab_size == len(server.app.bridge.tokenizer)
+    assert d.model.vocab_size == len(server.app.frontend.tokenizer)
     assert [(s.name, s.layer, s.d_sae, s.site) for s in d.saes] == [
         ("gs1", 1, 128, "resid_post"),
         ("gs2", 2, 96, "resid_post"),

@@ -1,15 +1,19 @@
 """`steering-client`: generate steered text or describe the server, from a shell.
 
 Text streams to stdout as it arrives; the finish reason, usage and seed go to stderr, so stdout
-holds only the completion. A failed call exits 1 with the gRPC status name and message.
+holds only the completion. A failed call exits 1 with the gRPC status name and message; a bad
+argument exits 2 with a message naming its flag. The connection options (--target, --token, --tls,
+--ca-cert, --timeout) go before or after the subcommand; given twice, the later one wins.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import TypeVar
 
 from steering_client.client import DEFAULT_TARGET, SteeringClient
 from steering_client.edits import GRAMMAR, Edit, parse_edit
@@ -105,7 +109,8 @@ def format_description(desc: ModelDescription) -> str:
     m = desc.model
     lines = [
         f"model: {m.name}",
-        f"  layers {m.num_layers}, d_model {m.d_model}, vocab {m.vocab_size}",
+        f"  layers {m.num_layers}, d_model {m.d_model}, vocab {m.vocab_size}, "
+        f"context {m.context_length}, chat {'yes' if m.chat else 'no'}",
         "saes:" if desc.saes else "saes: none",
     ]
     for sae in desc.saes:
@@ -127,32 +132,146 @@ def _edit(text: str) -> Edit:
         raise argparse.ArgumentTypeError(str(error)) from None
 
 
+# A bad number is refused here, naming the flag, rather than by the request builder, which can
+# only name the protobuf field (e.g. "sampling.top_k: Value out of range").
+UINT32_MAX = 2**32 - 1
+UINT64_MAX = 2**64 - 1
+# gRPC turns a deadline beyond about 1e10 s into an immediate DEADLINE_EXCEEDED.
+MAX_TIMEOUT_S = 10**9
+
+_Number = TypeVar("_Number", int, float)
+
+
+def _flag_error(flag: str, rule: str) -> argparse.ArgumentError:
+    """A usage error that reads "FLAG must be RULE".
+
+    An ArgumentError without an argument is printed as is, so the message is not prefixed
+    with argparse's "argument FLAG: ", which would name the flag twice.
+    """
+    return argparse.ArgumentError(None, f"{flag} must be {rule}")
+
+
+def _checked(
+    flag: str, parse: Callable[[str], _Number], kind: str, broken: Callable[[_Number], str | None]
+) -> Callable[[str], _Number]:
+    """An argparse `type=` for a `kind` of number; `broken` says which rule a value breaks."""
+
+    def convert(text: str) -> _Number:
+        try:
+            value = parse(text)
+        except ValueError:
+            raise _flag_error(flag, f"{kind}, not {text!r}") from None
+        rule = broken(value)
+        if rule is not None:
+            raise _flag_error(flag, rule)
+        return value
+
+    return convert
+
+
+def _integer(flag: str, broken: Callable[[int], str | None]) -> Callable[[str], int]:
+    return _checked(flag, int, "an integer", broken)
+
+
+def _real(flag: str, broken: Callable[[float], str | None]) -> Callable[[str], float]:
+    return _checked(flag, float, "a number", broken)
+
+
+def _uint32_rule(value: int) -> str | None:
+    """What a count sent as a uint32 breaks, if anything: 0 keeps meaning "default"."""
+    if value < 0:
+        return "≥ 0"
+    return f"≤ {UINT32_MAX}" if value > UINT32_MAX else None
+
+
+def _seed_rule(value: int) -> str | None:
+    return None if 0 <= value <= UINT64_MAX else f"between 0 and {UINT64_MAX}"
+
+
+def _temperature_rule(value: float) -> str | None:
+    return None if math.isfinite(value) and value >= 0 else "a finite number ≥ 0"
+
+
+def _top_p_rule(value: float) -> str | None:
+    return None if 0 <= value <= 1 else "between 0 and 1"  # NaN fails both comparisons
+
+
+def _timeout_rule(value: float) -> str | None:
+    if not value > 0:  # also NaN
+        return "> 0"
+    return f"≤ {MAX_TIMEOUT_S}" if value > MAX_TIMEOUT_S else None
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="steering-client", description="Client of the steering server (gRPC)."
     )
-    parser.add_argument(
+    _add_global_options(parser, for_command=False)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    gen = _add_command(commands, "generate", _generate, "stream a steered completion to stdout")
+    _add_generate_options(gen)
+    _add_command(commands, "describe", _describe, "print the model, SAEs and limits")
+    return parser
+
+
+def _add_command(
+    commands: argparse._SubParsersAction[argparse.ArgumentParser],
+    name: str,
+    run: Callable[[SteeringClient, argparse.Namespace], int],
+    summary: str,
+) -> argparse.ArgumentParser:
+    """A subcommand that runs `run` and takes the global options after its name too.
+
+    Every subcommand is made here, so none can miss the global options.
+    """
+    description = summary[:1].upper() + summary[1:] + "."
+    command = commands.add_parser(name, help=summary, description=description)
+    command.set_defaults(run=run)
+    _add_global_options(command, for_command=True)
+    return command
+
+
+def _add_global_options(parser: argparse.ArgumentParser, *, for_command: bool) -> None:
+    """The connection options, accepted before the subcommand and after it.
+
+    The top-level parser holds the real defaults. A subcommand's copy defaults to SUPPRESS, so
+    it sets an option only when given after the subcommand: that value then wins, and one
+    given before (or the default) is otherwise kept.
+    """
+
+    def default(value: object) -> object:
+        return argparse.SUPPRESS if for_command else value
+
+    target = os.environ.get("STEERING_TARGET", DEFAULT_TARGET)
+    group = parser.add_argument_group("connection options (before or after the command)")
+    group.add_argument(
         "--target",
-        default=os.environ.get("STEERING_TARGET", DEFAULT_TARGET),
-        help="server address HOST:PORT (env STEERING_TARGET; default %(default)s)",
+        default=default(target),
+        help="server address HOST:PORT (env STEERING_TARGET; default "
+        + target.replace("%", "%%")
+        + ")",
     )
-    parser.add_argument(
+    group.add_argument(
         "--token",
-        default=os.environ.get("STEERING_TOKEN"),
+        default=default(os.environ.get("STEERING_TOKEN")),
         help="bearer token sent as 'authorization: Bearer T' (env STEERING_TOKEN)",
     )
-    parser.add_argument("--tls", action="store_true", help="use TLS with the system's roots")
-    parser.add_argument("--ca-cert", metavar="FILE", help="use TLS with these PEM root certs")
-    parser.add_argument(
-        "--timeout", type=float, metavar="S", help="deadline of the call in seconds"
+    group.add_argument(
+        "--tls", action="store_true", default=default(False), help="use TLS with the system's roots"
     )
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    gen = commands.add_parser("generate", help="stream a steered completion to stdout")
-    gen.set_defaults(run=_generate)
-    _add_generate_options(gen)
-    describe = commands.add_parser("describe", help="print the model, SAEs and limits")
-    describe.set_defaults(run=_describe)
-    return parser
+    group.add_argument(
+        "--ca-cert",
+        metavar="FILE",
+        default=default(None),
+        help="use TLS with these PEM root certs",
+    )
+    group.add_argument(
+        "--timeout",
+        type=_real("--timeout", _timeout_rule),
+        metavar="S",
+        default=default(None),
+        help="deadline of the call in seconds",
+    )
 
 
 def _add_generate_options(gen: argparse.ArgumentParser) -> None:
@@ -172,12 +291,39 @@ def _add_generate_options(gen: argparse.ArgumentParser) -> None:
         help=f"feature edit {GRAMMAR}, e.g. res12:1234=set:8 (repeatable)",
     )
     gen.add_argument(
-        "--max-new-tokens", type=int, default=0, help="0: the server default (default)"
+        "--max-new-tokens",
+        type=_integer("--max-new-tokens", _uint32_rule),
+        default=0,
+        metavar="N",
+        help="0: the server default (default)",
     )
-    gen.add_argument("--temperature", type=float, default=0.0, help="0: greedy (default)")
-    gen.add_argument("--top-k", type=int, default=0, help="0: no top-k cut (default)")
-    gen.add_argument("--top-p", type=float, default=0.0, help="0 or 1: no nucleus cut")
-    gen.add_argument("--seed", type=int, help="sampling seed (default: the server picks one)")
+    gen.add_argument(
+        "--temperature",
+        type=_real("--temperature", _temperature_rule),
+        default=0.0,
+        metavar="T",
+        help="0: greedy (default)",
+    )
+    gen.add_argument(
+        "--top-k",
+        type=_integer("--top-k", _uint32_rule),
+        default=0,
+        metavar="K",
+        help="0: no top-k cut (default)",
+    )
+    gen.add_argument(
+        "--top-p",
+        type=_real("--top-p", _top_p_rule),
+        default=0.0,
+        metavar="P",
+        help="0 or 1: no nucleus cut",
+    )
+    gen.add_argument(
+        "--seed",
+        type=_integer("--seed", _seed_rule),
+        metavar="SEED",
+        help="sampling seed (default: the server picks one)",
+    )
     gen.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
     gen.add_argument(
         "--ignore-eos", action="store_true", help="keep generating past end-of-sequence"

@@ -99,12 +99,14 @@ class Completion:
 
 @dataclass(frozen=True)
 class ModelInfo:
-    """The served model: its name, decoder layers, residual width and vocabulary size."""
+    """The served model: its name, decoder layers, residual width, vocabulary and context."""
 
     name: str
     num_layers: int
     d_model: int
     vocab_size: int
+    context_length: int  # prompt plus generated tokens never exceed it
+    chat: bool  # a chat template is loaded: `chat=` requests are accepted
 
 
 @dataclass(frozen=True)
@@ -127,9 +129,10 @@ class Limits:
     default_max_new_tokens: int
     max_edits_per_request: int
     max_abs_edit_value: float
-    max_batch_size: int
+    max_active_rows: int
     max_queued_requests: int
     max_stop_strings: int
+    max_stop_string_chars: int
 
 
 @dataclass(frozen=True)

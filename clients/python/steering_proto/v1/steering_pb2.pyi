@@ -25,6 +25,11 @@ if sys.version_info >= (3, 11):
 else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
+if sys.version_info >= (3, 13):
+    from warnings import deprecated as _deprecated
+else:
+    from typing_extensions import deprecated as _deprecated
+
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class _EditMode:
@@ -68,7 +73,9 @@ class _FinishReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_FinishRe
     FINISH_REASON_UNSPECIFIED: _FinishReason.ValueType  # 0
     """Not finished yet (every message but the last)."""
     FINISH_REASON_LENGTH: _FinishReason.ValueType  # 1
-    """Reached max_new_tokens (or the server's default)."""
+    """Reached max_new_tokens (or the server's default), or the model's context length
+    (ModelInfo.context_length) ended the request first.
+    """
     FINISH_REASON_EOS: _FinishReason.ValueType  # 2
     """Generated an end-of-sequence token (EOS, or <end_of_turn> for chat)."""
     FINISH_REASON_STOP: _FinishReason.ValueType  # 3
@@ -80,7 +87,9 @@ class FinishReason(_FinishReason, metaclass=_FinishReasonEnumTypeWrapper):
 FINISH_REASON_UNSPECIFIED: FinishReason.ValueType  # 0
 """Not finished yet (every message but the last)."""
 FINISH_REASON_LENGTH: FinishReason.ValueType  # 1
-"""Reached max_new_tokens (or the server's default)."""
+"""Reached max_new_tokens (or the server's default), or the model's context length
+(ModelInfo.context_length) ended the request first.
+"""
 FINISH_REASON_EOS: FinishReason.ValueType  # 2
 """Generated an end-of-sequence token (EOS, or <end_of_turn> for chat)."""
 FINISH_REASON_STOP: FinishReason.ValueType  # 3
@@ -445,6 +454,8 @@ class ModelInfo(_message.Message):
     NUM_LAYERS_FIELD_NUMBER: _builtins.int
     D_MODEL_FIELD_NUMBER: _builtins.int
     VOCAB_SIZE_FIELD_NUMBER: _builtins.int
+    CONTEXT_LENGTH_FIELD_NUMBER: _builtins.int
+    CHAT_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """The model's name (its folder or Hugging Face id, e.g. "gemma-2-2b")."""
     num_layers: _builtins.int
@@ -453,6 +464,14 @@ class ModelInfo(_message.Message):
     """Width of the residual stream."""
     vocab_size: _builtins.int
     """Size of the tokenizer's vocabulary; token ids are in [0, vocab_size)."""
+    context_length: _builtins.int
+    """Most tokens the model attends to (its config's max_position_embeddings): a prompt's tokens
+    plus its generated ones never exceed it.
+    """
+    chat: _builtins.bool
+    """Whether a chat template is loaded. When false, a GenerateRequest with `chat` is
+    INVALID_ARGUMENT naming `chat`: send a prompt instead.
+    """
     def __init__(
         self,
         *,
@@ -460,10 +479,12 @@ class ModelInfo(_message.Message):
         num_layers: _builtins.int = ...,
         d_model: _builtins.int = ...,
         vocab_size: _builtins.int = ...,
+        context_length: _builtins.int = ...,
+        chat: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["d_model", b"d_model", "name", b"name", "num_layers", b"num_layers", "vocab_size", b"vocab_size"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["chat", b"chat", "context_length", b"context_length", "d_model", b"d_model", "name", b"name", "num_layers", b"num_layers", "vocab_size", b"vocab_size"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -511,8 +532,9 @@ Global___SaeInfo: _TypeAlias = SaeInfo  # noqa: Y015
 
 @_typing.final
 class Limits(_message.Message):
-    """Bounds the server enforces. A request over a per-request bound is INVALID_ARGUMENT; a
-    request arriving when the queue is full is RESOURCE_EXHAUSTED.
+    """Bounds the server enforces, as in force: max_prompt_tokens is already within the model's
+    context. A request over a per-request bound is INVALID_ARGUMENT; a request arriving when the
+    queue is full is RESOURCE_EXHAUSTED.
     """
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -525,6 +547,8 @@ class Limits(_message.Message):
     MAX_BATCH_SIZE_FIELD_NUMBER: _builtins.int
     MAX_QUEUED_REQUESTS_FIELD_NUMBER: _builtins.int
     MAX_STOP_STRINGS_FIELD_NUMBER: _builtins.int
+    MAX_ACTIVE_ROWS_FIELD_NUMBER: _builtins.int
+    MAX_STOP_STRING_CHARS_FIELD_NUMBER: _builtins.int
     max_prompt_tokens: _builtins.int
     """Most tokens a prompt (or rendered chat) may hold, BOS included."""
     max_new_tokens: _builtins.int
@@ -535,12 +559,24 @@ class Limits(_message.Message):
     """Most FeatureEdits in one request."""
     max_abs_edit_value: _builtins.float
     """Largest |FeatureEdit.value| accepted (huge finite values would wreck the model's norms)."""
-    max_batch_size: _builtins.int
-    """Most requests generating together in one batch (active rows)."""
+    @_builtins.property
+    @_deprecated("""This field has been marked as deprecated using proto field options.""")
+    def max_batch_size(self) -> _builtins.int:
+        """Deprecated: the same value as max_active_rows, kept for older clients."""
+
+    @max_batch_size.setter
+    @_deprecated("""This field has been marked as deprecated using proto field options.""")
+    def max_batch_size(self, value: _builtins.int) -> None:
+        """Deprecated: the same value as max_active_rows, kept for older clients."""
+
     max_queued_requests: _builtins.int
     """Most requests waiting for a batch row; beyond it Generate fails at once."""
     max_stop_strings: _builtins.int
     """Most entries in SamplingParams.stop."""
+    max_active_rows: _builtins.int
+    """Most requests generating together in one batch (active rows)."""
+    max_stop_string_chars: _builtins.int
+    """Most characters in one entry of SamplingParams.stop."""
     def __init__(
         self,
         *,
@@ -552,10 +588,12 @@ class Limits(_message.Message):
         max_batch_size: _builtins.int = ...,
         max_queued_requests: _builtins.int = ...,
         max_stop_strings: _builtins.int = ...,
+        max_active_rows: _builtins.int = ...,
+        max_stop_string_chars: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["default_max_new_tokens", b"default_max_new_tokens", "max_abs_edit_value", b"max_abs_edit_value", "max_batch_size", b"max_batch_size", "max_edits_per_request", b"max_edits_per_request", "max_new_tokens", b"max_new_tokens", "max_prompt_tokens", b"max_prompt_tokens", "max_queued_requests", b"max_queued_requests", "max_stop_strings", b"max_stop_strings"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["default_max_new_tokens", b"default_max_new_tokens", "max_abs_edit_value", b"max_abs_edit_value", "max_active_rows", b"max_active_rows", "max_batch_size", b"max_batch_size", "max_edits_per_request", b"max_edits_per_request", "max_new_tokens", b"max_new_tokens", "max_prompt_tokens", b"max_prompt_tokens", "max_queued_requests", b"max_queued_requests", "max_stop_string_chars", b"max_stop_string_chars", "max_stop_strings", b"max_stop_strings"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

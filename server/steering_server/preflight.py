@@ -1,0 +1,92 @@
+"""Checks of the settings and the files they name, made before any port is bound.
+
+Each problem is a `StartupError` whose message is one line naming it; the CLI prints that line
+and exits with code 2. Reads only configs and file headers: loading happens later.
+"""
+
+from __future__ import annotations
+
+import ssl
+from collections import Counter
+from pathlib import Path
+
+from transformers import AutoConfig
+
+from steering.errors import SaeFormatError
+from steering.sae_formats import sae_file
+from steering_server.settings import Settings
+
+
+class StartupError(Exception):
+    """A setting or file the server cannot start with (one line, naming it)."""
+
+
+def check(settings: Settings) -> None:
+    _check_mode(settings)
+    if settings.model is not None:
+        _check_saes(settings, _model_layers(settings.model))
+    _check_tls(settings)
+
+
+def _check_mode(s: Settings) -> None:
+    if s.demo and (s.model is not None or s.sae):
+        raise StartupError("--demo serves its own model and SAE: drop --model and --sae")
+    if not s.demo and s.model is None:
+        raise StartupError("name a model folder with --model (or run --demo)")
+
+
+def _model_layers(folder: Path) -> int:
+    """The model's decoder layer count, from its config alone."""
+    if not folder.is_dir():
+        raise StartupError(f"--model {folder}: not a folder")
+    if not (folder / "config.json").is_file():
+        raise StartupError(f"--model {folder}: no config.json (not a Hugging Face model folder)")
+    try:
+        config = AutoConfig.from_pretrained(folder, local_files_only=True).get_text_config()
+        return int(config.num_hidden_layers)
+    except (OSError, ValueError, KeyError, AttributeError) as exc:
+        raise StartupError(
+            f"--model {folder}: cannot read its config ({_first_line(exc)})"
+        ) from exc
+
+
+def _check_saes(s: Settings, layers: int) -> None:
+    twice = sorted(name for name, n in Counter(spec.name for spec in s.sae).items() if n > 1)
+    if twice:
+        raise StartupError(f"--sae: the name {twice[0]!r} is given to more than one SAE")
+    for spec in s.sae:
+        if not 0 <= spec.layer < layers:
+            raise StartupError(
+                f"--sae {spec.name}: layer {spec.layer} is out of range "
+                f"(the model has layers 0 to {layers - 1})"
+            )
+        try:
+            sae_file(spec.path)
+        except SaeFormatError as exc:
+            raise StartupError(f"--sae {spec.name}: {exc}") from exc
+
+
+def _check_tls(s: Settings) -> None:
+    if (s.tls_cert is None) != (s.tls_key is None):
+        raise StartupError("TLS needs both --tls-cert and --tls-key")
+    if s.tls_client_ca is not None and s.tls_cert is None:
+        raise StartupError("--tls-client-ca needs --tls-cert and --tls-key")
+    if s.tls_cert is not None and s.tls_key is not None:
+        for flag, path in (("--tls-cert", s.tls_cert), ("--tls-key", s.tls_key)):
+            if not path.is_file():
+                raise StartupError(f"{flag} {path}: no such file")
+        try:
+            ssl.create_default_context().load_cert_chain(s.tls_cert, s.tls_key)
+        except (ssl.SSLError, OSError) as exc:
+            raise StartupError(
+                f"--tls-cert/--tls-key: not a matching PEM certificate and key ({exc})"
+            ) from exc
+    if s.tls_client_ca is not None:
+        try:
+            ssl.create_default_context(cafile=s.tls_client_ca)
+        except (ssl.SSLError, OSError) as exc:
+            raise StartupError(f"--tls-client-ca {s.tls_client_ca}: {exc}") from exc
+
+
+def _first_line(exc: BaseException) -> str:
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__

@@ -1,0 +1,158 @@
+"""Startup fails fast: every bad setting or file exits 2 with one line naming it, before any port
+is bound (the test holds both ports: a server that got as far as binding would say so)."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from steering import save_sae
+from steering.demo.toy import random_sae
+from steering_server.cli import main, parser
+from steering_server.settings import Settings
+from tests.server.test_tls import _cert
+
+
+@pytest.fixture
+def held_ports() -> Iterator[list[str]]:
+    """`--port P --metrics-port M` of two ports this test holds open, so no server can bind."""
+    sockets = []
+    for _ in range(2):
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        sockets.append(s)
+    ports = [str(s.getsockname()[1]) for s in sockets]
+    yield ["--host", "127.0.0.1", "--port", ports[0], "--metrics-port", ports[1]]
+    for s in sockets:
+        s.close()
+
+
+@pytest.fixture(scope="module")
+def files(
+    tmp_path_factory: pytest.TempPathFactory, model_folders: dict[str, Path]
+) -> dict[str, str]:
+    root = tmp_path_factory.mktemp("startup")
+    sae = save_sae(random_sae(64, 32, seed=0), root / "sae")
+    (root / "empty").mkdir()
+    cert, key = _cert("localhost")
+    other_cert, _ = _cert("other")
+    for name, data in {"cert": cert, "key": key, "other.crt": other_cert}.items():
+        (root / name).write_bytes(data)
+    (root / "garbage.pem").write_text("not a certificate")
+    (root / "bad.json").write_text(json.dumps({"prot": 1}))
+    model = str(model_folders["gemma2"])  # 4 decoder layers
+    return {"root": str(root), "model": model, "sae": str(sae)}
+
+
+CASES = {
+    "demo with a model": (["--demo", "--model", "{model}"], "--demo"),
+    "demo with an SAE": (["--demo", "--sae", "a={sae}@1"], "--demo"),
+    "no model": ([], "--model"),
+    "model folder missing": (["--model", "{root}/nope"], "not a folder"),
+    "model folder without config": (["--model", "{root}/empty"], "config.json"),
+    "SAE without a layer": (["--model", "{model}", "--sae", "a={sae}"], "NAME=PATH@LAYER"),
+    "SAE layer out of range": (["--model", "{model}", "--sae", "a={sae}@99"], "layer 99"),
+    "SAE path missing": (["--model", "{model}", "--sae", "a={root}/nope@1"], "no such file"),
+    "SAE folder without an SAE": (["--model", "{model}", "--sae", "a={root}/empty@1"], "no SAE"),
+    "duplicate SAE names": (
+        ["--model", "{model}", "--sae", "a={sae}@1", "--sae", "a={sae}@2"],
+        "more than one SAE",
+    ),
+    "TLS cert without key": (["--model", "{model}", "--tls-cert", "{root}/cert"], "--tls-key"),
+    "TLS key of another cert": (
+        ["--model", "{model}", "--tls-cert", "{root}/other.crt", "--tls-key", "{root}/key"],
+        "--tls-cert/--tls-key",
+    ),
+    "TLS files missing": (
+        ["--model", "{model}", "--tls-cert", "{root}/nope", "--tls-key", "{root}/key"],
+        "no such file",
+    ),
+    "client CA garbage": (
+        [
+            "--model",
+            "{model}",
+            "--tls-cert",
+            "{root}/cert",
+            "--tls-key",
+            "{root}/key",
+            "--tls-client-ca",
+            "{root}/garbage.pem",
+        ],
+        "--tls-client-ca",
+    ),  # fmt: skip
+    "client CA without TLS": (
+        ["--model", "{model}", "--tls-client-ca", "{root}/cert"],
+        "--tls-client-ca needs",
+    ),
+    "port out of range": (["--model", "{model}", "--port", "99999"], "--port"),
+    "unknown log level": (["--model", "{model}", "--log-level", "LOUD"], "--log-level"),
+    "unknown key in the config file": (["--config", "{root}/bad.json"], "prot: unknown setting"),
+}
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_bad_startup_exits_2_with_one_line_before_binding(
+    case: str,
+    files: dict[str, str],
+    held_ports: list[str],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    argv, expected = CASES[case]
+    args = [a.format(**files) for a in argv]
+    # The held ports come first so that a case's own --port wins.
+    assert main([*held_ports, *args]) == 2
+    captured = capsys.readouterr()
+    lines = captured.err.splitlines()
+    assert len(lines) == 1, captured.err
+    assert lines[0].startswith("steering-server: ") and expected in lines[0], lines[0]
+    assert "Traceback" not in captured.err + captured.out
+    assert "cannot bind" not in lines[0]  # it never got as far as the ports
+
+
+def test_the_process_exits_2_with_one_line_and_no_traceback(
+    files: dict[str, str], held_ports: list[str]
+) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "steering_server", *held_ports, "--demo", "--model", files["model"]],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        "steering-server: --demo serves its own model and SAE: drop --model and --sae"
+    ]
+    assert result.stdout == ""
+
+
+def test_a_file_that_fails_to_load_exits_2_with_one_line(
+    files: dict[str, str], tmp_path: Path
+) -> None:
+    """An SAE of the wrong width is found while loading (after binding): still one clean line."""
+    sae = save_sae(random_sae(48, 16, seed=0), tmp_path / "narrow")
+    result = subprocess.run(
+        [sys.executable, "-m", "steering_server", "--host", "127.0.0.1", "--port", "0",
+         "--metrics-port", "0", "--model", files["model"], "--sae", f"narrow={sae}@1"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    last = result.stderr.splitlines()[-1]
+    assert last.startswith("steering-server: ") and "narrow" in last, result.stderr
+
+
+def test_help_lists_every_setting() -> None:
+    text = parser().format_help()
+    for name in Settings.model_fields:
+        assert f"STEERING_{name.upper()}" in text, name
+    for flag in ("--max-prompt-tokens", "--max-stop-strings", "--grace-period", "--log-format"):
+        assert flag in text
