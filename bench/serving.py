@@ -2,11 +2,14 @@
 
 The server runs as a subprocess (as deployed), on loopback, with one torch thread; clients are
 threads of this process reading their streams. Peers: `model.generate` on a static batch (what
-a user would script), the same requests one after another, and the engine in-process (gRPC cost).
+a user would script), the same requests one after another, and the front end and the engine
+in-process (the cost of gRPC, and of the text path).
 """
 
 from __future__ import annotations
 
+import asyncio
+import copy
 import os
 import re
 import statistics
@@ -29,6 +32,8 @@ from bench.common import Setup, Table, interleave
 from bench.scenarios import engine_rates, make_engine, prompts
 from steering import save_sae
 from steering.demo.toy import build_tokenizer, random_sae
+from steering.frontend import FrontEnd
+from steering.requests import SamplingParams, TextRequest
 from steering_proto.v1 import steering_pb2 as pb
 from steering_proto.v1 import steering_pb2_grpc as pb_grpc
 
@@ -73,6 +78,10 @@ def _wait_ready(proc: subprocess.Popen[str]) -> str:
     raise RuntimeError("the server exited before serving")
 
 
+def _texts(n: int) -> list[str]:
+    return [f"Request {i}: tell me about the sea and the boats" for i in range(n)]
+
+
 def one_stream(stub: Any, prompt: str, new: int) -> tuple[int, float, list[float], float]:
     """(tokens, time to first token, inter-token gaps, end time) of one greedy stream."""
     request = pb.GenerateRequest(
@@ -94,7 +103,7 @@ def one_stream(stub: Any, prompt: str, new: int) -> tuple[int, float, list[float
 
 def grpc_rates(stub: Any, n: int, new: int, *, concurrent: bool) -> dict[str, float]:
     """Aggregate tokens/s and latency percentiles of `n` streams, concurrent or sequential."""
-    texts = [f"Request {i}: tell me about the sea and the boats" for i in range(n)]
+    texts = _texts(n)
     start = time.perf_counter()
     if concurrent:
         with ThreadPoolExecutor(n) as pool:
@@ -164,15 +173,32 @@ def serving(model: Any, setup: Setup, clients: Sequence[int], new: int) -> list[
     return tables
 
 
+def frontend_rates(front: FrontEnd, n: int, new: int) -> dict[str, float]:
+    """Tokens/s of `n` concurrent text requests through the front end: the text path, no gRPC."""
+    sampling = SamplingParams(max_new_tokens=new, ignore_eos=True)
+
+    async def one(text: str) -> int:
+        request = TextRequest(prompt=text, sampling=sampling)
+        return sum([len(chunk.token_ids) async for chunk in front.generate(request)])
+
+    async def run() -> list[int]:
+        return await asyncio.gather(*(one(text) for text in _texts(n)))
+
+    start = time.perf_counter()
+    tokens = sum(asyncio.run(run()))
+    return {"tokens/s": tokens / (time.perf_counter() - start)}  # prefill included
+
+
 def grpc_cost(model: Any, setup: Setup, n: int, new: int) -> list[Table]:
-    """The same n concurrent greedy requests: engine in this process vs over gRPC."""
+    """The same n concurrent greedy requests: the engine and the front end in this process (each
+    on its own copy of the model), and a server over gRPC."""
     engine = make_engine(model, setup, n)
+    front = FrontEnd(make_engine(copy.deepcopy(model), setup, n), build_tokenizer())
+    front.start()
     vocab = model.config.get_text_config().vocab_size
     with server_process(model, setup, n) as target, grpc.insecure_channel(target) as channel:
         stub = pb_grpc.SteeringServiceStub(channel)
-        prompt_len = len(
-            build_tokenizer()("Request 0: tell me about the sea and the boats").input_ids
-        )
+        prompt_len = len(build_tokenizer()(_texts(1)[0]).input_ids)
         batch = prompts(n, prompt_len, vocab, seed=11)
 
         def in_process() -> dict[str, float]:
@@ -181,15 +207,17 @@ def grpc_cost(model: Any, setup: Setup, n: int, new: int) -> list[Table]:
             return {"tokens/s": n * new / (time.perf_counter() - start)}  # prefill included
 
         runs = {
+            f"front end in-process, {n} streams": lambda: frontend_rates(front, n, new),
             f"engine in-process, {n} streams": in_process,
             f"over gRPC, {n} streams": lambda: {
                 "tokens/s": grpc_rates(stub, n, new, concurrent=True)["tokens/s"]
             },
         }
         table = interleave(
-            Table(f"gRPC cost, {n} streams", "", f"engine in-process, {n} streams"),
+            Table(f"gRPC cost, {n} streams", "", f"front end in-process, {n} streams"),
             runs,
             setup.reps,
         )
+    front.stop()
     engine.hooks.remove()
     return [table]

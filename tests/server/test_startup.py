@@ -86,7 +86,7 @@ CASES = {
             "{root}/garbage.pem",
         ],
         "--tls-client-ca",
-    ),  # fmt: skip
+    ),
     "client CA without TLS": (
         ["--model", "{model}", "--tls-client-ca", "{root}/cert"],
         "--tls-client-ca needs",
