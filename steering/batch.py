@@ -17,10 +17,40 @@ from dataclasses import dataclass
 import torch
 from transformers import DynamicCache
 
-from steering.edits import EditTable, FeatureEdit, build_tables, steerable_positions
+from steering.edits import steerable_positions
 from steering.hooks import SteeringHooks, StepTables
+from steering.plan import (
+    Plan,
+    Readback,
+    RowAsk,
+    RowResult,
+    add_outputs,
+    build_plan,
+    row_result,
+)
 
 PAD_ID = 0  # fills left padding; any id serves, since padding is masked and never steered
+
+
+@dataclass(frozen=True, eq=False)
+class Forward:
+    """One forward's plan and what its hooks left; each row's own positions among its T."""
+
+    plan: Plan
+    tables: StepTables | None  # None: nothing was steered or read
+    positions: list[range]
+
+    def queue(self, readback: Readback) -> None:
+        """Add what the hooks left to the step's one copy to the host."""
+        if self.tables is not None:
+            add_outputs(readback, self.tables.out)
+
+    def results(self, readback: Readback) -> list[RowResult | None]:
+        """Each row's results from the step's readback (None: the row asked for nothing)."""
+        if self.tables is None:
+            return [None] * len(self.positions)
+        out = self.tables.out
+        return [row_result(self.plan, readback, out, b, p) for b, p in enumerate(self.positions)]
 
 
 @dataclass(frozen=True, eq=False)
@@ -30,20 +60,21 @@ class Steering:
     hooks: SteeringHooks
     special_ids: torch.Tensor  # (S,) long, on the model's device
 
-    def edit_tables(self, row_edits: Sequence[Sequence[FeatureEdit]]) -> dict[str, EditTable]:
-        return build_tables(row_edits, self.hooks.saes) if any(row_edits) else {}
+    def plan(self, asks: Sequence[RowAsk]) -> Plan:
+        return build_plan(asks, self.hooks.saes)
 
     def step_tables(
-        self, edit_tables: dict[str, EditTable], ids: torch.Tensor, mask: torch.Tensor | None = None
+        self, plan: Plan, ids: torch.Tensor, mask: torch.Tensor | None = None
     ) -> StepTables | None:
         """What the hooks apply to tokens `ids` (B, T), whose padding `mask` marks with 0.
 
-        None: nothing to steer, the plain model runs.
+        None: nothing to steer or read, the plain model runs.
         """
-        if not edit_tables and not any(a.reconstruct for a in self.hooks.attachments):
+        if plan.empty and not any(a.reconstruct for a in self.hooks.attachments):
             return None
         steerable = steerable_positions(ids, self.special_ids)
-        return StepTables(edit_tables, steerable if mask is None else steerable & mask.bool())
+        steerable = steerable if mask is None else steerable & mask.bool()
+        return StepTables(plan.edits, steerable, plan.reads)
 
 
 def forward(
@@ -77,18 +108,18 @@ class Batch:
     def __init__(
         self,
         keys: list[int],
-        row_edits: list[tuple[FeatureEdit, ...]],
+        asks: list[RowAsk],
         cache: DynamicCache,
         attention_mask: torch.Tensor,  # (B, L)
         next_positions: torch.Tensor,  # (B,) position id of the next token fed
     ) -> None:
         self.keys = keys
-        self.row_edits = row_edits
+        self.asks = asks
         self.cache = cache
         self.attention_mask = attention_mask
         self.next_positions = next_positions
-        self.steered_rows = sum(1 for edits in row_edits if edits)
-        self._edit_tables: dict[str, EditTable] | None = None  # built once per set of rows
+        self.steered_rows = sum(1 for ask in asks if ask.edits)
+        self._plan: Plan | None = None  # built once per set of rows
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -100,9 +131,10 @@ class Batch:
         steering: Steering,
         keys: list[int],
         prompts: Sequence[Sequence[int]],
-        row_edits: list[tuple[FeatureEdit, ...]],
-    ) -> tuple[Batch, torch.Tensor]:
-        """A batch of `prompts` (left-padded, one forward), and their next-token logits (B, V)."""
+        asks: list[RowAsk],
+    ) -> tuple[Batch, torch.Tensor, Forward]:
+        """A batch of `prompts` (left-padded, one forward), their next-token logits (B, V), and
+        what the forward read."""
         device = steering.special_ids.device
         length = max(len(p) for p in prompts)
         padded = [[PAD_ID] * (length - len(p)) + list(p) for p in prompts]
@@ -113,26 +145,29 @@ class Batch:
             device=device,
         )
         positions = (mask.cumsum(dim=1) - 1).clamp_min(0)
-        tables = steering.step_tables(steering.edit_tables(row_edits), ids, mask)
+        plan = steering.plan(asks)
+        tables = steering.step_tables(plan, ids, mask)
         logits, cache = forward(model, steering, tables, ids, mask, positions, DynamicCache())
-        return cls(keys, row_edits, cache, mask, mask.sum(dim=1)), logits
+        done = Forward(plan, tables, [range(length - len(p), length) for p in prompts])
+        return cls(keys, asks, cache, mask, mask.sum(dim=1)), logits, done
 
     def decode(
         self, model: torch.nn.Module, steering: Steering, tokens: Sequence[int]
-    ) -> torch.Tensor:
-        """Feed each row its last sampled token; returns the logits (B, V) of the next one."""
+    ) -> tuple[torch.Tensor, Forward]:
+        """Feed each row its last sampled token; the logits (B, V) of the next one, and what the
+        forward read."""
         device = self.attention_mask.device
         ids = torch.tensor(tokens, dtype=torch.long, device=device)[:, None]  # (B, 1)
         mask = torch.cat([self.attention_mask, torch.ones_like(ids)], dim=1)  # (B, L + 1)
-        if self._edit_tables is None:
-            self._edit_tables = steering.edit_tables(self.row_edits)
-        tables = steering.step_tables(self._edit_tables, ids)
+        if self._plan is None:
+            self._plan = steering.plan(self.asks)
+        tables = steering.step_tables(self._plan, ids)
         logits, self.cache = forward(
             model, steering, tables, ids, mask, self.next_positions[:, None], self.cache
         )
         self.attention_mask = mask
         self.next_positions = self.next_positions + 1
-        return logits
+        return logits, Forward(self._plan, tables, [range(1)] * len(self.keys))
 
     @classmethod
     def concatenate(cls, batches: Sequence[Batch]) -> Batch:
@@ -152,7 +187,7 @@ class Batch:
         ]
         return cls(
             keys=[k for b in batches for k in b.keys],
-            row_edits=[e for b in batches for e in b.row_edits],
+            asks=[a for b in batches for a in b.asks],
             cache=DynamicCache(ddp_cache_data=layers),
             attention_mask=torch.cat([_pad_left(b.attention_mask, length, dim=1) for b in batches]),
             next_positions=torch.cat([b.next_positions for b in batches]),
@@ -176,7 +211,7 @@ class Batch:
         ]
         return Batch(
             keys=[self.keys[i] for i in rows],
-            row_edits=[self.row_edits[i] for i in rows],
+            asks=[self.asks[i] for i in rows],
             cache=DynamicCache(ddp_cache_data=layers),
             attention_mask=mask[:, start:],
             next_positions=self.next_positions[index],

@@ -12,7 +12,8 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from steering.requests import FinishReason
+from steering.plan import RowResult
+from steering.requests import FinishReason, Receipt
 
 log = logging.getLogger(__name__)
 
@@ -20,11 +21,14 @@ log = logging.getLogger(__name__)
 @dataclass
 class RequestOutput:
     token_ids: list[int] = field(default_factory=list)  # new since the last take
+    watched: list[tuple[float, ...]] = field(default_factory=list)  # one per token, if watching
     finish_reason: FinishReason | None = None  # set once, on the last output
     error: str | None = None  # with FinishReason.ERROR: what went wrong, safe to show a client
     prompt_tokens: int = 0
     completion_tokens: int = 0  # generated so far, in all
     seed: int | None = None  # the sampling seed in use
+    receipts: tuple[Receipt, ...] = ()  # on the last output: what each edit did
+    readings: RowResult | None = None  # on the last output of a prefill-only request
 
     @property
     def finished(self) -> bool:
@@ -47,6 +51,9 @@ class OutputChannel:
         seed: int,
         finish_reason: FinishReason | None = None,
         error: str | None = None,
+        watched: list[tuple[float, ...]] | None = None,
+        receipts: tuple[Receipt, ...] = (),
+        readings: RowResult | None = None,
     ) -> None:
         """Merge new tokens (and a finish, once) into the slot; never blocks on the reader."""
         with self._cond:
@@ -54,6 +61,7 @@ class OutputChannel:
                 return
             pending = self._pending or RequestOutput()
             pending.token_ids.extend(token_ids)
+            pending.watched.extend(watched or ())
             pending.prompt_tokens, pending.completion_tokens, pending.seed = (
                 prompt_tokens,
                 completion_tokens,
@@ -61,6 +69,7 @@ class OutputChannel:
             )
             if finish_reason is not None:
                 pending.finish_reason, pending.error = finish_reason, error
+                pending.receipts, pending.readings = receipts, readings
                 self._closed = True
             self._pending = pending
             self._cond.notify_all()

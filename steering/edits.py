@@ -166,12 +166,42 @@ def edit_features(
     return torch.where(gated[:, None, :] & (f <= 0), f, edited)
 
 
+def table_activations(x: torch.Tensor, table: EditTable) -> torch.Tensor:
+    """f of the table's features at its rows: (B, T, d_model) -> (R, T, F) float32."""
+    pre = x[table.rows].float() @ table.w_enc + table.b_enc
+    return pre * (pre > table.threshold)
+
+
 def sparse_delta(x: torch.Tensor, table: EditTable) -> torch.Tensor:
     """sum_i (f'_i - f_i) * W_dec[i] for the table's rows: (B, T, d_model) -> (R, T, d_model)."""
-    xr = x[table.rows].float()  # (R, T, d_model)
-    pre = xr @ table.w_enc + table.b_enc  # (R, T, F)
-    f = pre * (pre > table.threshold)
+    f = table_activations(x, table)
     return (edit_features(f, table.alpha, table.beta, table.gated) - f) @ table.w_dec
+
+
+def edit_counts(
+    f: torch.Tensor, table: EditTable, steerable: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Per (row, feature), the positions where the edit applied and where the feature was active
+    before it, steerable positions only: f (R, T, F) -> (R, F, 2) long. Feeds edit receipts."""
+    active = f > 0
+    applied = ~table.gated[:, None, :] | active  # a gated edit applies only where active
+    if steerable is not None:
+        mask = steerable[table.rows][..., None]
+        active, applied = active & mask, applied & mask
+    return torch.stack([applied.sum(dim=1), active.sum(dim=1)], dim=-1)
+
+
+def steer_rows(
+    x: torch.Tensor, table: EditTable, steerable: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`apply_sparse_delta`, and the table's `edit_counts` from the same encode."""
+    f = table_activations(x, table)  # (R, T, F)
+    delta = (edit_features(f, table.alpha, table.beta, table.gated) - f) @ table.w_dec
+    if steerable is not None:
+        delta = torch.where(steerable[table.rows][..., None], delta, 0.0)
+    out = x.clone()
+    out[table.rows] = (x[table.rows].float() + delta).to(x.dtype)
+    return out, edit_counts(f, table, steerable)
 
 
 def apply_sparse_delta(
@@ -181,12 +211,7 @@ def apply_sparse_delta(
 
     x: (B, T, d_model); steerable: (B, T) bool, False at positions left alone (special tokens).
     """
-    delta = sparse_delta(x, table)  # (R, T, d_model)
-    if steerable is not None:
-        delta = torch.where(steerable[table.rows][..., None], delta, 0.0)
-    out = x.clone()
-    out[table.rows] = (x[table.rows].float() + delta).to(x.dtype)
-    return out
+    return steer_rows(x, table, steerable)[0]
 
 
 def apply_full(

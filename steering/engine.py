@@ -20,12 +20,13 @@ from typing import Any
 
 import torch
 
-from steering.batch import Batch, Steering
+from steering.batch import Batch, Forward, Steering
 from steering.channel import OutputChannel
 from steering.errors import EngineClosedError, InvalidRequestError, QueueFullError
 from steering.hooks import SaeAttachment, install_steering
 from steering.model import LoadedModel
-from steering.requests import FinishReason, GenerationRequest, Limits, validate_request
+from steering.plan import Readback, RowAsk, RowResult
+from steering.requests import FinishReason, GenerationRequest, Limits, Receipt, validate_request
 from steering.sampling import RowSampler
 from steering.stats import EngineSnapshot, FinishedRequest, StepStats
 
@@ -59,6 +60,25 @@ class _Row:
     generated: list[int] = field(default_factory=list)
     admitted_at: float | None = None
     first_token_at: float | None = None
+    counts: list[list[int]] = field(default_factory=list)  # per edit: [applied, active] so far
+
+    @property
+    def ask(self) -> RowAsk:
+        r = self.request
+        return RowAsk(r.edits, r.watch, r.inspect)
+
+    def receipts(self) -> tuple[Receipt, ...]:
+        counts = self.counts or [[0, 0]] * len(self.request.edits)
+        return tuple(Receipt(e, a, b) for e, (a, b) in zip(self.request.edits, counts, strict=True))
+
+    def add_counts(self, result: RowResult | None) -> None:
+        if result is None or not result.counts:
+            return
+        if not self.counts:
+            self.counts = [[0, 0] for _ in result.counts]
+        for total, (applied, active) in zip(self.counts, result.counts, strict=True):
+            total[0] += applied
+            total[1] += active
 
 
 class Engine:
@@ -254,7 +274,7 @@ class Engine:
             return 0
         rows = [self._running[key] for key in self._batch.keys]
         try:
-            logits = self._batch.decode(
+            logits, done = self._batch.decode(
                 self.model, self._steering, [row.generated[-1] for row in rows]
             )
         except Exception:
@@ -265,7 +285,7 @@ class Engine:
                 )
             self._batch = None
             return 0
-        generated = self._emit(rows, logits, finished)
+        generated = self._emit(rows, logits, done, finished)
         self._retire()
         return generated
 
@@ -285,12 +305,12 @@ class Engine:
         if not rows:
             return 0, 0, 0
         try:
-            prefilled, logits = Batch.prefill(
+            prefilled, logits, done = Batch.prefill(
                 self.model,
                 self._steering,
                 [row.key for row in rows],
                 [row.request.prompt_ids for row in rows],
-                [row.request.edits for row in rows],
+                [row.ask for row in rows],
             )
         except Exception:
             log.exception("prefill failed for %d requests", len(rows))
@@ -299,7 +319,7 @@ class Engine:
                     row, FinishReason.ERROR, finished, "internal error while reading the prompt"
                 )
             return len(rows), tokens, 0
-        generated = self._emit(rows, logits, finished)
+        generated = self._emit(rows, logits, done, finished)
         joined = prefilled.filter(set(self._running))
         parts = [b for b in (self._batch, joined) if b is not None]
         self._batch = Batch.concatenate(parts) if parts else None
@@ -316,12 +336,24 @@ class Engine:
             self._running[row.key] = row
             return row
 
-    def _emit(self, rows: list[_Row], logits: torch.Tensor, finished: list[FinishedRequest]) -> int:
-        """Sample each row's next token from logits (B, V); send it; finish rows that are done."""
-        # One device-to-host copy per step: each row's argmax and whether its logits are finite.
-        greedy, finite = torch.stack(
-            [logits.argmax(dim=-1), torch.isfinite(logits).all(dim=-1).long()]
-        ).tolist()
+    def _emit(
+        self,
+        rows: list[_Row],
+        logits: torch.Tensor,
+        done: Forward,
+        finished: list[FinishedRequest],
+    ) -> int:
+        """Sample each row's next token from logits (B, V); send it with what the forward read;
+        finish rows that are done (a prefill-only row with its readings)."""
+        # One device-to-host copy per step: each row's argmax, whether its logits are finite, and
+        # what the hooks read (edit counts, watched features, inspections).
+        readback = Readback()
+        readback.add("greedy", logits.argmax(dim=-1))
+        readback.add("finite", torch.isfinite(logits).all(dim=-1))
+        done.queue(readback)
+        readback.fetch()
+        greedy, finite = readback.get("greedy")[0], readback.get("finite")[0]
+        results = done.results(readback)
         now, emitted = time.monotonic(), 0
         for b, row in enumerate(rows):
             assert row.sampler is not None
@@ -329,6 +361,11 @@ class Engine:
                 self._finish(
                     row, FinishReason.ERROR, finished, "non-finite values in the model's output"
                 )
+                continue
+            result = results[b]
+            row.add_counts(result)
+            if row.request.inspect is not None:
+                self._finish(row, FinishReason.PREFILLED, finished, readings=result)
                 continue
             try:
                 token = int(greedy[b]) if row.sampler.greedy else row.sampler.draw(logits[b])
@@ -339,11 +376,12 @@ class Engine:
             row.generated.append(token)
             row.first_token_at = row.first_token_at or now
             emitted += 1
+            watched = [result.watched] if result is not None and row.request.watch else []
             reason = self._stop_reason(row, token)
             if reason is None:
-                self._push(row, [token])
+                self._push(row, [token], watched=watched)
             else:
-                self._finish(row, reason, finished, tokens=[token])
+                self._finish(row, reason, finished, tokens=[token], watched=watched)
         return emitted
 
     def _stop_reason(self, row: _Row, token: int) -> FinishReason | None:
@@ -353,13 +391,13 @@ class Engine:
             return FinishReason.LENGTH
         return None
 
-    def _push(self, row: _Row, tokens: list[int], **finish: Any) -> None:
+    def _push(self, row: _Row, tokens: list[int], **more: Any) -> None:
         row.channel.push(
             tokens,
             completion_tokens=len(row.generated),
             prompt_tokens=len(row.request.prompt_ids),
             seed=row.sampler.seed if row.sampler else (row.request.sampling.seed or 0),
-            **finish,
+            **more,
         )
 
     def _finish(
@@ -369,8 +407,18 @@ class Engine:
         finished: list[FinishedRequest],
         error: str | None = None,
         tokens: list[int] | None = None,
+        watched: list[tuple[float, ...]] | None = None,
+        readings: RowResult | None = None,
     ) -> None:
-        self._push(row, tokens or [], finish_reason=reason, error=error)
+        self._push(
+            row,
+            tokens or [],
+            finish_reason=reason,
+            error=error,
+            watched=watched or [],
+            receipts=row.receipts(),
+            readings=readings,
+        )
         with self._cond:
             self._running.pop(row.key, None)
         finished.append(

@@ -18,8 +18,9 @@ import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
-from steering.edits import EditTable, apply_full, apply_sparse_delta
+from steering.edits import EditTable, apply_full, edit_counts, steer_rows, table_activations
 from steering.errors import ModelError
+from steering.readings import ReadTable, read
 from steering.sae import JumpReLUSAE
 
 SITES = ("resid_post",)  # the hook sites served; attn_out / mlp_out use the same math later
@@ -40,10 +41,13 @@ class SaeAttachment:
 
 @dataclass(frozen=True, eq=False)
 class StepTables:
-    """What the hooks apply during one forward: edit tables by SAE name, and where."""
+    """What the hooks apply during one forward: edit tables by SAE name, and where; what they
+    read. The hooks leave `counts.<SAE>` (edit receipts) and `read.<SAE>` (a ReadOut) in `out`."""
 
     tables: Mapping[str, EditTable] = field(default_factory=dict)
     steerable: torch.Tensor | None = None  # (B, T) bool; None: every position
+    reads: Mapping[str, ReadTable] = field(default_factory=dict)
+    out: dict[str, object] = field(default_factory=dict)
 
 
 def decoder_layers(model: nn.Module) -> nn.ModuleList:
@@ -118,13 +122,21 @@ class SteeringHooks:
 def steer(
     hidden: torch.Tensor, attachments: Sequence[SaeAttachment], tables: StepTables
 ) -> torch.Tensor:
-    """One layer's steering; SAEs sharing a layer apply in order. Returns `hidden` if unchanged."""
+    """One layer's steering; SAEs sharing a layer apply in order, each reading (for watch and
+    Inspect) what the ones before it left. Returns `hidden` if unchanged."""
     for attachment in attachments:
-        table = tables.tables.get(attachment.name)
+        name, steerable = attachment.name, tables.steerable
+        reads = tables.reads.get(name)
+        if reads is not None:
+            tables.out[f"read.{name}"] = read(hidden, attachment.sae, reads, steerable)
+        table = tables.tables.get(name)
         if attachment.reconstruct:
-            hidden = apply_full(hidden, attachment.sae, table, tables.steerable, keep_error=False)
+            if table is not None:
+                f = table_activations(hidden, table)
+                tables.out[f"counts.{name}"] = edit_counts(f, table, steerable)
+            hidden = apply_full(hidden, attachment.sae, table, steerable, keep_error=False)
         elif table is not None:
-            hidden = apply_sparse_delta(hidden, table, tables.steerable)
+            hidden, tables.out[f"counts.{name}"] = steer_rows(hidden, table, steerable)
     return hidden
 
 

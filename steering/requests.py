@@ -34,6 +34,22 @@ class SamplingParams:
 
 
 @dataclass(frozen=True)
+class FeatureRef:
+    sae: str
+    feature: int
+
+
+@dataclass(frozen=True)
+class InspectSpec:
+    """What a prefill-only request reads at every position of its prompt."""
+
+    saes: tuple[str, ...] = ()  # whose top features (and means) to read
+    top_k: int = 0  # top features per position and SAE (0: none)
+    features: tuple[FeatureRef, ...] = ()  # named features, in this order
+    means: bool = False  # each SAE's mean activation over the steerable positions (Contrast)
+
+
+@dataclass(frozen=True)
 class ChatMessage:
     role: str  # one of CHAT_ROLES
     content: str
@@ -48,6 +64,7 @@ class TextRequest:
     sampling: SamplingParams = SamplingParams()
     edits: tuple[FeatureEdit, ...] = ()
     request_id: str = ""  # the caller's label, for logs
+    watch: tuple[FeatureRef, ...] = ()  # read at the position that produced each token
 
 
 @dataclass(frozen=True)
@@ -56,6 +73,8 @@ class GenerationRequest:
     sampling: SamplingParams = SamplingParams()
     edits: tuple[FeatureEdit, ...] = ()
     request_id: str = ""  # the caller's label, for logs; the engine keys requests itself
+    watch: tuple[FeatureRef, ...] = ()
+    inspect: InspectSpec | None = None  # set: prefill only, no token is generated
 
 
 class FinishReason(enum.Enum):
@@ -64,6 +83,17 @@ class FinishReason(enum.Enum):
     STOP = "stop"  # a stop string, found by the front end (see `Engine.finish`)
     ABORTED = "aborted"  # the caller went away
     ERROR = "error"  # this request failed inside the engine
+    PREFILLED = "prefilled"  # a prefill-only request (Inspect, Contrast) read its prompt
+
+
+@dataclass(frozen=True)
+class Receipt:
+    """What one edit did: steerable positions where it applied, and where its feature was
+    active before it, over the positions the request's forwards processed."""
+
+    edit: FeatureEdit
+    applied: int
+    active: int
 
 
 @dataclass(frozen=True)
@@ -79,6 +109,11 @@ class Limits:
     max_queued_requests: int = 64
     max_stop_strings: int = 8
     max_stop_string_chars: int = 64
+    max_top_k: int = 64
+    max_inspect_features: int = 64
+    max_watched_features: int = 16
+    max_contrast_texts: int = 256
+    max_search_results: int = 100
 
 
 def validate_text(
@@ -95,6 +130,7 @@ def validate_text(
     if request.chat is not None:
         _validate_chat(request.chat, chat)
     validate_options(request.sampling, request.edits, limits, d_sae_of)
+    validate_refs(request.watch, d_sae_of, "watch", limits.max_watched_features)
 
 
 def validate_request(
@@ -110,6 +146,41 @@ def validate_request(
             f"the prompt has {n_prompt} tokens, more than the limit of {limits.max_prompt_tokens}",
         )
     validate_options(request.sampling, request.edits, limits, d_sae_of)
+    validate_refs(request.watch, d_sae_of, "watch", limits.max_watched_features)
+    if request.inspect is not None:
+        validate_inspect(request.inspect, limits, d_sae_of)
+
+
+def validate_inspect(spec: InspectSpec, limits: Limits, d_sae_of: Mapping[str, int]) -> None:
+    for i, name in enumerate(spec.saes):
+        _check_sae(name, d_sae_of, f"saes[{i}]")
+    if not 0 <= spec.top_k <= limits.max_top_k:
+        raise InvalidRequestError(
+            "top_k", f"must be between 0 and {limits.max_top_k}, got {spec.top_k}"
+        )
+    validate_refs(spec.features, d_sae_of, "features", limits.max_inspect_features)
+
+
+def validate_refs(
+    refs: Sequence[FeatureRef], d_sae_of: Mapping[str, int], field: str, most: int
+) -> None:
+    """Named features: at most `most`, each of a served SAE and in its range."""
+    if len(refs) > most:
+        raise InvalidRequestError(field, f"{len(refs)} features, more than the limit of {most}")
+    for i, ref in enumerate(refs):
+        width = _check_sae(ref.sae, d_sae_of, f"{field}[{i}].sae")
+        if not 0 <= ref.feature < width:
+            raise InvalidRequestError(
+                f"{field}[{i}].feature",
+                f"feature {ref.feature} is out of range for SAE {ref.sae!r} (width {width})",
+            )
+
+
+def _check_sae(name: str, d_sae_of: Mapping[str, int], field: str) -> int:
+    if name not in d_sae_of:
+        known = ", ".join(sorted(d_sae_of)) or "none"
+        raise InvalidRequestError(field, f"unknown SAE {name!r} (served: {known})")
+    return d_sae_of[name]
 
 
 def validate_options(

@@ -107,6 +107,7 @@ class GenerateRequest(_message.Message):
     SAMPLING_FIELD_NUMBER: _builtins.int
     EDITS_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
+    WATCH_FIELD_NUMBER: _builtins.int
     prompt: _builtins.str
     """Raw text, tokenized as the model's tokenizer does by default (Gemma adds one BOS).
     No chat template is applied.
@@ -134,6 +135,13 @@ class GenerateRequest(_message.Message):
         Limits.max_edits_per_request. Empty means an unsteered generation, bit for bit the model's.
         """
 
+    @_builtins.property
+    def watch(self) -> _containers.RepeatedCompositeFieldContainer[Global___FeatureRef]:
+        """Features whose activations are streamed with each generated token (see
+        GenerateResponse.watched), read in the same forward that produced the token, before their
+        SAE's own edits. At most Limits.max_watched_features. Watching never steers.
+        """
+
     def __init__(
         self,
         *,
@@ -142,16 +150,79 @@ class GenerateRequest(_message.Message):
         sampling: Global___SamplingParams | None = ...,
         edits: _abc.Iterable[Global___FeatureEdit] | None = ...,
         request_id: _builtins.str = ...,
+        watch: _abc.Iterable[Global___FeatureRef] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["chat", b"chat", "input", b"input", "prompt", b"prompt", "sampling", b"sampling"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["chat", b"chat", "edits", b"edits", "input", b"input", "prompt", b"prompt", "request_id", b"request_id", "sampling", b"sampling"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["chat", b"chat", "edits", b"edits", "input", b"input", "prompt", b"prompt", "request_id", b"request_id", "sampling", b"sampling", "watch", b"watch"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_input: _TypeAlias = _typing.Literal["prompt", "chat"]  # noqa: Y015
     _WhichOneofArgType_input: _TypeAlias = _typing.Literal["input", b"input"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_input) -> _WhichOneofReturnType_input | None: ...
 
 Global___GenerateRequest: _TypeAlias = GenerateRequest  # noqa: Y015
+
+@_typing.final
+class FeatureRef(_message.Message):
+    """One feature of one SAE."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SAE_FIELD_NUMBER: _builtins.int
+    FEATURE_FIELD_NUMBER: _builtins.int
+    sae: _builtins.str
+    """Name of the SAE, as listed in DescribeModelResponse.saes."""
+    feature: _builtins.int
+    """Feature index within that SAE, in [0, SaeInfo.d_sae)."""
+    def __init__(
+        self,
+        *,
+        sae: _builtins.str = ...,
+        feature: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["feature", b"feature", "sae", b"sae"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FeatureRef: _TypeAlias = FeatureRef  # noqa: Y015
+
+@_typing.final
+class FeatureActivation(_message.Message):
+    """A feature's activation at one position."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SAE_FIELD_NUMBER: _builtins.int
+    FEATURE_FIELD_NUMBER: _builtins.int
+    ACTIVATION_FIELD_NUMBER: _builtins.int
+    LABEL_FIELD_NUMBER: _builtins.int
+    sae: _builtins.str
+    """Name of the SAE."""
+    feature: _builtins.int
+    """Feature index within that SAE."""
+    activation: _builtins.float
+    """f of the feature as its SAE encodes the output of its layer before the SAE's own edits
+    (edits at earlier layers are already in it); 0 at special positions.
+    """
+    label: _builtins.str
+    """The feature's label, or empty when it has none."""
+    def __init__(
+        self,
+        *,
+        sae: _builtins.str = ...,
+        feature: _builtins.int = ...,
+        activation: _builtins.float = ...,
+        label: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["activation", b"activation", "feature", b"feature", "label", b"label", "sae", b"sae"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FeatureActivation: _TypeAlias = FeatureActivation  # noqa: Y015
 
 @_typing.final
 class Chat(_message.Message):
@@ -327,6 +398,8 @@ class GenerateResponse(_message.Message):
     FINISH_REASON_FIELD_NUMBER: _builtins.int
     USAGE_FIELD_NUMBER: _builtins.int
     SEED_FIELD_NUMBER: _builtins.int
+    WATCHED_FIELD_NUMBER: _builtins.int
+    RECEIPTS_FIELD_NUMBER: _builtins.int
     text: _builtins.str
     """This chunk's new text, decoded incrementally (a token that completes no character yet
     may add its text to a later chunk). Excludes any matched stop string and what follows it.
@@ -346,6 +419,16 @@ class GenerateResponse(_message.Message):
     def usage(self) -> Global___Usage:
         """Token counts of the whole request. Set on the last message only."""
 
+    @_builtins.property
+    def watched(self) -> _containers.RepeatedCompositeFieldContainer[Global___WatchedToken]:
+        """One entry per token_ids entry: the watched features' activations at the position whose
+        forward produced that token (for the first generated token: the prompt's last position).
+        """
+
+    @_builtins.property
+    def receipts(self) -> _containers.RepeatedCompositeFieldContainer[Global___EditReceipt]:
+        """Last message only: one receipt per edit in effect, even if it applied nowhere."""
+
     def __init__(
         self,
         *,
@@ -354,16 +437,76 @@ class GenerateResponse(_message.Message):
         finish_reason: Global___FinishReason.ValueType = ...,
         usage: Global___Usage | None = ...,
         seed: _builtins.int | None = ...,
+        watched: _abc.Iterable[Global___WatchedToken] | None = ...,
+        receipts: _abc.Iterable[Global___EditReceipt] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_seed", b"_seed", "seed", b"seed", "usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_seed", b"_seed", "finish_reason", b"finish_reason", "seed", b"seed", "text", b"text", "token_ids", b"token_ids", "usage", b"usage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_seed", b"_seed", "finish_reason", b"finish_reason", "receipts", b"receipts", "seed", b"seed", "text", b"text", "token_ids", b"token_ids", "usage", b"usage", "watched", b"watched"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__seed: _TypeAlias = _typing.Literal["seed"]  # noqa: Y015
     _WhichOneofArgType__seed: _TypeAlias = _typing.Literal["_seed", b"_seed"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType__seed) -> _WhichOneofReturnType__seed | None: ...
 
 Global___GenerateResponse: _TypeAlias = GenerateResponse  # noqa: Y015
+
+@_typing.final
+class WatchedToken(_message.Message):
+    """The watched features' activations at one position."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACTIVATIONS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def activations(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
+        """In GenerateRequest.watch order."""
+
+    def __init__(
+        self,
+        *,
+        activations: _abc.Iterable[_builtins.float] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["activations", b"activations"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WatchedToken: _TypeAlias = WatchedToken  # noqa: Y015
+
+@_typing.final
+class EditReceipt(_message.Message):
+    """What one edit did over the positions the request's forwards processed (the prompt and every
+    generated token but the last, which is never fed back), steerable positions only.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EDIT_FIELD_NUMBER: _builtins.int
+    APPLIED_POSITIONS_FIELD_NUMBER: _builtins.int
+    ACTIVE_POSITIONS_FIELD_NUMBER: _builtins.int
+    applied_positions: _builtins.int
+    """Positions where the edit was applied (for only_when_active: where the feature was active)."""
+    active_positions: _builtins.int
+    """Positions where the feature was active (f > 0) before the edit."""
+    @_builtins.property
+    def edit(self) -> Global___FeatureEdit:
+        """The edit, as in effect."""
+
+    def __init__(
+        self,
+        *,
+        edit: Global___FeatureEdit | None = ...,
+        applied_positions: _builtins.int = ...,
+        active_positions: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["edit", b"edit"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["active_positions", b"active_positions", "applied_positions", b"applied_positions", "edit", b"edit"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EditReceipt: _TypeAlias = EditReceipt  # noqa: Y015
 
 @_typing.final
 class Usage(_message.Message):
@@ -501,6 +644,7 @@ class SaeInfo(_message.Message):
     D_SAE_FIELD_NUMBER: _builtins.int
     D_MODEL_FIELD_NUMBER: _builtins.int
     SITE_FIELD_NUMBER: _builtins.int
+    LABELS_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """The SAE's name, used by FeatureEdit.sae (e.g. "res12")."""
     layer: _builtins.int
@@ -513,6 +657,8 @@ class SaeInfo(_message.Message):
     """Where in the layer the SAE reads: "resid_post" (the layer's output); later also
     "attn_out" or "mlp_out".
     """
+    labels: _builtins.int
+    """How many of its features carry a label (from --labels or explanations.json)."""
     def __init__(
         self,
         *,
@@ -521,10 +667,11 @@ class SaeInfo(_message.Message):
         d_sae: _builtins.int = ...,
         d_model: _builtins.int = ...,
         site: _builtins.str = ...,
+        labels: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["d_model", b"d_model", "d_sae", b"d_sae", "layer", b"layer", "name", b"name", "site", b"site"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["d_model", b"d_model", "d_sae", b"d_sae", "labels", b"labels", "layer", b"layer", "name", b"name", "site", b"site"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -549,6 +696,11 @@ class Limits(_message.Message):
     MAX_STOP_STRINGS_FIELD_NUMBER: _builtins.int
     MAX_ACTIVE_ROWS_FIELD_NUMBER: _builtins.int
     MAX_STOP_STRING_CHARS_FIELD_NUMBER: _builtins.int
+    MAX_TOP_K_FIELD_NUMBER: _builtins.int
+    MAX_INSPECT_FEATURES_FIELD_NUMBER: _builtins.int
+    MAX_WATCHED_FEATURES_FIELD_NUMBER: _builtins.int
+    MAX_CONTRAST_TEXTS_FIELD_NUMBER: _builtins.int
+    MAX_SEARCH_RESULTS_FIELD_NUMBER: _builtins.int
     max_prompt_tokens: _builtins.int
     """Most tokens a prompt (or rendered chat) may hold, BOS included."""
     max_new_tokens: _builtins.int
@@ -577,6 +729,16 @@ class Limits(_message.Message):
     """Most requests generating together in one batch (active rows)."""
     max_stop_string_chars: _builtins.int
     """Most characters in one entry of SamplingParams.stop."""
+    max_top_k: _builtins.int
+    """Largest InspectRequest.top_k (and ContrastRequest.top_k)."""
+    max_inspect_features: _builtins.int
+    """Most entries in InspectRequest.features."""
+    max_watched_features: _builtins.int
+    """Most entries in GenerateRequest.watch."""
+    max_contrast_texts: _builtins.int
+    """Most texts in each of ContrastRequest.a and ContrastRequest.b."""
+    max_search_results: _builtins.int
+    """Largest SearchFeaturesRequest.limit."""
     def __init__(
         self,
         *,
@@ -590,11 +752,332 @@ class Limits(_message.Message):
         max_stop_strings: _builtins.int = ...,
         max_active_rows: _builtins.int = ...,
         max_stop_string_chars: _builtins.int = ...,
+        max_top_k: _builtins.int = ...,
+        max_inspect_features: _builtins.int = ...,
+        max_watched_features: _builtins.int = ...,
+        max_contrast_texts: _builtins.int = ...,
+        max_search_results: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["default_max_new_tokens", b"default_max_new_tokens", "max_abs_edit_value", b"max_abs_edit_value", "max_active_rows", b"max_active_rows", "max_batch_size", b"max_batch_size", "max_edits_per_request", b"max_edits_per_request", "max_new_tokens", b"max_new_tokens", "max_prompt_tokens", b"max_prompt_tokens", "max_queued_requests", b"max_queued_requests", "max_stop_string_chars", b"max_stop_string_chars", "max_stop_strings", b"max_stop_strings"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["default_max_new_tokens", b"default_max_new_tokens", "max_abs_edit_value", b"max_abs_edit_value", "max_active_rows", b"max_active_rows", "max_batch_size", b"max_batch_size", "max_contrast_texts", b"max_contrast_texts", "max_edits_per_request", b"max_edits_per_request", "max_inspect_features", b"max_inspect_features", "max_new_tokens", b"max_new_tokens", "max_prompt_tokens", b"max_prompt_tokens", "max_queued_requests", b"max_queued_requests", "max_search_results", b"max_search_results", "max_stop_string_chars", b"max_stop_string_chars", "max_stop_strings", b"max_stop_strings", "max_top_k", b"max_top_k", "max_watched_features", b"max_watched_features"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Limits: _TypeAlias = Limits  # noqa: Y015
+
+@_typing.final
+class InspectRequest(_message.Message):
+    """What to inspect: an input, which SAEs, how many top features, which named features."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROMPT_FIELD_NUMBER: _builtins.int
+    CHAT_FIELD_NUMBER: _builtins.int
+    SAES_FIELD_NUMBER: _builtins.int
+    TOP_K_FIELD_NUMBER: _builtins.int
+    FEATURES_FIELD_NUMBER: _builtins.int
+    EDITS_FIELD_NUMBER: _builtins.int
+    prompt: _builtins.str
+    """Raw text."""
+    top_k: _builtins.int
+    """Top features per token and SAE; 0 means 8; at most Limits.max_top_k."""
+    @_builtins.property
+    def chat(self) -> Global___Chat:
+        """A conversation, through the chat template."""
+
+    @_builtins.property
+    def saes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The SAEs whose top features are reported; empty means all."""
+
+    @_builtins.property
+    def features(self) -> _containers.RepeatedCompositeFieldContainer[Global___FeatureRef]:
+        """Features also reported at every token, in this order; at most Limits.max_inspect_features."""
+
+    @_builtins.property
+    def edits(self) -> _containers.RepeatedCompositeFieldContainer[Global___FeatureEdit]:
+        """Edits applied while reading, to inspect the steered model (as in GenerateRequest.edits)."""
+
+    def __init__(
+        self,
+        *,
+        prompt: _builtins.str = ...,
+        chat: Global___Chat | None = ...,
+        saes: _abc.Iterable[_builtins.str] | None = ...,
+        top_k: _builtins.int = ...,
+        features: _abc.Iterable[Global___FeatureRef] | None = ...,
+        edits: _abc.Iterable[Global___FeatureEdit] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["chat", b"chat", "input", b"input", "prompt", b"prompt"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["chat", b"chat", "edits", b"edits", "features", b"features", "input", b"input", "prompt", b"prompt", "saes", b"saes", "top_k", b"top_k"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_input: _TypeAlias = _typing.Literal["prompt", "chat"]  # noqa: Y015
+    _WhichOneofArgType_input: _TypeAlias = _typing.Literal["input", b"input"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_input) -> _WhichOneofReturnType_input | None: ...
+
+Global___InspectRequest: _TypeAlias = InspectRequest  # noqa: Y015
+
+@_typing.final
+class InspectResponse(_message.Message):
+    """Every input token, in order."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TOKENS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def tokens(self) -> _containers.RepeatedCompositeFieldContainer[Global___InspectedToken]:
+        """One per input token, BOS and template tokens included."""
+
+    def __init__(
+        self,
+        *,
+        tokens: _abc.Iterable[Global___InspectedToken] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["tokens", b"tokens"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___InspectResponse: _TypeAlias = InspectResponse  # noqa: Y015
+
+@_typing.final
+class InspectedToken(_message.Message):
+    """One input token and what the SAEs read there."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TOKEN_ID_FIELD_NUMBER: _builtins.int
+    TEXT_FIELD_NUMBER: _builtins.int
+    SPECIAL_FIELD_NUMBER: _builtins.int
+    TOP_FIELD_NUMBER: _builtins.int
+    FEATURES_FIELD_NUMBER: _builtins.int
+    token_id: _builtins.int
+    """The token's id."""
+    text: _builtins.str
+    """The token decoded alone."""
+    special: _builtins.bool
+    """A special token (BOS, turn markers): never steered, no activations."""
+    @_builtins.property
+    def top(self) -> _containers.RepeatedCompositeFieldContainer[Global___FeatureActivation]:
+        """Grouped by SAE in DescribeModel's order; per SAE the active (f > 0) features, largest
+        first (ties: lower index), at most top_k.
+        """
+
+    @_builtins.property
+    def features(self) -> _containers.RepeatedCompositeFieldContainer[Global___FeatureActivation]:
+        """InspectRequest.features, same order and length (activation 0 at special tokens)."""
+
+    def __init__(
+        self,
+        *,
+        token_id: _builtins.int = ...,
+        text: _builtins.str = ...,
+        special: _builtins.bool = ...,
+        top: _abc.Iterable[Global___FeatureActivation] | None = ...,
+        features: _abc.Iterable[Global___FeatureActivation] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["features", b"features", "special", b"special", "text", b"text", "token_id", b"token_id", "top", b"top"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___InspectedToken: _TypeAlias = InspectedToken  # noqa: Y015
+
+@_typing.final
+class SearchFeaturesRequest(_message.Message):
+    """A search of feature labels."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    QUERY_FIELD_NUMBER: _builtins.int
+    SAE_FIELD_NUMBER: _builtins.int
+    LIMIT_FIELD_NUMBER: _builtins.int
+    query: _builtins.str
+    """Words to look for (case-insensitive, stemmed)."""
+    sae: _builtins.str
+    """Search this SAE's labels only; empty means all."""
+    limit: _builtins.int
+    """Most matches; 0 means 10; at most Limits.max_search_results."""
+    def __init__(
+        self,
+        *,
+        query: _builtins.str = ...,
+        sae: _builtins.str = ...,
+        limit: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["limit", b"limit", "query", b"query", "sae", b"sae"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SearchFeaturesRequest: _TypeAlias = SearchFeaturesRequest  # noqa: Y015
+
+@_typing.final
+class SearchFeaturesResponse(_message.Message):
+    """Matches, best first."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MATCHES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def matches(self) -> _containers.RepeatedCompositeFieldContainer[Global___FeatureMatch]:
+        """Best first; labels matching no query word are not returned."""
+
+    def __init__(
+        self,
+        *,
+        matches: _abc.Iterable[Global___FeatureMatch] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["matches", b"matches"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SearchFeaturesResponse: _TypeAlias = SearchFeaturesResponse  # noqa: Y015
+
+@_typing.final
+class FeatureMatch(_message.Message):
+    """A labelled feature that matches a search."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SAE_FIELD_NUMBER: _builtins.int
+    FEATURE_FIELD_NUMBER: _builtins.int
+    LABEL_FIELD_NUMBER: _builtins.int
+    SCORE_FIELD_NUMBER: _builtins.int
+    sae: _builtins.str
+    """Name of the SAE."""
+    feature: _builtins.int
+    """Feature index within that SAE."""
+    label: _builtins.str
+    """The feature's label."""
+    score: _builtins.float
+    """Relevance; higher is better (comparable within one response only)."""
+    def __init__(
+        self,
+        *,
+        sae: _builtins.str = ...,
+        feature: _builtins.int = ...,
+        label: _builtins.str = ...,
+        score: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["feature", b"feature", "label", b"label", "sae", b"sae", "score", b"score"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FeatureMatch: _TypeAlias = FeatureMatch  # noqa: Y015
+
+@_typing.final
+class ContrastRequest(_message.Message):
+    """Two sets of texts to tell apart."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    A_FIELD_NUMBER: _builtins.int
+    B_FIELD_NUMBER: _builtins.int
+    SAE_FIELD_NUMBER: _builtins.int
+    TOP_K_FIELD_NUMBER: _builtins.int
+    sae: _builtins.str
+    """Rank this SAE's features only; empty ranks every SAE's features together."""
+    top_k: _builtins.int
+    """Features per direction; 0 means 8; at most Limits.max_top_k."""
+    @_builtins.property
+    def a(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The first set: 1 to Limits.max_contrast_texts texts, each tokenized as a prompt."""
+
+    @_builtins.property
+    def b(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The second set, likewise."""
+
+    def __init__(
+        self,
+        *,
+        a: _abc.Iterable[_builtins.str] | None = ...,
+        b: _abc.Iterable[_builtins.str] | None = ...,
+        sae: _builtins.str = ...,
+        top_k: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["a", b"a", "b", b"b", "sae", b"sae", "top_k", b"top_k"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ContrastRequest: _TypeAlias = ContrastRequest  # noqa: Y015
+
+@_typing.final
+class ContrastResponse(_message.Message):
+    """The features that most separate the two sets."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TOWARD_A_FIELD_NUMBER: _builtins.int
+    TOWARD_B_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def toward_a(self) -> _containers.RepeatedCompositeFieldContainer[Global___FeatureContrast]:
+        """Largest mean_a - mean_b > 0 first (ties: lower SAE name, then lower index)."""
+
+    @_builtins.property
+    def toward_b(self) -> _containers.RepeatedCompositeFieldContainer[Global___FeatureContrast]:
+        """Most negative mean_a - mean_b first."""
+
+    def __init__(
+        self,
+        *,
+        toward_a: _abc.Iterable[Global___FeatureContrast] | None = ...,
+        toward_b: _abc.Iterable[Global___FeatureContrast] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["toward_a", b"toward_a", "toward_b", b"toward_b"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ContrastResponse: _TypeAlias = ContrastResponse  # noqa: Y015
+
+@_typing.final
+class FeatureContrast(_message.Message):
+    """One feature's mean activation in each set: per text the mean over its steerable positions,
+    averaged over the set's texts.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SAE_FIELD_NUMBER: _builtins.int
+    FEATURE_FIELD_NUMBER: _builtins.int
+    MEAN_A_FIELD_NUMBER: _builtins.int
+    MEAN_B_FIELD_NUMBER: _builtins.int
+    LABEL_FIELD_NUMBER: _builtins.int
+    sae: _builtins.str
+    """Name of the SAE."""
+    feature: _builtins.int
+    """Feature index within that SAE."""
+    mean_a: _builtins.float
+    """Mean activation over set a."""
+    mean_b: _builtins.float
+    """Mean activation over set b."""
+    label: _builtins.str
+    """The feature's label, or empty."""
+    def __init__(
+        self,
+        *,
+        sae: _builtins.str = ...,
+        feature: _builtins.int = ...,
+        mean_a: _builtins.float = ...,
+        mean_b: _builtins.float = ...,
+        label: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["feature", b"feature", "label", b"label", "mean_a", b"mean_a", "mean_b", b"mean_b", "sae", b"sae"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FeatureContrast: _TypeAlias = FeatureContrast  # noqa: Y015

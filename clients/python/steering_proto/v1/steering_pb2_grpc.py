@@ -46,6 +46,21 @@ class SteeringServiceStub:
                 request_serializer=steering_dot_v1_dot_steering__pb2.DescribeModelRequest.SerializeToString,
                 response_deserializer=steering_dot_v1_dot_steering__pb2.DescribeModelResponse.FromString,
                 _registered_method=True)
+        self.Inspect = channel.unary_unary(
+                '/steering.v1.SteeringService/Inspect',
+                request_serializer=steering_dot_v1_dot_steering__pb2.InspectRequest.SerializeToString,
+                response_deserializer=steering_dot_v1_dot_steering__pb2.InspectResponse.FromString,
+                _registered_method=True)
+        self.SearchFeatures = channel.unary_unary(
+                '/steering.v1.SteeringService/SearchFeatures',
+                request_serializer=steering_dot_v1_dot_steering__pb2.SearchFeaturesRequest.SerializeToString,
+                response_deserializer=steering_dot_v1_dot_steering__pb2.SearchFeaturesResponse.FromString,
+                _registered_method=True)
+        self.Contrast = channel.unary_unary(
+                '/steering.v1.SteeringService/Contrast',
+                request_serializer=steering_dot_v1_dot_steering__pb2.ContrastRequest.SerializeToString,
+                response_deserializer=steering_dot_v1_dot_steering__pb2.ContrastResponse.FromString,
+                _registered_method=True)
 
 
 class SteeringServiceServicer:
@@ -70,6 +85,31 @@ class SteeringServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Inspect(self, request, context):
+        """Reads a prompt or chat through the model (optionally steered) and reports, for every input
+        token, the most active features of each SAE and the activations of the features named.
+        Runs as a prefill-only request in the engine, batched with generation.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SearchFeatures(self, request, context):
+        """Finds features by their labels: any query word may match, rare words weigh more, a label
+        holding the query as a phrase ranks above labels holding only its words.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Contrast(self, request, context):
+        """The features that most separate two sets of texts (mean activation over each text's
+        steerable positions, averaged over each set).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SteeringServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -82,6 +122,21 @@ def add_SteeringServiceServicer_to_server(servicer, server):
                     servicer.DescribeModel,
                     request_deserializer=steering_dot_v1_dot_steering__pb2.DescribeModelRequest.FromString,
                     response_serializer=steering_dot_v1_dot_steering__pb2.DescribeModelResponse.SerializeToString,
+            ),
+            'Inspect': grpc.unary_unary_rpc_method_handler(
+                    servicer.Inspect,
+                    request_deserializer=steering_dot_v1_dot_steering__pb2.InspectRequest.FromString,
+                    response_serializer=steering_dot_v1_dot_steering__pb2.InspectResponse.SerializeToString,
+            ),
+            'SearchFeatures': grpc.unary_unary_rpc_method_handler(
+                    servicer.SearchFeatures,
+                    request_deserializer=steering_dot_v1_dot_steering__pb2.SearchFeaturesRequest.FromString,
+                    response_serializer=steering_dot_v1_dot_steering__pb2.SearchFeaturesResponse.SerializeToString,
+            ),
+            'Contrast': grpc.unary_unary_rpc_method_handler(
+                    servicer.Contrast,
+                    request_deserializer=steering_dot_v1_dot_steering__pb2.ContrastRequest.FromString,
+                    response_serializer=steering_dot_v1_dot_steering__pb2.ContrastResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -140,6 +195,87 @@ class SteeringService:
             '/steering.v1.SteeringService/DescribeModel',
             steering_dot_v1_dot_steering__pb2.DescribeModelRequest.SerializeToString,
             steering_dot_v1_dot_steering__pb2.DescribeModelResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Inspect(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/steering.v1.SteeringService/Inspect',
+            steering_dot_v1_dot_steering__pb2.InspectRequest.SerializeToString,
+            steering_dot_v1_dot_steering__pb2.InspectResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SearchFeatures(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/steering.v1.SteeringService/SearchFeatures',
+            steering_dot_v1_dot_steering__pb2.SearchFeaturesRequest.SerializeToString,
+            steering_dot_v1_dot_steering__pb2.SearchFeaturesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Contrast(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/steering.v1.SteeringService/Contrast',
+            steering_dot_v1_dot_steering__pb2.ContrastRequest.SerializeToString,
+            steering_dot_v1_dot_steering__pb2.ContrastResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -51,6 +51,19 @@ class SteeringServiceStub:
     """
     DescribeModel: _grpc.UnaryUnaryMultiCallable[_steering_pb2.DescribeModelRequest, _steering_pb2.DescribeModelResponse]
     """Describes the loaded model, the SAEs that edits may name, and the server's limits."""
+    Inspect: _grpc.UnaryUnaryMultiCallable[_steering_pb2.InspectRequest, _steering_pb2.InspectResponse]
+    """Reads a prompt or chat through the model (optionally steered) and reports, for every input
+    token, the most active features of each SAE and the activations of the features named.
+    Runs as a prefill-only request in the engine, batched with generation.
+    """
+    SearchFeatures: _grpc.UnaryUnaryMultiCallable[_steering_pb2.SearchFeaturesRequest, _steering_pb2.SearchFeaturesResponse]
+    """Finds features by their labels: any query word may match, rare words weigh more, a label
+    holding the query as a phrase ranks above labels holding only its words.
+    """
+    Contrast: _grpc.UnaryUnaryMultiCallable[_steering_pb2.ContrastRequest, _steering_pb2.ContrastResponse]
+    """The features that most separate two sets of texts (mean activation over each text's
+    steerable positions, averaged over each set).
+    """
 
 @_typing.type_check_only
 class SteeringServiceAsyncStub(SteeringServiceStub):
@@ -67,6 +80,19 @@ class SteeringServiceAsyncStub(SteeringServiceStub):
     """
     DescribeModel: _aio.UnaryUnaryMultiCallable[_steering_pb2.DescribeModelRequest, _steering_pb2.DescribeModelResponse]  # type: ignore[assignment]
     """Describes the loaded model, the SAEs that edits may name, and the server's limits."""
+    Inspect: _aio.UnaryUnaryMultiCallable[_steering_pb2.InspectRequest, _steering_pb2.InspectResponse]  # type: ignore[assignment]
+    """Reads a prompt or chat through the model (optionally steered) and reports, for every input
+    token, the most active features of each SAE and the activations of the features named.
+    Runs as a prefill-only request in the engine, batched with generation.
+    """
+    SearchFeatures: _aio.UnaryUnaryMultiCallable[_steering_pb2.SearchFeaturesRequest, _steering_pb2.SearchFeaturesResponse]  # type: ignore[assignment]
+    """Finds features by their labels: any query word may match, rare words weigh more, a label
+    holding the query as a phrase ranks above labels holding only its words.
+    """
+    Contrast: _aio.UnaryUnaryMultiCallable[_steering_pb2.ContrastRequest, _steering_pb2.ContrastResponse]  # type: ignore[assignment]
+    """The features that most separate two sets of texts (mean activation over each text's
+    steerable positions, averaged over each set).
+    """
 
 class SteeringServiceServicer(metaclass=_abc_1.ABCMeta):
     """Serves steered text generation. The server also serves grpc.health.v1.Health (SERVING once
@@ -92,5 +118,36 @@ class SteeringServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_steering_pb2.DescribeModelResponse, _abc.Awaitable[_steering_pb2.DescribeModelResponse]]:
         """Describes the loaded model, the SAEs that edits may name, and the server's limits."""
+
+    @_abc_1.abstractmethod
+    def Inspect(
+        self,
+        request: _steering_pb2.InspectRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_steering_pb2.InspectResponse, _abc.Awaitable[_steering_pb2.InspectResponse]]:
+        """Reads a prompt or chat through the model (optionally steered) and reports, for every input
+        token, the most active features of each SAE and the activations of the features named.
+        Runs as a prefill-only request in the engine, batched with generation.
+        """
+
+    @_abc_1.abstractmethod
+    def SearchFeatures(
+        self,
+        request: _steering_pb2.SearchFeaturesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_steering_pb2.SearchFeaturesResponse, _abc.Awaitable[_steering_pb2.SearchFeaturesResponse]]:
+        """Finds features by their labels: any query word may match, rare words weigh more, a label
+        holding the query as a phrase ranks above labels holding only its words.
+        """
+
+    @_abc_1.abstractmethod
+    def Contrast(
+        self,
+        request: _steering_pb2.ContrastRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_steering_pb2.ContrastResponse, _abc.Awaitable[_steering_pb2.ContrastResponse]]:
+        """The features that most separate two sets of texts (mean activation over each text's
+        steerable positions, averaged over each set).
+        """
 
 def add_SteeringServiceServicer_to_server(servicer: SteeringServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
