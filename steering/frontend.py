@@ -12,21 +12,38 @@ import asyncio
 import logging
 import threading
 import time
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncGenerator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import aclosing
 from dataclasses import dataclass, replace
 from typing import Any
 
+import torch
+
+from steering import discovery
+from steering.catalog import Catalog, FeatureMatch
+from steering.channel import RequestOutput
 from steering.detokenize import TextStream
+from steering.discovery import FeatureContrast, InspectedToken
 from steering.engine import Engine
 from steering.errors import EngineClosedError, InvalidRequestError, RequestFailedError
 from steering.hooks import SaeAttachment
+from steering.model import special_token_ids
+from steering.plan import RowResult
 from steering.requests import (
+    DEFAULT_SEARCH_RESULTS,
+    DEFAULT_TOP_K,
+    ContrastRequest,
     FinishReason,
     GenerationRequest,
+    InspectRequest,
+    InspectSpec,
     Limits,
+    Receipt,
     SamplingParams,
     TextRequest,
+    validate_contrast,
+    validate_inspect,
     validate_text,
 )
 from steering.stats import AdmittedRequest
@@ -44,6 +61,8 @@ class TextChunk:
     prompt_tokens: int = 0
     completion_tokens: int = 0  # generated so far, in all
     seed: int = 0  # the sampling seed in use
+    watched: tuple[tuple[float, ...], ...] = ()  # one per token id, when the request watches
+    receipts: tuple[Receipt, ...] = ()  # on the last chunk: what each edit did
 
 
 @dataclass(frozen=True)
@@ -58,6 +77,7 @@ class ServedModel:
     chat: bool  # a chat template is loaded
     saes: tuple[SaeAttachment, ...]
     limits: Limits  # as in force
+    labels: dict[str, int]  # SAE name -> labelled features
 
 
 class FrontEnd:
@@ -67,11 +87,14 @@ class FrontEnd:
         tokenizer: Any,
         *,
         name: str = "model",
+        catalog: Catalog | None = None,
         on_admitted: Callable[[AdmittedRequest], None] | None = None,
     ) -> None:
         self.engine = engine
         self.tokenizer = tokenizer
         self.name = name
+        self.catalog = catalog or Catalog({})
+        self.special_ids = frozenset(special_token_ids(tokenizer))
         self.on_admitted = on_admitted
         self.in_flight = 0
         self.chat = bool(getattr(tokenizer, "chat_template", None))
@@ -103,6 +126,7 @@ class FrontEnd:
             chat=self.chat,
             saes=self.engine.hooks.attachments,
             limits=self.limits,
+            labels={a.name: self.catalog.count(a.name) for a in self.engine.hooks.attachments},
         )
 
     @property
@@ -168,10 +192,12 @@ class FrontEnd:
 
     def _validate(self, request: TextRequest) -> None:
         validate_text(request, self.limits, self.engine.d_sae_of, chat=self.chat)
+        self._check_chars(request, "prompt" if request.prompt is not None else "chat.messages")
+
+    def _check_chars(self, request: TextRequest, field: str) -> None:
         if request.prompt is not None:
-            field, chars = "prompt", len(request.prompt)
+            chars = len(request.prompt)
         else:
-            field = "chat.messages"
             chars = sum(len(m.role) + len(m.content) for m in request.chat or ())
         if chars > self.max_prompt_chars:
             raise InvalidRequestError(
@@ -184,21 +210,52 @@ class FrontEnd:
         self, request: TextRequest, *, report: bool
     ) -> AsyncGenerator[TextChunk, None]:
         self._validate(request)
-        loop, ready = asyncio.get_running_loop(), asyncio.Event()
-        prompt_ids = await loop.run_in_executor(self._tokenizer_thread, self.tokenize, request)
+        prompt_ids = await self._tokenize(request)
         engine_request = GenerationRequest(
-            prompt_ids, request.sampling, request.edits, request.request_id
+            prompt_ids, request.sampling, request.edits, request.request_id, request.watch
         )
+        kind = AdmittedRequest(
+            request.request_id, len(prompt_ids), request.edits, watched=len(request.watch)
+        )
+        stream = TextStream(self.tokenizer, request.sampling.stop)
+        async with aclosing(self._outputs(engine_request, kind if report else None)) as outputs:
+            async for key, out in outputs:
+                was_stopped = stream.stopped
+                text = stream.push(out.token_ids)
+                if stream.stopped and not was_stopped and not out.finished:
+                    self.engine.finish(key, FinishReason.STOP)
+                reason = FinishReason.STOP if stream.stopped and out.finished else out.finish_reason
+                yield TextChunk(
+                    tuple(out.token_ids),
+                    text + (stream.flush() if out.finished else ""),
+                    reason,
+                    out.prompt_tokens,
+                    out.completion_tokens,
+                    out.seed or 0,
+                    tuple(out.watched),
+                    out.receipts,
+                )
+
+    async def _tokenize(self, request: TextRequest) -> tuple[int, ...]:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._tokenizer_thread, self.tokenize, request)
+
+    async def _outputs(
+        self, request: GenerationRequest, admitted: AdmittedRequest | None
+    ) -> AsyncGenerator[tuple[int, RequestOutput], None]:
+        """A request's outputs from the engine, with its key, until the last one; raises for a
+        request that failed or was aborted by a shutdown. Leaving early aborts the row."""
+        loop, ready = asyncio.get_running_loop(), asyncio.Event()
 
         def wake() -> None:
             if not loop.is_closed():
                 loop.call_soon_threadsafe(ready.set)
 
-        handle = self.engine.add(engine_request, notify=wake)
-        if report and self.on_admitted is not None:
-            self.on_admitted(AdmittedRequest(request.request_id, len(prompt_ids), request.edits))
+        handle = self.engine.add(request, notify=wake)
+        if admitted is not None and self.on_admitted is not None:
+            self.on_admitted(admitted)
         self.in_flight += 1
-        stream, done = TextStream(self.tokenizer, request.sampling.stop), False
+        done = False
         try:
             while not done:
                 await ready.wait()
@@ -206,35 +263,117 @@ class FrontEnd:
                 out = handle.channel.take(0)
                 if out is None:
                     continue
-                was_stopped = stream.stopped
-                text = stream.push(out.token_ids)
-                if stream.stopped and not was_stopped and not out.finished:
-                    self.engine.finish(handle.key, FinishReason.STOP)
-                if not out.finished:
-                    yield TextChunk(
-                        tuple(out.token_ids),
-                        text,
-                        prompt_tokens=out.prompt_tokens,
-                        completion_tokens=out.completion_tokens,
-                        seed=out.seed or 0,
-                    )
-                    continue
-                done = True
-                reason = FinishReason.STOP if stream.stopped else out.finish_reason
-                if reason is FinishReason.ERROR:
+                done = out.finished
+                if out.finish_reason is FinishReason.ERROR:
                     raise RequestFailedError(out.error or "the request failed")
-                if reason is FinishReason.ABORTED:
+                if out.finish_reason is FinishReason.ABORTED:
                     raise EngineClosedError("the server shut down before the request finished")
-                assert reason is not None
-                yield TextChunk(
-                    tuple(out.token_ids),
-                    text + stream.flush(),
-                    reason,
-                    out.prompt_tokens,
-                    out.completion_tokens,
-                    out.seed or 0,
-                )
+                yield handle.key, out
         finally:
             self.in_flight -= 1
             if not done:
                 self.engine.abort(handle.key)  # the caller left: free its row within a step
+
+    async def _prefill(
+        self, ids: tuple[int, ...], request: TextRequest, spec: InspectSpec, kind: str
+    ) -> RowResult | None:
+        """Read `ids` through the (steered) model without generating: what the hooks read."""
+        engine_request = GenerationRequest(
+            ids, edits=request.edits, request_id=request.request_id, inspect=spec
+        )
+        admitted = AdmittedRequest(request.request_id, len(ids), request.edits, kind=kind)
+        readings = None
+        async with aclosing(self._outputs(engine_request, admitted)) as outputs:
+            async for _, out in outputs:
+                readings = out.readings
+        return readings
+
+    # ---- discovery ----------------------------------------------------------------------------
+
+    async def inspect(self, request: InspectRequest) -> tuple[InspectedToken, ...]:
+        """Every input token with its top features per SAE and the named features' values."""
+        self._validate(request.text)
+        saes = request.saes or tuple(self.engine.d_sae_of)
+        top_k = request.top_k or DEFAULT_TOP_K
+        spec = InspectSpec(saes, top_k, request.features)
+        validate_inspect(spec, self.limits, self.engine.d_sae_of)
+        ids = await self._tokenize(request.text)
+        readings = await self._prefill(ids, request.text, spec, "inspect")
+        label = self.catalog.label
+        tokens = []
+        for t, token in enumerate(ids):
+            top = readings.top[t] if readings and readings.top else {}
+            named = (
+                readings.named[t] if readings and readings.named else (0.0,) * len(spec.features)
+            )
+            tokens.append(
+                InspectedToken(
+                    token_id=token,
+                    text=self.tokenizer.decode([token]),
+                    special=token in self.special_ids,
+                    top=discovery.top_features(top, top_k, label),
+                    features=discovery.named_features(spec.features, named, label),
+                )
+            )
+        return tuple(tokens)
+
+    async def contrast(
+        self, request: ContrastRequest
+    ) -> tuple[tuple[FeatureContrast, ...], tuple[FeatureContrast, ...]]:
+        """The features that most separate two sets of texts (DESIGN: Contrast)."""
+        validate_contrast(request, self.limits, self.engine.d_sae_of)
+        saes = (request.sae,) if request.sae else tuple(self.engine.d_sae_of)
+        spec = InspectSpec(saes, means=True)
+        means = [
+            await self._set_means(field, texts, spec)
+            for field, texts in (("a", request.a), ("b", request.b))
+        ]
+        return discovery.contrast(
+            means[0], means[1], request.top_k or DEFAULT_TOP_K, self.catalog.label
+        )
+
+    async def _set_means(
+        self, field: str, texts: Sequence[str], spec: InspectSpec
+    ) -> dict[str, torch.Tensor]:
+        """Per SAE, the mean over texts of each text's mean activation over its steerable
+        positions. At most max_active_rows texts are in the engine at once."""
+        requests = [TextRequest(prompt=text) for text in texts]
+        for i, request in enumerate(requests):
+            self._check_chars(request, f"{field}[{i}]")
+        ids = [await self._tokenize(r) for r in requests]
+        for i, prompt in enumerate(ids):
+            self._check_text_ids(prompt, f"{field}[{i}]")
+        gate = asyncio.Semaphore(self.limits.max_active_rows)
+
+        async def one(prompt: tuple[int, ...], request: TextRequest) -> dict[str, torch.Tensor]:
+            async with gate:
+                readings = await self._prefill(prompt, request, spec, "contrast")
+            steerable = sum(1 for t in prompt if t not in self.special_ids)
+            sums = readings.sums if readings else {}
+            return {sae: sums[sae] / steerable for sae in spec.saes}
+
+        per_text = await asyncio.gather(*(one(p, r) for p, r in zip(ids, requests, strict=True)))
+        return {sae: torch.stack([m[sae] for m in per_text]).mean(dim=0) for sae in spec.saes}
+
+    def _check_text_ids(self, ids: Sequence[int], field: str) -> None:
+        if len(ids) > self.limits.max_prompt_tokens:
+            raise InvalidRequestError(
+                field,
+                f"the text has {len(ids)} tokens, more than the limit of "
+                f"{self.limits.max_prompt_tokens}",
+            )
+        if all(t in self.special_ids for t in ids):
+            raise InvalidRequestError(field, "the text has no steerable position")
+
+    def search(self, query: str, *, sae: str = "", limit: int = 0) -> list[FeatureMatch]:
+        """Labelled features matching `query`, best first."""
+        if sae and sae not in self.engine.d_sae_of:
+            known = ", ".join(sorted(self.engine.d_sae_of)) or "none"
+            raise InvalidRequestError("sae", f"unknown SAE {sae!r} (served: {known})")
+        if not 0 <= limit <= self.limits.max_search_results:
+            raise InvalidRequestError(
+                "limit", f"must be between 0 and {self.limits.max_search_results}, got {limit}"
+            )
+        if not query.strip():
+            raise InvalidRequestError("query", "the query is empty")
+        return self.catalog.search(query, sae=sae, limit=limit or DEFAULT_SEARCH_RESULTS)

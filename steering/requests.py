@@ -20,6 +20,8 @@ from steering.errors import InvalidRequestError
 MIN_TEMPERATURE = 1e-3
 MAX_TEMPERATURE = 100.0
 CHAT_ROLES = ("system", "user", "model", "assistant")
+DEFAULT_TOP_K = 8  # Inspect and Contrast, when a request says 0
+DEFAULT_SEARCH_RESULTS = 10
 
 
 @dataclass(frozen=True)
@@ -65,6 +67,26 @@ class TextRequest:
     edits: tuple[FeatureEdit, ...] = ()
     request_id: str = ""  # the caller's label, for logs
     watch: tuple[FeatureRef, ...] = ()  # read at the position that produced each token
+
+
+@dataclass(frozen=True)
+class InspectRequest:
+    """Read a text (prompt or chat, with its edits) and report features at every token."""
+
+    text: TextRequest  # its input and edits; its sampling is not used
+    saes: tuple[str, ...] = ()  # whose top features to report; empty: all
+    top_k: int = 0  # 0: DEFAULT_TOP_K
+    features: tuple[FeatureRef, ...] = ()
+
+
+@dataclass(frozen=True)
+class ContrastRequest:
+    """Two sets of texts, each tokenized as a prompt; the features that separate them."""
+
+    a: tuple[str, ...]
+    b: tuple[str, ...]
+    sae: str = ""  # rank this SAE's features only; empty: all together
+    top_k: int = 0  # 0: DEFAULT_TOP_K
 
 
 @dataclass(frozen=True)
@@ -151,13 +173,32 @@ def validate_request(
         validate_inspect(request.inspect, limits, d_sae_of)
 
 
+def validate_contrast(
+    request: ContrastRequest, limits: Limits, d_sae_of: Mapping[str, int]
+) -> None:
+    """The sets' sizes and texts, the SAE and top_k; before any tokenizing."""
+    for field, texts in (("a", request.a), ("b", request.b)):
+        if not 1 <= len(texts) <= limits.max_contrast_texts:
+            raise InvalidRequestError(
+                field, f"must hold 1 to {limits.max_contrast_texts} texts, got {len(texts)}"
+            )
+        for i, text in enumerate(texts):
+            if not text.strip():
+                raise InvalidRequestError(f"{field}[{i}]", "the text is empty")
+    if request.sae:
+        _check_sae(request.sae, d_sae_of, "sae")
+    _check_top_k(request.top_k, limits)
+
+
+def _check_top_k(top_k: int, limits: Limits) -> None:
+    if not 0 <= top_k <= limits.max_top_k:
+        raise InvalidRequestError("top_k", f"must be between 0 and {limits.max_top_k}, got {top_k}")
+
+
 def validate_inspect(spec: InspectSpec, limits: Limits, d_sae_of: Mapping[str, int]) -> None:
     for i, name in enumerate(spec.saes):
         _check_sae(name, d_sae_of, f"saes[{i}]")
-    if not 0 <= spec.top_k <= limits.max_top_k:
-        raise InvalidRequestError(
-            "top_k", f"must be between 0 and {limits.max_top_k}, got {spec.top_k}"
-        )
+    _check_top_k(spec.top_k, limits)
     validate_refs(spec.features, d_sae_of, "features", limits.max_inspect_features)
 
 

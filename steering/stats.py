@@ -15,6 +15,8 @@ class AdmittedRequest:
     request_id: str
     prompt_tokens: int
     edits: tuple[FeatureEdit, ...]
+    kind: str = "generate"  # or "inspect", "contrast" (one per text)
+    watched: int = 0  # features watched
 
 
 @dataclass(frozen=True)
