@@ -171,8 +171,7 @@ def row_result(
         tuple(_named(readback, slot, t) for slot in plan.named_slots[b]) for t in positions
     )
     top = tuple(
-        {sae: _top(readback, sae, q, t) for sae, q in plan.full_slots[b].items()}
-        for t in positions
+        {sae: _top(readback, sae, q, t) for sae, q in plan.full_slots[b].items()} for t in positions
     )
     sums = {}
     for sae, q in plan.full_slots[b].items():
