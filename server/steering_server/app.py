@@ -24,8 +24,10 @@ from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
 
 from steering import LoadedModel, SaeAttachment, load_model, load_sae
+from steering.catalog import Catalog, labels_beside, load_labels
 from steering.engine import Engine, EngineConfig
 from steering.frontend import FrontEnd
+from steering.sae_formats import sae_file
 from steering_proto.v1 import steering_pb2 as pb
 from steering_proto.v1 import steering_pb2_grpc as pb_grpc
 from steering_server.errors import AuthInterceptor, ErrorInterceptor
@@ -45,6 +47,7 @@ class Loaded:
     model: LoadedModel
     attachments: tuple[SaeAttachment, ...]
     name: str
+    catalog: Catalog
 
 
 def resolve_device(setting: str) -> torch.device:
@@ -77,7 +80,23 @@ def load(settings: Settings) -> Loaded:
     attachments = tuple(
         SaeAttachment(n, load_sae(p, device=device), layer) for n, p, layer in specs
     )
-    return Loaded(model, attachments, name)
+    return Loaded(model, attachments, name, _catalog(settings, attachments, specs))
+
+
+def _catalog(
+    settings: Settings,
+    attachments: tuple[SaeAttachment, ...],
+    specs: list[tuple[str, Path, int]],
+) -> Catalog:
+    """Each SAE's labels: from --labels, else an explanations.json beside its file, else none."""
+    given = {spec.name: spec.path for spec in settings.labels}
+    labels = {}
+    for attachment, (name, path, _) in zip(attachments, specs, strict=True):
+        file = given.get(name) or labels_beside(sae_file(path))
+        if file is not None:
+            labels[name] = load_labels(file, attachment.sae.d_sae)
+            log.info("SAE %s: %d labels from %s", name, len(labels[name]), file)
+    return Catalog(labels)
 
 
 class SteeringApp:
@@ -109,6 +128,7 @@ class SteeringApp:
             engine,
             loaded.model.tokenizer,
             name=loaded.name,
+            catalog=loaded.catalog,
             on_admitted=self.metrics.on_admitted,
         )
         self.metrics.watch(engine.snapshot)

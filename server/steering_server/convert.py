@@ -6,10 +6,24 @@ every other rule is the core's (`steering.requests`), applied by the front end.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
+from steering.catalog import FeatureMatch
+from steering.discovery import FeatureActivation, FeatureContrast, InspectedToken
 from steering.edits import EditMode, FeatureEdit
 from steering.errors import InvalidRequestError
 from steering.frontend import ServedModel, TextChunk
-from steering.requests import ChatMessage, FinishReason, Limits, SamplingParams, TextRequest
+from steering.requests import (
+    ChatMessage,
+    ContrastRequest,
+    FeatureRef,
+    FinishReason,
+    InspectRequest,
+    Limits,
+    Receipt,
+    SamplingParams,
+    TextRequest,
+)
 from steering_proto.v1 import steering_pb2 as pb
 
 MODE_OF = {
@@ -18,6 +32,7 @@ MODE_OF = {
     pb.EDIT_MODE_SCALE: EditMode.SCALE,
     pb.EDIT_MODE_ABLATE: EditMode.ABLATE,
 }
+PB_MODE_OF = {mode: value for value, mode in MODE_OF.items()}
 FINISH_OF = {
     FinishReason.LENGTH: pb.FINISH_REASON_LENGTH,
     FinishReason.EOS: pb.FINISH_REASON_EOS,
@@ -27,19 +42,44 @@ FINISH_OF = {
 
 def text_request(request: pb.GenerateRequest, request_id: str) -> TextRequest:
     """The call as a domain request; `request_id` is the caller's, or one the server assigned."""
+    prompt, chat = _input(request)
+    return TextRequest(
+        prompt=prompt,
+        chat=chat,
+        sampling=_sampling(request.sampling),
+        edits=_edits(request.edits),
+        request_id=request_id,
+        watch=_refs(request.watch),
+    )
+
+
+def inspect_request(request: pb.InspectRequest, request_id: str) -> InspectRequest:
+    prompt, chat = _input(request)
+    text = TextRequest(prompt=prompt, chat=chat, edits=_edits(request.edits), request_id=request_id)
+    return InspectRequest(text, tuple(request.saes), request.top_k, _refs(request.features))
+
+
+def contrast_request(request: pb.ContrastRequest) -> ContrastRequest:
+    return ContrastRequest(tuple(request.a), tuple(request.b), request.sae, request.top_k)
+
+
+def _input(
+    request: pb.GenerateRequest | pb.InspectRequest,
+) -> tuple[str | None, tuple[ChatMessage, ...] | None]:
     which = request.WhichOneof("input")
     if which is None:
         raise InvalidRequestError("input", "set either prompt or chat")
-    chat = None
-    if which == "chat":
-        chat = tuple(ChatMessage(m.role, m.content) for m in request.chat.messages)
-    return TextRequest(
-        prompt=request.prompt if which == "prompt" else None,
-        chat=chat,
-        sampling=_sampling(request.sampling),
-        edits=tuple(_edit(i, e) for i, e in enumerate(request.edits)),
-        request_id=request_id,
-    )
+    if which == "prompt":
+        return request.prompt, None
+    return None, tuple(ChatMessage(m.role, m.content) for m in request.chat.messages)
+
+
+def _refs(refs: Sequence[pb.FeatureRef]) -> tuple[FeatureRef, ...]:
+    return tuple(FeatureRef(r.sae, r.feature) for r in refs)
+
+
+def _edits(edits: Sequence[pb.FeatureEdit]) -> tuple[FeatureEdit, ...]:
+    return tuple(_edit(i, e) for i, e in enumerate(edits))
 
 
 def _sampling(s: pb.SamplingParams) -> SamplingParams:
@@ -64,16 +104,79 @@ def _edit(i: int, edit: pb.FeatureEdit) -> FeatureEdit:
 
 def response(chunk: TextChunk) -> pb.GenerateResponse:
     """One chunk of the stream; the last one carries the finish reason, usage and seed."""
-    if chunk.finish_reason is None:
-        return pb.GenerateResponse(token_ids=chunk.token_ids, text=chunk.text)
-    return pb.GenerateResponse(
+    message = pb.GenerateResponse(
         token_ids=chunk.token_ids,
         text=chunk.text,
-        finish_reason=FINISH_OF[chunk.finish_reason],
-        usage=pb.Usage(
-            prompt_tokens=chunk.prompt_tokens, completion_tokens=chunk.completion_tokens
-        ),
-        seed=chunk.seed,
+        watched=[pb.WatchedToken(activations=values) for values in chunk.watched],
+    )
+    if chunk.finish_reason is not None:
+        message.finish_reason = FINISH_OF[chunk.finish_reason]
+        message.usage.CopyFrom(
+            pb.Usage(prompt_tokens=chunk.prompt_tokens, completion_tokens=chunk.completion_tokens)
+        )
+        message.seed = chunk.seed
+        message.receipts.extend(_receipt(r) for r in chunk.receipts)
+    return message
+
+
+def _receipt(receipt: Receipt) -> pb.EditReceipt:
+    return pb.EditReceipt(
+        edit=edit_message(receipt.edit),
+        applied_positions=receipt.applied,
+        active_positions=receipt.active,
+    )
+
+
+def edit_message(edit: FeatureEdit) -> pb.FeatureEdit:
+    return pb.FeatureEdit(
+        sae=edit.sae,
+        feature=edit.feature,
+        mode=PB_MODE_OF[edit.mode],
+        value=edit.value,
+        only_when_active=edit.only_when_active,
+    )
+
+
+def inspect_response(tokens: Sequence[InspectedToken]) -> pb.InspectResponse:
+    return pb.InspectResponse(
+        tokens=[
+            pb.InspectedToken(
+                token_id=t.token_id,
+                text=t.text,
+                special=t.special,
+                top=[_activation(a) for a in t.top],
+                features=[_activation(a) for a in t.features],
+            )
+            for t in tokens
+        ]
+    )
+
+
+def _activation(a: FeatureActivation) -> pb.FeatureActivation:
+    return pb.FeatureActivation(
+        sae=a.sae, feature=a.feature, activation=a.activation, label=a.label
+    )
+
+
+def contrast_response(
+    toward_a: Sequence[FeatureContrast], toward_b: Sequence[FeatureContrast]
+) -> pb.ContrastResponse:
+    def message(c: FeatureContrast) -> pb.FeatureContrast:
+        return pb.FeatureContrast(
+            sae=c.sae, feature=c.feature, mean_a=c.mean_a, mean_b=c.mean_b, label=c.label
+        )
+
+    return pb.ContrastResponse(
+        toward_a=[message(c) for c in toward_a], toward_b=[message(c) for c in toward_b]
+    )
+
+
+def search_response(matches: Sequence[FeatureMatch]) -> pb.SearchFeaturesResponse:
+    return pb.SearchFeaturesResponse(
+        matches=[
+            pb.FeatureMatch(sae=m.sae, feature=m.feature, label=m.label, score=m.score)
+            for m in matches
+        ]
     )
 
 
@@ -89,6 +192,11 @@ def limits_message(limits: Limits) -> pb.Limits:
         max_queued_requests=limits.max_queued_requests,
         max_stop_strings=limits.max_stop_strings,
         max_stop_string_chars=limits.max_stop_string_chars,
+        max_top_k=limits.max_top_k,
+        max_inspect_features=limits.max_inspect_features,
+        max_watched_features=limits.max_watched_features,
+        max_contrast_texts=limits.max_contrast_texts,
+        max_search_results=limits.max_search_results,
     )
 
 
@@ -104,7 +212,12 @@ def description(served: ServedModel) -> pb.DescribeModelResponse:
         ),
         saes=[
             pb.SaeInfo(
-                name=a.name, layer=a.layer, d_sae=a.sae.d_sae, d_model=a.sae.d_model, site=a.site
+                name=a.name,
+                layer=a.layer,
+                d_sae=a.sae.d_sae,
+                d_model=a.sae.d_model,
+                site=a.site,
+                labels=served.labels.get(a.name, 0),
             )
             for a in served.saes
         ],

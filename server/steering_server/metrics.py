@@ -16,6 +16,8 @@ from steering.stats import AdmittedRequest, EngineSnapshot, StepStats
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 DURATION_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+WATCH_BUCKETS = (0, 1, 2, 4, 8, 16, 32, 64)
+DISCOVERY_RPCS = ("Inspect", "SearchFeatures", "Contrast")
 
 OUTCOMES = (
     "ok",
@@ -83,6 +85,31 @@ class Metrics:
         self.waiting = Gauge(
             "steering_requests_waiting", "Requests waiting for a batch row.", registry=r
         )
+        self.discovery_requests = Counter(
+            "steering_discovery_requests",
+            "Inspect, SearchFeatures and Contrast calls, by RPC and outcome.",
+            ["rpc", "outcome"],
+            registry=r,
+        )
+        for rpc in DISCOVERY_RPCS:
+            for outcome in OUTCOMES:
+                self.discovery_requests.labels(rpc, outcome)
+        self.discovery_duration = Histogram(
+            "steering_discovery_duration_seconds",
+            "Inspect, SearchFeatures and Contrast calls, start to end, by RPC.",
+            ["rpc"],
+            buckets=DURATION_BUCKETS,
+            registry=r,
+        )
+        self.inspected_tokens = Counter(
+            "steering_inspected_tokens", "Tokens reported by Inspect.", registry=r
+        )
+        self.watched_features = Histogram(
+            "steering_watched_features",
+            "Features watched per Generate call admitted.",
+            buckets=WATCH_BUCKETS,
+            registry=r,
+        )
 
     def watch(self, snapshot: Callable[[], EngineSnapshot]) -> None:
         """Read the running and waiting gauges from the engine at each scrape."""
@@ -100,9 +127,15 @@ class Metrics:
     def on_admitted(self, request: AdmittedRequest) -> None:
         """Called by the front end for each request the engine took."""
         self.prompt_tokens.inc(request.prompt_tokens)
+        if request.kind == "generate":
+            self.watched_features.observe(request.watched)
         for edit in request.edits:
             self.feature_edits.labels(edit.sae, edit.mode.value).inc()
 
     def on_finished(self, outcome: str, seconds: float) -> None:
         self.requests.labels(outcome).inc()
         self.request_duration.observe(seconds)
+
+    def on_discovery(self, rpc: str, outcome: str, seconds: float) -> None:
+        self.discovery_requests.labels(rpc, outcome).inc()
+        self.discovery_duration.labels(rpc).observe(seconds)

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from transformers import AutoConfig
 
+from steering.demo.themes import SAE_NAME as DEMO_SAE
 from steering.errors import SaeFormatError
 from steering.sae_formats import sae_file
 from steering_server.settings import Settings
@@ -25,6 +26,7 @@ def check(settings: Settings) -> None:
     _check_mode(settings)
     if settings.model is not None:
         _check_saes(settings, _model_layers(settings.model))
+    _check_labels(settings)
     _check_tls(settings)
 
 
@@ -64,6 +66,18 @@ def _check_saes(s: Settings, layers: int) -> None:
             sae_file(spec.path)
         except SaeFormatError as exc:
             raise StartupError(f"--sae {spec.name}: {exc}") from exc
+
+
+def _check_labels(s: Settings) -> None:
+    served = [spec.name for spec in s.sae] if not s.demo else [DEMO_SAE]
+    for spec in s.labels:
+        if spec.name not in served:
+            raise StartupError(
+                f"--labels {spec.name}: no SAE of that name is served "
+                f"(served: {', '.join(served) or 'none'})"
+            )
+        if not spec.path.is_file():
+            raise StartupError(f"--labels {spec.name}: {spec.path}: no such file")
 
 
 def _check_tls(s: Settings) -> None:

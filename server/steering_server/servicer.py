@@ -5,9 +5,9 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import aclosing
-from typing import Any
+from typing import Any, TypeVar
 
 from grpc import aio
 
@@ -21,6 +21,7 @@ from steering_server.logs import RequestRecord, log_request
 from steering_server.metrics import Metrics
 
 Context = aio.ServicerContext[Any, Any]
+Response = TypeVar("Response")
 
 # A client's deadline passes a moment before the server's (which starts when the call arrives),
 # and the client then cancels: a cancel this close to the deadline is the deadline's doing.
@@ -67,12 +68,7 @@ class SteeringServicer(pb_grpc.SteeringServiceServicer):
             outcome = status_of(exc).name.lower()
             raise
         except (asyncio.CancelledError, GeneratorExit):  # the caller left (or its deadline passed)
-            remaining = context.time_remaining()
-            outcome = (
-                "deadline_exceeded"
-                if remaining is not None and remaining <= DEADLINE_SLACK_S
-                else "cancelled"
-            )
+            outcome = _left(context)
             raise
         finally:
             duration = time.perf_counter() - start
@@ -101,3 +97,62 @@ class SteeringServicer(pb_grpc.SteeringServiceServicer):
         self, request: pb.DescribeModelRequest, context: Context
     ) -> pb.DescribeModelResponse:
         return convert.description(self._loaded().describe())
+
+    async def Inspect(self, request: pb.InspectRequest, context: Context) -> pb.InspectResponse:
+        async def call(request_id: str) -> tuple[pb.InspectResponse, int]:
+            frontend = self._loaded()
+            tokens = await frontend.inspect(convert.inspect_request(request, request_id))
+            self.metrics.inspected_tokens.inc(len(tokens))
+            return convert.inspect_response(tokens), len(tokens)
+
+        return await self._unary("Inspect", context, call)
+
+    async def Contrast(self, request: pb.ContrastRequest, context: Context) -> pb.ContrastResponse:
+        async def call(request_id: str) -> tuple[pb.ContrastResponse, int]:
+            frontend = self._loaded()
+            toward_a, toward_b = await frontend.contrast(convert.contrast_request(request))
+            return convert.contrast_response(toward_a, toward_b), 0
+
+        return await self._unary("Contrast", context, call)
+
+    async def SearchFeatures(
+        self, request: pb.SearchFeaturesRequest, context: Context
+    ) -> pb.SearchFeaturesResponse:
+        async def call(request_id: str) -> tuple[pb.SearchFeaturesResponse, int]:
+            frontend = self._loaded()
+            matches = frontend.search(request.query, sae=request.sae, limit=request.limit)
+            return convert.search_response(matches), 0
+
+        return await self._unary("SearchFeatures", context, call)
+
+    async def _unary(
+        self,
+        rpc: str,
+        context: Context,
+        call: Callable[[str], Awaitable[tuple[Response, int]]],
+    ) -> Response:
+        """Run a unary discovery call, counting its outcome and logging one line for it."""
+        start, request_id = time.perf_counter(), uuid.uuid4().hex
+        outcome, tokens = "internal", 0
+        try:
+            response, tokens = await call(request_id)
+            outcome = "ok"
+            return response
+        except SteeringError as exc:
+            outcome = status_of(exc).name.lower()
+            raise
+        except asyncio.CancelledError:
+            outcome = _left(context)
+            raise
+        finally:
+            duration = time.perf_counter() - start
+            self.metrics.on_discovery(rpc, outcome, duration)
+            log_request(RequestRecord(request_id, rpc, outcome, tokens, 0, None, duration))
+
+
+def _left(context: Context) -> str:
+    """The outcome of a call whose caller left: its deadline passed, or it cancelled."""
+    remaining = context.time_remaining()
+    if remaining is not None and remaining <= DEADLINE_SLACK_S:
+        return "deadline_exceeded"
+    return "cancelled"

@@ -41,6 +41,20 @@ class SaeSpec(BaseModel, frozen=True):
         return cls(name=name, path=Path(path), layer=int(layer))
 
 
+class LabelSpec(BaseModel, frozen=True):
+    """`NAME=PATH`: feature labels of the SAE served under NAME."""
+
+    name: str
+    path: Path
+
+    @classmethod
+    def parse(cls, text: str) -> LabelSpec:
+        name, eq, path = text.partition("=")
+        if not (eq and name and path):
+            raise ValueError(f"expected NAME=PATH, got {text!r}")
+        return cls(name=name, path=Path(path))
+
+
 def _split(value: Any) -> Any:
     """Lists from the environment may be comma-separated: `a,b` as well as `["a", "b"]`."""
     if isinstance(value, str):
@@ -66,6 +80,12 @@ class Settings(BaseSettings):
         default_factory=list,
         description="an SAE to serve, NAME=PATH@LAYER (repeatable)",
         json_schema_extra=_flag("--sae"),
+    )
+    labels: Annotated[list[LabelSpec], NoDecode] = Field(
+        default_factory=list,
+        description="feature labels of an SAE, NAME=PATH (repeatable; default: an "
+        "explanations.json beside the SAE's file)",
+        json_schema_extra=_flag("--labels"),
     )
     demo: bool = Field(False, description="serve the built-in demo model and SAE")
     host: str = Field("0.0.0.0", description="address to bind")
@@ -93,6 +113,11 @@ class Settings(BaseSettings):
     )
     max_stop_strings: int = Field(8, ge=0, description="most stop strings in a request")
     max_stop_string_chars: int = Field(64, ge=1, description="most characters in a stop string")
+    max_top_k: int = Field(64, ge=1, description="largest top_k of Inspect and Contrast")
+    max_inspect_features: int = Field(64, ge=0, description="most named features in an Inspect")
+    max_watched_features: int = Field(16, ge=0, description="most watched features in a Generate")
+    max_contrast_texts: int = Field(256, ge=1, description="most texts in each Contrast set")
+    max_search_results: int = Field(100, ge=1, description="largest limit of a search")
     prefill_tokens_per_step: int = Field(
         4096, ge=1, description="prompt tokens admitted per engine step (bounds decode stalls)"
     )
@@ -128,6 +153,12 @@ class Settings(BaseSettings):
     def _parse_sae(cls, value: Any) -> Any:
         items = _split(value)
         return [SaeSpec.parse(item) if isinstance(item, str) else item for item in items]
+
+    @field_validator("labels", mode="before")
+    @classmethod
+    def _parse_labels(cls, value: Any) -> Any:
+        items = _split(value)
+        return [LabelSpec.parse(item) if isinstance(item, str) else item for item in items]
 
     @field_validator("log_level")
     @classmethod
@@ -167,6 +198,11 @@ class Settings(BaseSettings):
             max_queued_requests=self.max_queued_requests,
             max_stop_strings=self.max_stop_strings,
             max_stop_string_chars=self.max_stop_string_chars,
+            max_top_k=self.max_top_k,
+            max_inspect_features=self.max_inspect_features,
+            max_watched_features=self.max_watched_features,
+            max_contrast_texts=self.max_contrast_texts,
+            max_search_results=self.max_search_results,
         )
 
 

@@ -70,6 +70,10 @@ REQUIRED = {
     "steering_batch_size": "histogram",
     "steering_requests_running": "gauge",
     "steering_requests_waiting": "gauge",
+    "steering_discovery_requests_total": "counter",
+    "steering_discovery_duration_seconds": "histogram",
+    "steering_inspected_tokens_total": "counter",
+    "steering_watched_features": "histogram",
 }
 
 
@@ -80,7 +84,7 @@ def test_names_follow_the_conventions(gemma2_server: ServerThread) -> None:
     assert ours == REQUIRED
     assert all(name.endswith("_total") for name, kind in ours.items() if kind == "counter")
     labels = set(re.findall(r"(\w+)=\"", text))
-    assert labels <= {"outcome", "sae", "mode", "le"}, labels  # never a request id or feature index
+    assert labels <= {"outcome", "sae", "mode", "le", "rpc"}, labels  # never a request id or feature index
 
 
 @pytest.mark.skipif(
