@@ -84,7 +84,8 @@ def test_names_follow_the_conventions(gemma2_server: ServerThread) -> None:
     assert ours == REQUIRED
     assert all(name.endswith("_total") for name, kind in ours.items() if kind == "counter")
     labels = set(re.findall(r"(\w+)=\"", text))
-    assert labels <= {"outcome", "sae", "mode", "le", "rpc"}, labels  # never a request id or feature index
+    # Never a request id or a feature index.
+    assert labels <= {"outcome", "sae", "mode", "le", "rpc"}, labels
 
 
 @pytest.mark.skipif(

@@ -94,6 +94,15 @@ CASES = {
     "port out of range": (["--model", "{model}", "--port", "99999"], "--port"),
     "unknown log level": (["--model", "{model}", "--log-level", "LOUD"], "--log-level"),
     "unknown key in the config file": (["--config", "{root}/bad.json"], "prot: unknown setting"),
+    "labels of an SAE not served": (
+        ["--model", "{model}", "--sae", "a={sae}@1", "--labels", "b={root}/bad.json"],
+        "--labels b: no SAE of that name",
+    ),
+    "labels file missing": (
+        ["--model", "{model}", "--sae", "a={sae}@1", "--labels", "a={root}/nope.json"],
+        "no such file",
+    ),
+    "labels without a path": (["--model", "{model}", "--labels", "a"], "NAME=PATH"),
 }
 
 
@@ -132,11 +141,18 @@ def test_the_process_exits_2_with_one_line_and_no_traceback(
     assert result.stdout == ""
 
 
+@pytest.mark.parametrize("problem", ["SAE of the wrong width", "label index out of range"])
 def test_a_file_that_fails_to_load_exits_2_with_one_line(
-    files: dict[str, str], tmp_path: Path
+    problem: str, files: dict[str, str], tmp_path: Path
 ) -> None:
-    """An SAE of the wrong width is found while loading (after binding): still one clean line."""
-    sae = save_sae(random_sae(48, 16, seed=0), tmp_path / "narrow")
+    """Found while loading (after binding): still one clean line naming the file or the SAE."""
+    if problem == "SAE of the wrong width":
+        sae = save_sae(random_sae(48, 16, seed=0), tmp_path / "narrow")
+        named = "narrow"
+    else:
+        sae = save_sae(random_sae(64, 16, seed=0), tmp_path / "narrow")
+        (sae / "explanations.json").write_text(json.dumps([{"index": 16, "description": "x"}]))
+        named = "explanations.json"
     result = subprocess.run(
         [sys.executable, "-m", "steering_server", "--host", "127.0.0.1", "--port", "0",
          "--metrics-port", "0", "--model", files["model"], "--sae", f"narrow={sae}@1"],
@@ -147,7 +163,7 @@ def test_a_file_that_fails_to_load_exits_2_with_one_line(
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
     last = result.stderr.splitlines()[-1]
-    assert last.startswith("steering-server: ") and "narrow" in last, result.stderr
+    assert last.startswith("steering-server: ") and named in last, result.stderr
 
 
 def test_help_lists_every_setting() -> None:

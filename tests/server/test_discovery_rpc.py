@@ -1,0 +1,153 @@
+"""Discovery over gRPC: labels from --labels and beside the SAE, SearchFeatures, Inspect,
+Contrast, and watch and receipts on Generate; bad input is INVALID_ARGUMENT naming the field."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+
+from steering import save_sae
+from steering.demo.toy import random_sae
+from steering_proto.v1 import steering_pb2 as pb
+from tests.server.harness import ServerThread, edit, request
+
+LABELS_A = {3: "ocean waves and ships", 7: "the sea", 9: "forest trees", 11: "sea shells"}
+
+
+@pytest.fixture(scope="module")
+def labelled(
+    tmp_path_factory: pytest.TempPathFactory, model_folders: dict[str, Path]
+) -> Iterator[ServerThread]:
+    root = tmp_path_factory.mktemp("labelled")
+    a = save_sae(random_sae(64, 32, seed=5, threshold=0.02), root / "a", "gemma_scope_2")
+    b = save_sae(random_sae(64, 48, seed=6, threshold=0.02), root / "b", "gemma_scope_1")
+    # a: a Neuronpedia export beside its file; b: JSON Lines named by --labels.
+    export = [
+        {"index": str(i), "description": f"  {text} ", "extra": 1} for i, text in LABELS_A.items()
+    ]
+    (root / "a" / "explanations.json").write_text(json.dumps(export))
+    lines = [{"feature": 1, "label": "city streets at night"}, {"feature": 2, "label": "sea"}]
+    (root / "b.jsonl").write_text("\n".join(json.dumps(x) for x in lines))
+    srv = ServerThread(
+        model=model_folders["gemma2"],
+        sae=[f"a={a}@1", f"b={b}@2"],
+        labels=[f"b={root / 'b.jsonl'}"],
+    )
+    yield srv
+    srv.close()
+
+
+def test_labels_are_counted_and_searched(labelled: ServerThread) -> None:
+    d = labelled.stub.DescribeModel(pb.DescribeModelRequest())
+    assert {s.name: s.labels for s in d.saes} == {"a": 4, "b": 2}
+    assert d.limits.max_top_k == 64 and d.limits.max_watched_features == 16
+    found = labelled.stub.SearchFeatures(pb.SearchFeaturesRequest(query="sea"))
+    assert [(m.sae, m.feature) for m in found.matches][:2] == [("b", 2), ("a", 7)]  # exact first
+    assert {(m.sae, m.feature, m.label) for m in found.matches} >= {("a", 11, "sea shells")}
+    only_a = labelled.stub.SearchFeatures(pb.SearchFeaturesRequest(query="ships", sae="a", limit=1))
+    assert [(m.sae, m.feature, m.label) for m in only_a.matches] == [
+        ("a", 3, "ocean waves and ships")
+    ]
+
+
+def test_inspect_reports_every_token_with_labels(labelled: ServerThread) -> None:
+    response = labelled.stub.Inspect(
+        pb.InspectRequest(
+            prompt="The sea was calm",
+            top_k=32,
+            features=[pb.FeatureRef(sae="a", feature=7), pb.FeatureRef(sae="b", feature=2)],
+        )
+    )
+    tokenizer = labelled.app.frontend.tokenizer
+    assert [t.token_id for t in response.tokens] == tokenizer("The sea was calm").input_ids
+    first = response.tokens[0]
+    assert first.special and not first.top and [f.activation for f in first.features] == [0, 0]
+    assert [(f.sae, f.feature, f.label) for f in first.features] == [
+        ("a", 7, "the sea"),
+        ("b", 2, "sea"),
+    ]
+    tops = [f for t in response.tokens[1:] for f in t.top]
+    assert tops and all(f.activation > 0 for f in tops)
+    assert all(f.label == LABELS_A.get(f.feature, "") for f in tops if f.sae == "a")
+    labelled.wait_idle()
+
+
+def test_generate_streams_watched_values_and_receipts(labelled: ServerThread) -> None:
+    msg = request(
+        "The sea was calm",
+        edits=[edit("a", 7, pb.EDIT_MODE_SET, 5.0), edit("b", 2, pb.EDIT_MODE_ABLATE, active=True)],
+        max_new_tokens=5,
+        ignore_eos=True,
+    )
+    msg.watch.extend([pb.FeatureRef(sae="a", feature=7), pb.FeatureRef(sae="b", feature=1)])
+    chunks = labelled.generate(msg)
+    assert sum(len(c.watched) for c in chunks) == sum(len(c.token_ids) for c in chunks) == 5
+    assert all(len(w.activations) == 2 for c in chunks for w in c.watched)
+    receipts = chunks[-1].receipts
+    assert [(r.edit.sae, r.edit.feature) for r in receipts] == [("a", 7), ("b", 2)]
+    prompt_tokens = chunks[-1].usage.prompt_tokens
+    # SET applies at every steerable position processed: the prompt (BOS aside) and 4 tokens.
+    assert receipts[0].applied_positions == prompt_tokens - 1 + 4
+    assert receipts[1].applied_positions == receipts[1].active_positions
+
+
+def test_contrast_ranks_features_with_labels(labelled: ServerThread) -> None:
+    response = labelled.stub.Contrast(
+        pb.ContrastRequest(a=["The sea", "Waves and boats"], b=["The city", "Cars"], top_k=3)
+    )
+    assert len(response.toward_a) == 3 and len(response.toward_b) == 3
+    assert all(c.mean_a > c.mean_b for c in response.toward_a)
+    assert all(c.mean_a < c.mean_b for c in response.toward_b)
+    labels_b = {1: "city streets at night", 2: "sea"}
+    for c in list(response.toward_a) + list(response.toward_b):
+        assert c.label == (LABELS_A if c.sae == "a" else labels_b).get(c.feature, "")
+
+
+@pytest.mark.parametrize(
+    ("rpc", "message", "field"),
+    [
+        ("Inspect", pb.InspectRequest(prompt="x", top_k=65), "top_k"),
+        ("Inspect", pb.InspectRequest(prompt="x", saes=["zz"]), "saes[0]"),
+        ("Inspect", pb.InspectRequest(), "input"),
+        (
+            "Inspect",
+            pb.InspectRequest(prompt="x", features=[pb.FeatureRef(sae="a", feature=32)]),
+            "features[0].feature",
+        ),
+        ("SearchFeatures", pb.SearchFeaturesRequest(query="sea", sae="zz"), "sae"),
+        ("SearchFeatures", pb.SearchFeaturesRequest(query="sea", limit=101), "limit"),
+        ("SearchFeatures", pb.SearchFeaturesRequest(query=" "), "query"),
+        ("Contrast", pb.ContrastRequest(a=[], b=["x"]), "a"),
+        ("Contrast", pb.ContrastRequest(a=["x"], b=["y"] * 257), "b"),
+        ("Contrast", pb.ContrastRequest(a=["x"], b=["y"], sae="zz"), "sae"),
+    ],
+)
+def test_bad_discovery_calls_name_the_field(
+    labelled: ServerThread, rpc: str, message: object, field: str
+) -> None:
+    with pytest.raises(grpc.RpcError) as err:
+        getattr(labelled.stub, rpc)(message)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert err.value.details().startswith(f"{field}: "), err.value.details()
+
+
+def test_discovery_calls_are_counted_by_rpc(labelled: ServerThread) -> None:
+    before = labelled.metrics()
+    labelled.stub.SearchFeatures(pb.SearchFeaturesRequest(query="sea"))
+    with pytest.raises(grpc.RpcError):
+        labelled.stub.Contrast(pb.ContrastRequest(a=[], b=["x"]))
+    labelled.stub.Inspect(pb.InspectRequest(prompt="The sea"))
+    after = labelled.metrics()
+
+    def grew(name: str) -> float:
+        return after.get(name, 0) - before.get(name, 0)
+
+    assert grew('steering_discovery_requests_total{outcome="ok",rpc="SearchFeatures"}') == 1
+    assert grew('steering_discovery_requests_total{outcome="invalid_argument",rpc="Contrast"}') == 1
+    assert grew('steering_discovery_requests_total{outcome="ok",rpc="Inspect"}') == 1
+    tokens = len(labelled.app.frontend.tokenizer("The sea").input_ids)
+    assert grew("steering_inspected_tokens_total") == tokens
