@@ -376,4 +376,6 @@ class FrontEnd:
             )
         if not query.strip():
             raise InvalidRequestError("query", "the query is empty")
+        if sae and not self.catalog.count(sae):
+            return []  # a served SAE without labels: nothing to find
         return self.catalog.search(query, sae=sae, limit=limit or DEFAULT_SEARCH_RESULTS)

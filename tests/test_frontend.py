@@ -176,3 +176,10 @@ def test_admissions_are_reported_and_limits_fit_the_context(frontend: FrontEnd) 
     assert served.name == "tiny" and served.chat
     assert served.limits.max_prompt_tokens == min(4096, served.context_length - 1)
     assert [a.name for a in served.saes] == ["s"]
+
+
+def test_search_of_a_served_sae_without_labels_finds_nothing(frontend: FrontEnd) -> None:
+    assert frontend.search("sea", sae="s") == []
+    with pytest.raises(InvalidRequestError) as err:
+        frontend.search("sea", sae="nope")
+    assert err.value.field == "sae"

@@ -25,7 +25,7 @@ from steering.model import special_token_ids
 from steering.sae import JumpReLUSAE
 from steering.sae_formats import save_sae
 
-DEMO_VERSION = 1  # bump whenever the recipe below changes: cached builds are keyed by it
+DEMO_VERSION = 2  # bump whenever the recipe below changes: cached builds are keyed by it
 SAE_NAME, LAYER, D_SAE, SEED = "demo", 0, 64, 0
 # Two layers of width 64; no sliding window shorter than the longest text.
 MODEL_CONFIG = dict(num_hidden_layers=2, hidden_size=64, intermediate_size=128, sliding_window=512)
@@ -184,7 +184,7 @@ def _write(folder: Path) -> None:
     torch.set_num_threads(1)  # fastest for a tiny model, and a fixed count keeps it bit-exact
     try:
         model, planted = _train(corpus, len(tokenizer))
-        sae = _demo_sae(model, corpus, planted)
+        sae, token_of = _demo_sae(model, corpus, planted)
     finally:
         torch.set_num_threads(threads)
     end_of_turn = tokenizer.convert_tokens_to_ids("<end_of_turn>")
@@ -194,6 +194,9 @@ def _write(folder: Path) -> None:
     model.save_pretrained(assets.model_dir)
     tokenizer.save_pretrained(assets.model_dir)
     save_sae(sae, assets.sae_dir, "gemma_scope_2")
+    (assets.sae_dir / "explanations.json").write_text(
+        json.dumps(_explanations(tokenizer, token_of), indent=1) + "\n"
+    )
     marker = {"version": DEMO_VERSION, "sae_name": SAE_NAME, "layer": LAYER}
     (folder / "demo.json").write_text(json.dumps(marker, indent=2) + "\n")
 
@@ -294,12 +297,24 @@ def _batch(corpus: _Corpus, gen: torch.Generator) -> tuple[torch.Tensor, ...]:
     return tuple(torch.tensor(x[: BATCH * SEQ]).view(BATCH, SEQ) for x in (ids, learn, plant))
 
 
-def _demo_sae(model: Any, corpus: _Corpus, planted: torch.Tensor) -> JumpReLUSAE:
+def _explanations(tokenizer: Any, token_of: Mapping[int, int]) -> list[dict[str, Any]]:
+    """The SAE's labels, in Neuronpedia's export shape: themes, and the token each other
+    feature detects."""
+    themes = {f.feature: f.description.removeprefix("talks about ") for f in DEMO_FEATURES.values()}
+    tokens = {i: f"the token {tokenizer.decode([t])!r}" for i, t in token_of.items()}
+    labels = themes | tokens
+    return [{"index": i, "description": labels[i]} for i in sorted(labels)]
+
+
+def _demo_sae(
+    model: Any, corpus: _Corpus, planted: torch.Tensor
+) -> tuple[JumpReLUSAE, dict[int, int]]:
     """An SAE reading layer LAYER: the theme features, and frequent-token features around them.
 
     Each feature detects its positions (its theme's text, or one token) by the centred projection
     on their mean residual, scaled to average PLANTED_VALUE / 2 there. Theme features decode to
-    their planted vector / PLANTED_VALUE, token features along their own direction.
+    their planted vector / PLANTED_VALUE, token features along their own direction. Also returns
+    each token feature's token.
     """
     xs, tokens, themes = [], [], []
     for theme, sentences in THEMES.items():
@@ -326,10 +341,11 @@ def _demo_sae(model: Any, corpus: _Corpus, planted: torch.Tensor) -> JumpReLUSAE
     dec = diffs / (PLANTED_VALUE / 2)
     for j, f in enumerate(DEMO_FEATURES.values()):
         dec[f.feature] = planted[j] / PLANTED_VALUE
-    return JumpReLUSAE(
+    sae = JumpReLUSAE(
         W_enc=enc.T.contiguous(),
         W_dec=dec,
         b_enc=-(enc @ mean),
         b_dec=mean,
         threshold=torch.full((D_SAE,), PLANTED_VALUE / 4),
     )
+    return sae, dict(zip(free, frequent, strict=True))

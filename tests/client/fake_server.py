@@ -1,6 +1,8 @@
-"""An in-process fake of the steering server: canned chunks, recorded requests, scripted failures.
+"""An in-process fake of the steering server: canned answers, recorded requests, scripted failures.
 
 It checks nothing about steering; it lets client tests see exactly what went over the wire.
+Generate echoes what a request watches and edits: token k's watched features read
+`watched_value(token_id, j)`, and the last chunk holds one receipt per edit (see `receipt_counts`).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from concurrent import futures
 from contextlib import contextmanager
 
 import grpc
+from google.protobuf.message import Message
 
 from steering_proto.v1 import steering_pb2 as pb
 from steering_proto.v1 import steering_pb2_grpc as pb_grpc
@@ -32,7 +35,7 @@ DESCRIPTION = pb.DescribeModelResponse(
     model=pb.ModelInfo(
         name="tiny-gemma", num_layers=6, d_model=64, vocab_size=512, context_length=8192, chat=True
     ),
-    saes=[pb.SaeInfo(name="res2", layer=2, d_sae=256, d_model=64, site="resid_post")],
+    saes=[pb.SaeInfo(name="res2", layer=2, d_sae=256, d_model=64, site="resid_post", labels=200)],
     limits=pb.Limits(
         max_prompt_tokens=2048,
         max_new_tokens=1024,
@@ -43,8 +46,66 @@ DESCRIPTION = pb.DescribeModelResponse(
         max_queued_requests=1_000_000,
         max_stop_strings=8,
         max_stop_string_chars=64,
+        max_top_k=64,
+        max_inspect_features=16,
+        max_watched_features=8,
+        max_contrast_texts=256,
+        max_search_results=100,
     ),
 )
+
+INSPECTED = pb.InspectResponse(
+    tokens=[
+        pb.InspectedToken(
+            token_id=2,
+            text="<bos>",
+            special=True,
+            features=[pb.FeatureActivation(sae="res2", feature=7, activation=0.0)],
+        ),
+        pb.InspectedToken(
+            token_id=651,
+            text="The",
+            top=[
+                pb.FeatureActivation(sae="res2", feature=12, activation=3.5, label="articles"),
+                pb.FeatureActivation(sae="res2", feature=7, activation=1.25),
+            ],
+            features=[pb.FeatureActivation(sae="res2", feature=7, activation=1.25)],
+        ),
+        pb.InspectedToken(
+            token_id=9001,
+            text=" sea\n",
+            top=[pb.FeatureActivation(sae="res2", feature=7, activation=8.5, label="the sea")],
+            features=[pb.FeatureActivation(sae="res2", feature=7, activation=8.5, label="the sea")],
+        ),
+    ]
+)
+
+MATCHES = pb.SearchFeaturesResponse(
+    matches=[
+        pb.FeatureMatch(sae="res2", feature=7, label="the sea", score=2.5),
+        pb.FeatureMatch(sae="res2", feature=130, label="sea creatures", score=1.25),
+    ]
+)
+
+CONTRASTED = pb.ContrastResponse(
+    toward_a=[
+        pb.FeatureContrast(sae="res2", feature=7, mean_a=4.5, mean_b=0.25, label="the sea"),
+        pb.FeatureContrast(sae="res2", feature=40, mean_a=1.5, mean_b=0.5),
+    ],
+    toward_b=[
+        pb.FeatureContrast(sae="res2", feature=99, mean_a=0.0, mean_b=2.75, label="deserts"),
+    ],
+)
+
+
+def watched_value(token_id: int, j: int) -> float:
+    """What the fake reports for the j-th watched feature at a token (exact in float32)."""
+    return token_id + (j + 1) / 4
+
+
+def receipt_counts(i: int) -> tuple[int, int]:
+    """(applied_positions, active_positions) the fake reports for the request's i-th edit."""
+    return 40 + i, i
 
 
 class FakeSteering(pb_grpc.SteeringServiceServicer):
@@ -56,7 +117,10 @@ class FakeSteering(pb_grpc.SteeringServiceServicer):
         self.abort: tuple[grpc.StatusCode, str] | None = None
         self.abort_after: int | None = None  # abort after this many chunks instead of up front
         self.hang_after: int | None = None  # stop sending after this many chunks, until cancelled
-        self.requests: list[pb.GenerateRequest | pb.DescribeModelRequest] = []
+        self.inspected: pb.InspectResponse = INSPECTED
+        self.matches: pb.SearchFeaturesResponse = MATCHES
+        self.contrasted: pb.ContrastResponse = CONTRASTED
+        self.requests: list[Message] = []
         self.metadata: list[dict[str, str]] = []
         self.ended = threading.Event()  # a Generate call has terminated, for whatever reason
 
@@ -71,7 +135,7 @@ class FakeSteering(pb_grpc.SteeringServiceServicer):
             if i == self.hang_after:
                 self._hold(context)
                 return
-            yield chunk
+            yield self._echo(request, chunk, last=i == len(self.chunks) - 1)
 
     def DescribeModel(
         self, request: pb.DescribeModelRequest, context: grpc.ServicerContext
@@ -79,9 +143,45 @@ class FakeSteering(pb_grpc.SteeringServiceServicer):
         self._admit(request, context, abort_now=True)
         return DESCRIPTION
 
+    def Inspect(
+        self, request: pb.InspectRequest, context: grpc.ServicerContext
+    ) -> pb.InspectResponse:
+        self._admit(request, context, abort_now=True)
+        return self.inspected
+
+    def SearchFeatures(
+        self, request: pb.SearchFeaturesRequest, context: grpc.ServicerContext
+    ) -> pb.SearchFeaturesResponse:
+        self._admit(request, context, abort_now=True)
+        return self.matches
+
+    def Contrast(
+        self, request: pb.ContrastRequest, context: grpc.ServicerContext
+    ) -> pb.ContrastResponse:
+        self._admit(request, context, abort_now=True)
+        return self.contrasted
+
+    @staticmethod
+    def _echo(
+        request: pb.GenerateRequest, chunk: pb.GenerateResponse, *, last: bool
+    ) -> pb.GenerateResponse:
+        """The chunk with the request's watched features and, on the last, its edits' receipts."""
+        if not request.watch and not (last and request.edits):
+            return chunk
+        echoed = pb.GenerateResponse()
+        echoed.CopyFrom(chunk)
+        for token_id in chunk.token_ids:
+            values = [watched_value(token_id, j) for j in range(len(request.watch))]
+            echoed.watched.add(activations=values)
+        if last:
+            for i, edit in enumerate(request.edits):
+                applied, active = receipt_counts(i)
+                echoed.receipts.add(edit=edit, applied_positions=applied, active_positions=active)
+        return echoed
+
     def _admit(
         self,
-        request: pb.GenerateRequest | pb.DescribeModelRequest,
+        request: Message,
         context: grpc.ServicerContext,
         *,
         abort_now: bool,

@@ -17,6 +17,9 @@ NOWHERE = "127.0.0.1:1"  # nothing listens there: a call that reaches the fake u
 COMMANDS = [
     pytest.param(["generate", "hi"], id="generate"),
     pytest.param(["describe"], id="describe"),
+    pytest.param(["inspect", "hi"], id="inspect"),
+    pytest.param(["search", "sea"], id="search"),
+    pytest.param(["contrast", "--a", __file__, "--b", __file__], id="contrast"),
 ]
 
 
@@ -119,7 +122,9 @@ def test_ca_cert_after_the_command_is_read(
 
 
 @pytest.mark.parametrize(
-    "command", [[], ["generate"], ["describe"]], ids=["top", "generate", "describe"]
+    "command",
+    [[], ["generate"], ["describe"], ["inspect"], ["search"], ["contrast"]],
+    ids=["top", "generate", "describe", "inspect", "search", "contrast"],
 )
 def test_help_lists_the_connection_options(
     capsys: pytest.CaptureFixture[str], command: list[str]
@@ -157,6 +162,12 @@ BAD_NUMBERS = [
     (["--timeout", "nan", "describe"], "--timeout must be > 0"),
     (["--timeout", "1e12", "describe"], "--timeout must be ≤ 1000000000"),
     (["describe", "--timeout", "soon"], "--timeout must be a number, not 'soon'"),
+    (["inspect", "hi", "--top-k", "-1"], "--top-k must be ≥ 0"),
+    (["inspect", "hi", "--top-k", str(2**32)], "--top-k must be ≤ 4294967295"),
+    (["search", "sea", "--limit", "-1"], "--limit must be ≥ 0"),
+    (["search", "sea", "--limit", "ten"], "--limit must be an integer, not 'ten'"),
+    (["contrast", "--a", __file__, "--b", __file__, "--top-k", "-1"], "--top-k must be ≥ 0"),
+    (["inspect", "hi", "--timeout", "0"], "--timeout must be > 0"),
 ]
 
 

@@ -40,6 +40,11 @@ def fuzz_rig(
         "max_edits_per_request": 8,
         "max_stop_strings": 4,
         "max_stop_string_chars": 16,
+        "max_top_k": 8,
+        "max_inspect_features": 4,
+        "max_watched_features": 4,
+        "max_contrast_texts": 4,
+        "max_search_results": 5,
     }
     server = ServerProcess(
         "--model", str(model_folders["gemma2"]),
@@ -131,6 +136,12 @@ def _float32(lo: float, hi: float) -> st.SearchStrategy[float]:
 BAD_FLOATS = st.sampled_from([float("nan"), float("inf"), float("-inf"), 3e38, -3e38])
 UINT32 = st.integers(0, 2**32 - 1) | st.sampled_from([0, 1, 2**31, 2**32 - 1])
 # Built once: strategies made inside a draw cost hypothesis a validation each time.
+VALID_REFS = st.lists(
+    st.sampled_from(sorted(WIDTHS)).flatmap(
+        lambda sae: st.builds(pb.FeatureRef, sae=st.just(sae), feature=st.integers(0, 95))
+    ),
+    max_size=4,
+)
 EDIT_VALUE = _float32(-1e4, 1e4)  # up to the server's cap: extreme, still valid
 TEMPERATURE = st.just(0.0) | _float32(1e-3, 100.0)
 TOP_P = _float32(0.0, 1.0)
@@ -173,7 +184,10 @@ def _valid(draw: st.DrawFn) -> pb.GenerateRequest:
     if draw(st.booleans()):
         sampling.seed = draw(st.integers(0, 2**64 - 1))
     message = pb.GenerateRequest(
-        sampling=sampling, edits=draw(_valid_edits()), request_id=draw(REQUEST_ID)
+        sampling=sampling,
+        edits=draw(_valid_edits()),
+        request_id=draw(REQUEST_ID),
+        watch=draw(VALID_REFS),
     )
     if draw(st.booleans()):
         message.prompt = draw(PROMPT)
@@ -210,6 +224,14 @@ def _add_edit(**fields: st.SearchStrategy[object]) -> st.SearchStrategy[object]:
     )
 
 
+def _add_ref(field: str, **fields: st.SearchStrategy[object]) -> st.SearchStrategy[object]:
+    """Append a FeatureRef to the message's repeated `field` (watch, features)."""
+    base = {"sae": st.sampled_from(sorted(WIDTHS)), "feature": st.integers(0, 95)}
+    return st.fixed_dictionaries(base | fields).map(
+        lambda kw: lambda m: getattr(m, field).append(pb.FeatureRef(**kw))
+    )
+
+
 def _duplicate_edit(m: pb.GenerateRequest) -> None:
     if m.edits:
         m.edits.append(m.edits[0])
@@ -241,6 +263,9 @@ MUTATIONS = st.one_of(
     st.just(
         lambda m: m.edits.extend([pb.FeatureEdit(sae="res", mode=4, feature=i) for i in range(9)])
     ),
+    _add_ref("watch", sae=st.sampled_from(["", "nope", "RES"]) | _text()),
+    _add_ref("watch", feature=st.integers(96, 2**32 - 1)),
+    st.just(lambda m: m.watch.extend([pb.FeatureRef(sae="res", feature=i) for i in range(17)])),
 )
 
 
@@ -250,6 +275,107 @@ def requests(draw: st.DrawFn) -> pb.GenerateRequest:
     for mutate in draw(st.lists(MUTATIONS, max_size=3)):
         mutate(message)  # type: ignore[operator]
     return message
+
+
+# ---- the discovery calls: Inspect, SearchFeatures, Contrast -----------------------------------
+
+# A valid call, then at most one hostile mutation, as for Generate.
+VALID_SAES = st.sampled_from(sorted(WIDTHS))
+BAD_SAES = st.sampled_from(["nope", "RES", "res "]) | _text(1, 10)
+TEXTS = st.lists(PROMPT, min_size=1, max_size=4)
+
+
+@st.composite
+def _valid_inspect(draw: st.DrawFn) -> pb.InspectRequest:
+    message = pb.InspectRequest(
+        saes=draw(st.lists(VALID_SAES, max_size=2)),
+        top_k=draw(st.integers(0, 8)),
+        features=draw(VALID_REFS),
+        edits=draw(_valid_edits()),
+    )
+    if draw(st.booleans()):
+        message.prompt = draw(PROMPT)
+    else:
+        message.chat.CopyFrom(_chat(draw(TURNS)))
+    return message
+
+
+INSPECT_MUTATIONS = st.one_of(
+    BAD_SAES.map(lambda v: lambda m: m.saes.append(v)),
+    st.integers(9, 2**32 - 1).map(lambda v: lambda m: setattr(m, "top_k", v)),
+    _add_ref("features", sae=BAD_SAES),
+    _add_ref("features", feature=st.integers(96, 2**32 - 1)),
+    st.just(lambda m: m.features.extend([pb.FeatureRef(sae="res", feature=1)] * 5)),
+    _set_prompt(st.sampled_from(["", " "]) | _huge()),
+    st.just(lambda m: m.ClearField("input")),
+    _add_edit(feature=st.integers(96, 2**32 - 1)),
+)
+SEARCHES = st.builds(
+    pb.SearchFeaturesRequest,
+    query=_nonblank(40),
+    sae=VALID_SAES | st.just(""),
+    limit=st.integers(0, 5),
+)
+SEARCH_MUTATIONS = st.one_of(
+    st.sampled_from(["", " \n"]).map(lambda v: lambda m: setattr(m, "query", v)),
+    BAD_SAES.map(lambda v: lambda m: setattr(m, "sae", v)),
+    st.integers(6, 2**32 - 1).map(lambda v: lambda m: setattr(m, "limit", v)),
+)
+CONTRASTS = st.builds(
+    pb.ContrastRequest, a=TEXTS, b=TEXTS, sae=VALID_SAES | st.just(""), top_k=st.integers(0, 8)
+)
+CONTRAST_MUTATIONS = st.one_of(
+    st.sampled_from(["a", "b"]).map(lambda f: lambda m: m.ClearField(f)),
+    st.just(lambda m: m.a.extend(["the sea"] * 5)),
+    st.sampled_from(["", " ", "<bos>"]).map(lambda v: lambda m: m.b.append(v)),
+    _huge().map(lambda v: lambda m: m.a.append(v)),
+    BAD_SAES.map(lambda v: lambda m: setattr(m, "sae", v)),
+    st.integers(9, 2**32 - 1).map(lambda v: lambda m: setattr(m, "top_k", v)),
+)
+
+
+@st.composite
+def discovery_calls(draw: st.DrawFn) -> tuple[str, object]:
+    rpc, valid, mutations = draw(
+        st.sampled_from(
+            [
+                ("Inspect", _valid_inspect(), INSPECT_MUTATIONS),
+                ("SearchFeatures", SEARCHES, SEARCH_MUTATIONS),
+                ("Contrast", CONTRASTS, CONTRAST_MUTATIONS),
+            ]
+        )
+    )
+    message = draw(valid)
+    for mutate in draw(st.lists(mutations, max_size=1)):
+        mutate(message)
+    return rpc, message
+
+
+def test_fuzzed_discovery_calls_are_ok_or_invalid_argument(
+    fuzz_rig: ProcessRig, scale: Scale
+) -> None:
+    answers: dict[str, int] = {}
+
+    def check(rpc: str, message: object) -> None:
+        try:
+            getattr(fuzz_rig.stub, rpc)(message, timeout=60)
+            outcome = "ok"
+        except grpc.RpcError as err:
+            outcome = outcome_of(err.code())
+            assert outcome == "invalid_argument", (rpc, outcome, err.details())
+            assert FIELD.match(err.details() or ""), err.details()
+        answers[f"{rpc} {outcome}"] = answers.get(f"{rpc} {outcome}", 0) + 1
+
+    @_settings(scale, max(40, scale.fuzz_examples // 4))
+    @given(call=discovery_calls())
+    def one(call: tuple[str, object]) -> None:
+        check(*call)
+
+    with canary(fuzz_rig):
+        one()
+    print(f"\nfuzzed discovery calls: {answers}")
+    for rpc in ("Inspect", "SearchFeatures", "Contrast"):  # both answers were reached
+        assert answers.get(f"{rpc} ok") and answers.get(f"{rpc} invalid_argument"), answers
 
 
 # ---- invalid UTF-8 and arbitrary bytes: no Python client sends these, so they go raw ---------

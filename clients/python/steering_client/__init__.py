@@ -8,11 +8,19 @@ with SteeringClient("localhost:50051") as client:
 """
 
 from steering_client.client import DEFAULT_TARGET, AsyncSteeringClient, SteeringClient
-from steering_client.edits import Edit, parse_edit
+from steering_client.discovery import (
+    Contrast,
+    FeatureActivation,
+    FeatureContrast,
+    FeatureMatch,
+    InspectedToken,
+)
+from steering_client.edits import Edit, FeatureRef, parse_edit, parse_feature_ref
 from steering_client.errors import SteeringClientError
 from steering_client.responses import (
     Chunk,
     Completion,
+    EditReceipt,
     Limits,
     ModelDescription,
     ModelInfo,
@@ -25,7 +33,14 @@ __all__ = [
     "AsyncSteeringClient",
     "Chunk",
     "Completion",
+    "Contrast",
     "Edit",
+    "EditReceipt",
+    "FeatureActivation",
+    "FeatureContrast",
+    "FeatureMatch",
+    "FeatureRef",
+    "InspectedToken",
     "Limits",
     "ModelDescription",
     "ModelInfo",
@@ -34,4 +49,5 @@ __all__ = [
     "SteeringClientError",
     "Usage",
     "parse_edit",
+    "parse_feature_ref",
 ]

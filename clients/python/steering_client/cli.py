@@ -1,9 +1,11 @@
-"""`steering-client`: generate steered text or describe the server, from a shell.
+"""`steering-client`: generate steered text, describe the server, and find features (inspect,
+search, contrast), from a shell.
 
-Text streams to stdout as it arrives; the finish reason, usage and seed go to stderr, so stdout
-holds only the completion. A failed call exits 1 with the gRPC status name and message; a bad
-argument exits 2 with a message naming its flag. The connection options (--target, --token, --tls,
---ca-cert, --timeout) go before or after the subcommand; given twice, the later one wins.
+Generated text streams to stdout as it arrives; the watched features' table, the edits' receipts
+and the finish reason, usage and seed go to stderr, so stdout holds only the completion. A failed
+call exits 1 with the gRPC status name and message; a bad argument exits 2 with a message naming
+its flag. The connection options (--target, --token, --tls, --ca-cert, --timeout) go before or
+after the subcommand; given twice, the later one wins.
 """
 
 from __future__ import annotations
@@ -13,11 +15,21 @@ import math
 import os
 import sys
 from collections.abc import Callable, Sequence
+from itertools import zip_longest
 from typing import TypeVar
 
 from steering_client.client import DEFAULT_TARGET, SteeringClient
-from steering_client.edits import GRAMMAR, Edit, parse_edit
+from steering_client.discovery import Contrast, FeatureContrast, FeatureMatch, InspectedToken
+from steering_client.edits import (
+    GRAMMAR,
+    REF_GRAMMAR,
+    Edit,
+    FeatureRef,
+    parse_edit,
+    parse_feature_ref,
+)
 from steering_client.errors import SteeringClientError
+from steering_client.request import ChatMessage
 from steering_client.responses import Chunk, ModelDescription
 
 EXIT_RPC_ERROR = 1
@@ -59,13 +71,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_BROKEN_PIPE
 
 
+def _input(args: argparse.Namespace) -> tuple[str | None, list[ChatMessage] | None]:
+    """The (prompt, chat) of a command taking TEXT ('-': stdin) and --chat-role."""
+    text = sys.stdin.read() if args.text == "-" else args.text
+    if args.chat_role:
+        return None, [(args.chat_role, text)]
+    return text, None
+
+
 def _generate(client: SteeringClient, args: argparse.Namespace) -> int:
-    prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
-    chat = [(args.chat_role, prompt)] if args.chat_role else None
-    chunks = client.generate(
-        None if chat else prompt,
+    prompt, chat = _input(args)
+    stream = client.generate(
+        prompt,
         chat=chat,
         edits=args.edit,
+        watch=args.watch,
         max_new_tokens=args.max_new_tokens,
         temperature=args.temperature,
         top_k=args.top_k,
@@ -75,18 +95,146 @@ def _generate(client: SteeringClient, args: argparse.Namespace) -> int:
         ignore_eos=args.ignore_eos,
         request_id=args.request_id,
     )
-    last: Chunk | None = None
+    chunks: list[Chunk] = []
     try:
-        for chunk in chunks:
+        for chunk in stream:
             sys.stdout.write(chunk.text)
             sys.stdout.flush()
-            last = chunk
+            chunks.append(chunk)
     finally:
         sys.stdout.write("\n")  # ends the completion's line, even when the stream failed
         sys.stdout.flush()
-    if last is not None:
+    if args.watch:
+        print(format_watched(args.watch, chunks), file=sys.stderr)
+    if chunks:
+        last = chunks[-1]
+        for receipt in last.receipts:
+            print(receipt, file=sys.stderr)
         print(_summary(last), file=sys.stderr)
     return 0
+
+
+def format_watched(watch: Sequence[FeatureRef], chunks: Sequence[Chunk]) -> str:
+    """One row per generated token: its index, id, text and the watched features' activations.
+
+    A chunk's text is shown on the row of its first token (the server decodes incrementally, so
+    a chunk of several tokens has one text); its other rows show none.
+    """
+    header = ["#", "id", "text", *(str(ref) for ref in watch)]
+    rows: list[list[str]] = []
+    for chunk in chunks:
+        for i, (token_id, values) in enumerate(
+            zip_longest(chunk.token_ids, chunk.watched, fillvalue=None)
+        ):
+            text = _escaped(chunk.text) if i == 0 else ""
+            shown = [_number(v) for v in values or ()]
+            rows.append([str(len(rows)), "" if token_id is None else str(token_id), text, *shown])
+    return _table(header, rows, left={2})
+
+
+def _table(header: list[str], rows: list[list[str]], *, left: set[int]) -> str:
+    """Columns padded to their widest cell: right-aligned, but left-aligned in `left`."""
+    widths = [len(cell) for cell in header]
+    for row in rows:
+        for i, cell in enumerate(row[: len(widths)]):
+            widths[i] = max(widths[i], len(cell))
+
+    def line(cells: list[str]) -> str:
+        padded = [
+            cell.ljust(width) if i in left else cell.rjust(width)
+            for i, (cell, width) in enumerate(zip(cells, widths, strict=False))
+        ]
+        return "  ".join(padded).rstrip()
+
+    return "\n".join([line(header), *(line(row) for row in rows)])
+
+
+def _escaped(text: str) -> str:
+    """A token's text quoted, with whitespace and control characters escaped (as repr does)."""
+    return repr(text)
+
+
+def _number(value: float) -> str:
+    return f"{value:.4g}"
+
+
+def _inspect(client: SteeringClient, args: argparse.Namespace) -> int:
+    prompt, chat = _input(args)
+    tokens = client.inspect(
+        prompt,
+        chat=chat,
+        saes=args.sae,
+        top_k=args.top_k,
+        features=args.feature,
+        edits=args.edit,
+    )
+    print(format_inspected(tokens))
+    return 0
+
+
+def format_inspected(tokens: Sequence[InspectedToken]) -> str:
+    """One line per token: position, text (escaped), `special` or not, the top features as
+    `sae:index value (label)`, then after '|' the named features as `sae:index=value`."""
+    texts = [_escaped(token.text) for token in tokens]
+    width = max((len(text) for text in texts), default=0)
+    lines = []
+    for pos, (token, text) in enumerate(zip(tokens, texts, strict=True)):
+        line = f"{pos:>4}  {text:<{width}}  {'special' if token.special else '':<7}"
+        top = ", ".join(
+            f"{a.sae}:{a.feature} {_number(a.activation)}" + (f" ({a.label})" if a.label else "")
+            for a in token.top
+        )
+        if top:
+            line += f"  {top}"
+        if token.features:
+            named = "  ".join(
+                f"{a.sae}:{a.feature}={_number(a.activation)}" for a in token.features
+            )
+            line += f"  | {named}"
+        lines.append(line.rstrip())
+    return "\n".join(lines)
+
+
+def _search(client: SteeringClient, args: argparse.Namespace) -> int:
+    matches = client.search(args.query, sae=args.sae, limit=args.limit)
+    if matches:
+        print(format_matches(matches))
+    else:
+        print("no matches", file=sys.stderr)
+    return 0
+
+
+def format_matches(matches: Sequence[FeatureMatch]) -> str:
+    """One match per line, best first: score, `sae:index`, label."""
+    refs = [f"{m.sae}:{m.feature}" for m in matches]
+    width = max(len(ref) for ref in refs)
+    return "\n".join(
+        f"{m.score:8.3f}  {ref:<{width}}  {m.label}".rstrip()
+        for m, ref in zip(matches, refs, strict=True)
+    )
+
+
+def _contrast(client: SteeringClient, args: argparse.Namespace) -> int:
+    print(format_contrast(client.contrast(args.a, args.b, sae=args.sae, top_k=args.top_k)))
+    return 0
+
+
+def format_contrast(contrast: Contrast) -> str:
+    """Two sections, "toward a:" and "toward b:", of `sae:index mean_a mean_b label` lines."""
+    every = contrast.toward_a + contrast.toward_b
+    width = max((len(f"{c.sae}:{c.feature}") for c in every), default=0)
+
+    def section(title: str, features: tuple[FeatureContrast, ...]) -> list[str]:
+        lines = [f"{title}:"]
+        for c in features:
+            ref = f"{c.sae}:{c.feature}"
+            means = f"{_number(c.mean_a):>9}  {_number(c.mean_b):>9}"
+            lines.append(f"  {ref:<{width}}  {means}  {c.label}".rstrip())
+        return lines if features else [*lines, "  (none)"]
+
+    return "\n".join(
+        section("toward a", contrast.toward_a) + section("toward b", contrast.toward_b)
+    )
 
 
 def _summary(last: Chunk) -> str:
@@ -116,7 +264,7 @@ def format_description(desc: ModelDescription) -> str:
     for sae in desc.saes:
         lines.append(
             f"  {sae.name}: layer {sae.layer}, site {sae.site}, "
-            f"d_sae {sae.d_sae}, d_model {sae.d_model}"
+            f"d_sae {sae.d_sae}, d_model {sae.d_model}, labels {sae.labels}"
         )
     lines.append("limits:")
     for name, value in vars(desc.limits).items():
@@ -130,6 +278,29 @@ def _edit(text: str) -> Edit:
         return parse_edit(text)
     except ValueError as error:
         raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def _feature_ref(text: str) -> FeatureRef:
+    try:
+        return parse_feature_ref(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def _texts_file(flag: str) -> Callable[[str], tuple[str, ...]]:
+    """An argparse `type=` reading one text per line of a UTF-8 file, blank lines skipped."""
+
+    def read(path: str) -> tuple[str, ...]:
+        try:
+            with open(path, encoding="utf-8") as f:
+                texts = tuple(line for line in f.read().splitlines() if line.strip())
+        except (OSError, UnicodeDecodeError) as error:
+            raise argparse.ArgumentError(None, f"{flag}: {error}") from None
+        if not texts:
+            raise argparse.ArgumentError(None, f"{flag}: {path} holds no text (one per line)")
+        return texts
+
+    return read
 
 
 # A bad number is refused here, naming the flag, rather than by the request builder, which can
@@ -211,6 +382,16 @@ def _parser() -> argparse.ArgumentParser:
     gen = _add_command(commands, "generate", _generate, "stream a steered completion to stdout")
     _add_generate_options(gen)
     _add_command(commands, "describe", _describe, "print the model, SAEs and limits")
+    inspect = _add_command(
+        commands, "inspect", _inspect, "print what the SAEs read at every token of a text"
+    )
+    _add_inspect_options(inspect)
+    search = _add_command(commands, "search", _search, "find features by their labels")
+    _add_search_options(search)
+    contrast = _add_command(
+        commands, "contrast", _contrast, "print the features that most separate two sets of texts"
+    )
+    _add_contrast_options(contrast)
     return parser
 
 
@@ -274,21 +455,90 @@ def _add_global_options(parser: argparse.ArgumentParser, *, for_command: bool) -
     )
 
 
-def _add_generate_options(gen: argparse.ArgumentParser) -> None:
-    gen.add_argument("prompt", help="the prompt text ('-' reads it from stdin)")
-    gen.add_argument(
+def _add_input_options(command: argparse.ArgumentParser, what: str) -> None:
+    """TEXT ('-': stdin), --chat-role and --edit, as generate and inspect take them."""
+    command.add_argument("text", metavar="TEXT", help=f"the {what} ('-' reads it from stdin)")
+    command.add_argument(
         "--chat-role",
         metavar="ROLE",
-        help="send the prompt as one chat message from ROLE (e.g. user), through the chat "
-        "template; without it the prompt is raw text",
+        help=f"send the {what} as one chat message from ROLE (e.g. user), through the chat "
+        "template; without it the text is raw",
     )
-    gen.add_argument(
+    command.add_argument(
         "--edit",
         type=_edit,
         action="append",
         default=[],
         metavar="EDIT",
         help=f"feature edit {GRAMMAR}, e.g. res12:1234=set:8 (repeatable)",
+    )
+
+
+def _add_top_k(command: argparse.ArgumentParser, help: str) -> None:
+    command.add_argument(
+        "--top-k",
+        type=_integer("--top-k", _uint32_rule),
+        default=0,
+        metavar="K",
+        help=help,
+    )
+
+
+def _add_inspect_options(inspect: argparse.ArgumentParser) -> None:
+    _add_input_options(inspect, "text to read")
+    inspect.add_argument(
+        "--sae",
+        action="append",
+        default=[],
+        metavar="S",
+        help="report the top features of SAE S (repeatable; default: every SAE)",
+    )
+    _add_top_k(inspect, "top features per token and SAE (0: the server default, 8)")
+    inspect.add_argument(
+        "--feature",
+        type=_feature_ref,
+        action="append",
+        default=[],
+        metavar=REF_GRAMMAR,
+        help="also report this feature at every token, e.g. res12:1234 (repeatable)",
+    )
+
+
+def _add_search_options(search: argparse.ArgumentParser) -> None:
+    search.add_argument("query", metavar="QUERY", help="words to look for in feature labels")
+    search.add_argument("--sae", default="", metavar="S", help="search SAE S only")
+    search.add_argument(
+        "--limit",
+        type=_integer("--limit", _uint32_rule),
+        default=0,
+        metavar="N",
+        help="most matches (0: the server default, 10)",
+    )
+
+
+def _add_contrast_options(contrast: argparse.ArgumentParser) -> None:
+    for flag in ("--a", "--b"):
+        contrast.add_argument(
+            flag,
+            type=_texts_file(flag),
+            required=True,
+            metavar="FILE",
+            help=f"set {flag[2:]}: one text per line (blank lines skipped)",
+        )
+    contrast.add_argument("--sae", default="", metavar="S", help="rank SAE S's features only")
+    _add_top_k(contrast, "features per direction (0: the server default, 8)")
+
+
+def _add_generate_options(gen: argparse.ArgumentParser) -> None:
+    _add_input_options(gen, "prompt")
+    gen.add_argument(
+        "--watch",
+        type=_feature_ref,
+        action="append",
+        default=[],
+        metavar=REF_GRAMMAR,
+        help="report this feature's activation at every generated token, on stderr, e.g. "
+        "res12:1234 (repeatable)",
     )
     gen.add_argument(
         "--max-new-tokens",
@@ -304,13 +554,7 @@ def _add_generate_options(gen: argparse.ArgumentParser) -> None:
         metavar="T",
         help="0: greedy (default)",
     )
-    gen.add_argument(
-        "--top-k",
-        type=_integer("--top-k", _uint32_rule),
-        default=0,
-        metavar="K",
-        help="0: no top-k cut (default)",
-    )
+    _add_top_k(gen, "0: no top-k cut (default)")
     gen.add_argument(
         "--top-p",
         type=_real("--top-p", _top_p_rule),

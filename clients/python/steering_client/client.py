@@ -1,24 +1,38 @@
-"""Sync and async clients of the steering server: stream a steered generation, describe the model.
+"""Sync and async clients of the steering server: stream a steered generation, describe the model,
+inspect what the SAEs read, search feature labels, contrast two sets of texts.
 
 Both speak the same API over one gRPC channel each; a failed call raises `SteeringClientError`.
 They hold no state beyond the channel, so one client may serve many threads (sync) or tasks
-(async, on one event loop).
+(async, on one event loop). Requests are built in `request` and answers read in `responses` and
+`discovery`; the classes here only make the calls.
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
 from types import TracebackType
+from typing import TypeVar
 
 import grpc
 import grpc.aio
 
-from steering_client.edits import Edit
+from steering_client.discovery import (
+    Contrast,
+    FeatureMatch,
+    InspectedToken,
+    feature_matches,
+    inspected_tokens,
+)
 from steering_client.errors import SteeringClientError
 from steering_client.request import (
     ChatMessage,
+    EditLike,
+    FeatureLike,
     auth_metadata,
+    build_contrast_request,
     build_generate_request,
+    build_inspect_request,
+    build_search_request,
     sampling_params,
 )
 from steering_client.responses import Chunk, ModelDescription
@@ -26,6 +40,9 @@ from steering_proto.v1 import steering_pb2 as pb
 from steering_proto.v1 import steering_pb2_grpc as pb_grpc
 
 DEFAULT_TARGET = "localhost:50051"
+
+_Request = TypeVar("_Request")
+_Response = TypeVar("_Response")
 
 
 def _credentials(root_certificates: bytes | None, tls: bool) -> grpc.ChannelCredentials | None:
@@ -64,7 +81,8 @@ class SteeringClient:
         prompt: str | None = None,
         *,
         chat: Sequence[ChatMessage] | None = None,
-        edits: Iterable[Edit | pb.FeatureEdit] = (),
+        edits: Iterable[EditLike] = (),
+        watch: Iterable[FeatureLike] = (),
         max_new_tokens: int = 0,
         temperature: float = 0.0,
         top_k: int = 0,
@@ -80,7 +98,9 @@ class SteeringClient:
         Give exactly one of `prompt` (raw text) or `chat` ((role, content) pairs or dicts,
         rendered with the chat template). Zeros mean defaults: temperature 0 is greedy,
         max_new_tokens 0 the server's default, top_k 0 and top_p 0 no cut; seed None lets the
-        server pick one (reported on the last chunk). Leaving the loop early cancels the call.
+        server pick one (reported on the last chunk). `watch` names features (`FeatureRef`s or
+        (sae, feature) pairs) whose activations each chunk reports per token in `watched`; the
+        last chunk carries one receipt per edit. Leaving the loop early cancels the call.
         Raises ValueError for a malformed request, SteeringClientError when the call fails.
         """
         sampling = sampling_params(
@@ -92,7 +112,7 @@ class SteeringClient:
             stop=stop,
             ignore_eos=ignore_eos,
         )
-        request = build_generate_request(prompt, chat, edits, sampling, request_id)
+        request = build_generate_request(prompt, chat, edits, sampling, request_id, watch)
         return self._stream(request, self._timeout if timeout is None else timeout)
 
     def generate_text(
@@ -100,7 +120,8 @@ class SteeringClient:
         prompt: str | None = None,
         *,
         chat: Sequence[ChatMessage] | None = None,
-        edits: Iterable[Edit | pb.FeatureEdit] = (),
+        edits: Iterable[EditLike] = (),
+        watch: Iterable[FeatureLike] = (),
         max_new_tokens: int = 0,
         temperature: float = 0.0,
         top_k: int = 0,
@@ -116,6 +137,7 @@ class SteeringClient:
             prompt,
             chat=chat,
             edits=edits,
+            watch=watch,
             max_new_tokens=max_new_tokens,
             temperature=temperature,
             top_k=top_k,
@@ -130,15 +152,54 @@ class SteeringClient:
 
     def describe(self, *, timeout: float | None = None) -> ModelDescription:
         """The served model, its SAEs and the server's limits."""
-        try:
-            response = self._stub.DescribeModel(
-                pb.DescribeModelRequest(),
-                timeout=self._timeout if timeout is None else timeout,
-                metadata=self._metadata,
-            )
-        except grpc.RpcError as error:
-            raise SteeringClientError.from_rpc_error(error) from error
+        response = self._unary(self._stub.DescribeModel, pb.DescribeModelRequest(), timeout)
         return ModelDescription.from_proto(response)
+
+    def inspect(
+        self,
+        prompt: str | None = None,
+        *,
+        chat: Sequence[ChatMessage] | None = None,
+        saes: Iterable[str] = (),
+        top_k: int = 0,
+        features: Iterable[FeatureLike] = (),
+        edits: Iterable[EditLike] = (),
+        timeout: float | None = None,
+    ) -> tuple[InspectedToken, ...]:
+        """Read a prompt or chat through the model and report what the SAEs read at every token.
+
+        Each token carries the `top_k` most active features of each SAE in `saes` (empty: all;
+        top_k 0: the server's default, 8) and the activations of `features`, in their order.
+        `edits` steer the model while it reads. Raises ValueError for a malformed request,
+        SteeringClientError when the call fails.
+        """
+        request = build_inspect_request(
+            prompt, chat, saes=saes, top_k=top_k, features=features, edits=edits
+        )
+        return inspected_tokens(self._unary(self._stub.Inspect, request, timeout))
+
+    def search(
+        self, query: str, *, sae: str = "", limit: int = 0, timeout: float | None = None
+    ) -> tuple[FeatureMatch, ...]:
+        """Features whose labels match `query`, best first (sae "": every SAE; limit 0: 10)."""
+        request = build_search_request(query, sae=sae, limit=limit)
+        return feature_matches(self._unary(self._stub.SearchFeatures, request, timeout))
+
+    def contrast(
+        self,
+        a: Iterable[str],
+        b: Iterable[str],
+        *,
+        sae: str = "",
+        top_k: int = 0,
+        timeout: float | None = None,
+    ) -> Contrast:
+        """The `top_k` features (0: 8) that most separate texts `a` from texts `b`, each way.
+
+        `sae` "" ranks every SAE's features together.
+        """
+        request = build_contrast_request(a, b, sae=sae, top_k=top_k)
+        return Contrast.from_proto(self._unary(self._stub.Contrast, request, timeout))
 
     def close(self) -> None:
         self._channel.close()
@@ -153,6 +214,21 @@ class SteeringClient:
         tb: TracebackType | None,
     ) -> None:
         self.close()
+
+    def _unary(
+        self,
+        method: grpc.UnaryUnaryMultiCallable[_Request, _Response],
+        request: _Request,
+        timeout: float | None,
+    ) -> _Response:
+        try:
+            return method(
+                request,
+                timeout=self._timeout if timeout is None else timeout,
+                metadata=self._metadata,
+            )
+        except grpc.RpcError as error:
+            raise SteeringClientError.from_rpc_error(error) from error
 
     def _stream(self, request: pb.GenerateRequest, timeout: float | None) -> Iterator[Chunk]:
         call = self._stub.Generate(request, timeout=timeout, metadata=self._metadata)
@@ -169,9 +245,9 @@ class AsyncSteeringClient:
     """The asyncio twin of `SteeringClient` (grpc.aio): same arguments, same results.
 
     `async for chunk in client.generate(...)`, `await client.generate_text(...)`,
-    `await client.describe()`. Create it inside the event loop that uses it; close it with
-    `await client.close()` or `async with`. To stop a stream early and cancel the call at once,
-    wrap it in `contextlib.aclosing`.
+    `await client.describe()`, `await client.inspect(...)` (and `search`, `contrast`). Create it
+    inside the event loop that uses it; close it with `await client.close()` or `async with`.
+    To stop a stream early and cancel the call at once, wrap it in `contextlib.aclosing`.
     """
 
     def __init__(
@@ -198,7 +274,8 @@ class AsyncSteeringClient:
         prompt: str | None = None,
         *,
         chat: Sequence[ChatMessage] | None = None,
-        edits: Iterable[Edit | pb.FeatureEdit] = (),
+        edits: Iterable[EditLike] = (),
+        watch: Iterable[FeatureLike] = (),
         max_new_tokens: int = 0,
         temperature: float = 0.0,
         top_k: int = 0,
@@ -219,7 +296,7 @@ class AsyncSteeringClient:
             stop=stop,
             ignore_eos=ignore_eos,
         )
-        request = build_generate_request(prompt, chat, edits, sampling, request_id)
+        request = build_generate_request(prompt, chat, edits, sampling, request_id, watch)
         return self._stream(request, self._timeout if timeout is None else timeout)
 
     async def generate_text(
@@ -227,7 +304,8 @@ class AsyncSteeringClient:
         prompt: str | None = None,
         *,
         chat: Sequence[ChatMessage] | None = None,
-        edits: Iterable[Edit | pb.FeatureEdit] = (),
+        edits: Iterable[EditLike] = (),
+        watch: Iterable[FeatureLike] = (),
         max_new_tokens: int = 0,
         temperature: float = 0.0,
         top_k: int = 0,
@@ -243,6 +321,7 @@ class AsyncSteeringClient:
             prompt,
             chat=chat,
             edits=edits,
+            watch=watch,
             max_new_tokens=max_new_tokens,
             temperature=temperature,
             top_k=top_k,
@@ -257,15 +336,46 @@ class AsyncSteeringClient:
 
     async def describe(self, *, timeout: float | None = None) -> ModelDescription:
         """The served model, its SAEs and the server's limits."""
-        try:
-            response = await self._stub.DescribeModel(
-                pb.DescribeModelRequest(),
-                timeout=self._timeout if timeout is None else timeout,
-                metadata=self._metadata,
-            )
-        except grpc.RpcError as error:
-            raise SteeringClientError.from_rpc_error(error) from error
+        request = pb.DescribeModelRequest()
+        response = await self._unary(self._stub.DescribeModel, request, timeout)
         return ModelDescription.from_proto(response)
+
+    async def inspect(
+        self,
+        prompt: str | None = None,
+        *,
+        chat: Sequence[ChatMessage] | None = None,
+        saes: Iterable[str] = (),
+        top_k: int = 0,
+        features: Iterable[FeatureLike] = (),
+        edits: Iterable[EditLike] = (),
+        timeout: float | None = None,
+    ) -> tuple[InspectedToken, ...]:
+        """What the SAEs read at every token (see `SteeringClient.inspect`)."""
+        request = build_inspect_request(
+            prompt, chat, saes=saes, top_k=top_k, features=features, edits=edits
+        )
+        return inspected_tokens(await self._unary(self._stub.Inspect, request, timeout))
+
+    async def search(
+        self, query: str, *, sae: str = "", limit: int = 0, timeout: float | None = None
+    ) -> tuple[FeatureMatch, ...]:
+        """Features whose labels match `query`, best first (see `SteeringClient.search`)."""
+        request = build_search_request(query, sae=sae, limit=limit)
+        return feature_matches(await self._unary(self._stub.SearchFeatures, request, timeout))
+
+    async def contrast(
+        self,
+        a: Iterable[str],
+        b: Iterable[str],
+        *,
+        sae: str = "",
+        top_k: int = 0,
+        timeout: float | None = None,
+    ) -> Contrast:
+        """The features that most separate `a` from `b` (see `SteeringClient.contrast`)."""
+        request = build_contrast_request(a, b, sae=sae, top_k=top_k)
+        return Contrast.from_proto(await self._unary(self._stub.Contrast, request, timeout))
 
     async def close(self) -> None:
         await self._channel.close()
@@ -280,6 +390,21 @@ class AsyncSteeringClient:
         tb: TracebackType | None,
     ) -> None:
         await self.close()
+
+    async def _unary(
+        self,
+        method: grpc.aio.UnaryUnaryMultiCallable[_Request, _Response],
+        request: _Request,
+        timeout: float | None,
+    ) -> _Response:
+        try:
+            return await method(
+                request,
+                timeout=self._timeout if timeout is None else timeout,
+                metadata=self._metadata,
+            )
+        except grpc.RpcError as error:
+            raise SteeringClientError.from_rpc_error(error) from error
 
     async def _stream(
         self, request: pb.GenerateRequest, timeout: float | None

@@ -1,4 +1,5 @@
-"""Feature edits as the client writes them: a typed `Edit`, its proto form, and the CLI grammar.
+"""Features as the client names them: edits (`Edit`) and plain references (`FeatureRef`), their
+proto forms, and their CLI grammars (`SAE:FEATURE=MODE[:VALUE][@active]`, `SAE:FEATURE`).
 
 Checks only what the client can know (mode, value present and finite, index in uint32 range);
 whether an SAE or feature exists, and value bounds, are the server's to judge.
@@ -19,10 +20,12 @@ MODE_TO_PROTO: dict[str, pb.EditMode.ValueType] = {
     "scale": pb.EDIT_MODE_SCALE,
     "ablate": pb.EDIT_MODE_ABLATE,
 }
+PROTO_TO_MODE: dict[int, str] = {value: name for name, value in MODE_TO_PROTO.items()}
 VALUELESS_MODES = frozenset({"ablate"})
 MAX_FEATURE = 2**32 - 1  # FeatureEdit.feature is a uint32
 
 GRAMMAR = "SAE:FEATURE=MODE[:VALUE][@active]"
+REF_GRAMMAR = "SAE:FEATURE"
 _ACTIVE_SUFFIX = "@active"
 # SAE names may hold ':' themselves: the feature is what follows the last ':' before '='.
 _SHAPE = re.compile(r"^(?P<sae>.+):(?P<feature>[^:=]*)=(?P<mode>[^:]*)(?::(?P<value>.*))?$")
@@ -86,11 +89,65 @@ class Edit:
             only_when_active=self.only_when_active,
         )
 
+    @classmethod
+    def from_proto(cls, msg: pb.FeatureEdit) -> Edit:
+        """The edit a FeatureEdit describes (an ablate's ignored value reads as 0).
+
+        Raises ValueError for a mode these stubs do not know.
+        """
+        mode = PROTO_TO_MODE.get(msg.mode)
+        if mode is None:
+            raise ValueError(f"edit: unknown mode {msg.mode} of {msg.sae}:{msg.feature}")
+        value = 0.0 if mode in VALUELESS_MODES else msg.value
+        return cls(msg.sae, msg.feature, mode, value, msg.only_when_active)
+
     def __str__(self) -> str:
         """The CLI form, which `parse_edit` reads back."""
         value = "" if self.mode in VALUELESS_MODES else f":{self.value:g}"
         active = _ACTIVE_SUFFIX if self.only_when_active else ""
         return f"{self.sae}:{self.feature}={self.mode}{value}{active}"
+
+
+@dataclass(frozen=True)
+class FeatureRef:
+    """One feature of one SAE, named without changing it: to watch, or to inspect."""
+
+    sae: str
+    feature: int
+
+    def __post_init__(self) -> None:
+        if not self.sae:
+            raise ValueError("feature: the SAE name is empty")
+        if not 0 <= self.feature <= MAX_FEATURE:
+            raise ValueError(f"feature: index must be in [0, {MAX_FEATURE}], got {self.feature}")
+
+    def to_proto(self) -> pb.FeatureRef:
+        return pb.FeatureRef(sae=self.sae, feature=self.feature)
+
+    def __str__(self) -> str:
+        """The CLI form, which `parse_feature_ref` reads back."""
+        return f"{self.sae}:{self.feature}"
+
+
+def parse_feature_ref(text: str) -> FeatureRef:
+    """Read `SAE:FEATURE`, e.g. `res12:1234`; the SAE name may hold ':' (not '=').
+
+    The feature is what follows the last ':'. Raises ValueError naming what is wrong.
+    """
+    spec = text.strip()
+    sae, colon, raw = spec.rpartition(":")
+    sae = sae.strip()
+    if not colon or not sae:
+        raise _bad_ref(text, f"expected {REF_GRAMMAR}, e.g. res12:1234")
+    if "=" in spec:
+        raise _bad_ref(text, f"expected {REF_GRAMMAR} (no '='; an edit is not a feature)")
+    raw = raw.strip()
+    if not (raw.isascii() and raw.isdigit()):
+        raise _bad_ref(text, f"feature must be a non-negative integer, got {raw!r}")
+    feature = int(raw)
+    if feature > MAX_FEATURE:
+        raise _bad_ref(text, f"feature {feature} is larger than {MAX_FEATURE}")
+    return FeatureRef(sae, feature)
 
 
 def parse_edit(text: str) -> Edit:
@@ -142,3 +199,7 @@ def _parse_value(text: str, mode: str, raw: str | None) -> float:
 
 def _bad(text: str, why: str) -> ValueError:
     return ValueError(f"bad edit {text!r}: {why}")
+
+
+def _bad_ref(text: str, why: str) -> ValueError:
+    return ValueError(f"bad feature {text!r}: {why}")

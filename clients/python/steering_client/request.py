@@ -1,39 +1,71 @@
-"""Builds the GenerateRequest proto from a client's arguments, for the sync and async clients.
+"""Builds the request protos from a client's arguments, for the sync and async clients.
 
 Checks only the shape the proto cannot express (exactly one of prompt or chat, well-formed chat
-messages); values are the server's to validate.
+messages and feature references, a list of texts rather than one string) and that numbers fit
+their fields; values are the server's to validate. A failed check raises ValueError naming the
+field.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 
-from steering_client.edits import Edit
+from google.protobuf.message import Message
+
+from steering_client.edits import Edit, FeatureRef
 from steering_proto.v1 import steering_pb2 as pb
 
 # One chat message: (role, content), or a mapping with "role" and "content" keys.
 ChatMessage = tuple[str, str] | Mapping[str, str]
+# One feature to watch or inspect: a FeatureRef, an (sae, feature) pair, or the proto itself.
+FeatureLike = FeatureRef | tuple[str, int] | pb.FeatureRef
+EditLike = Edit | pb.FeatureEdit
 
 
 def build_generate_request(
     prompt: str | None,
     chat: Sequence[ChatMessage] | None,
-    edits: Iterable[Edit | pb.FeatureEdit],
+    edits: Iterable[EditLike],
     sampling: pb.SamplingParams,
     request_id: str,
+    watch: Iterable[FeatureLike] = (),
 ) -> pb.GenerateRequest:
-    if (prompt is None) == (chat is None):
-        raise ValueError("give exactly one of prompt or chat")
-    request = pb.GenerateRequest(
-        sampling=sampling,
-        edits=[e.to_proto() if isinstance(e, Edit) else e for e in edits],
-        request_id=request_id,
-    )
-    if prompt is not None:
-        request.prompt = prompt
-    elif chat is not None:
-        request.chat.SetInParent()  # selects `chat` in the oneof even for an empty list
-        request.chat.messages.extend(_chat_message(m) for m in chat)
+    request = pb.GenerateRequest(sampling=sampling, request_id=request_id)
+    _set_input(request, prompt, chat)
+    request.edits.extend(_edits(edits))
+    request.watch.extend(_feature_refs("watch", watch))
+    return request
+
+
+def build_inspect_request(
+    prompt: str | None,
+    chat: Sequence[ChatMessage] | None,
+    *,
+    saes: Iterable[str],
+    top_k: int,
+    features: Iterable[FeatureLike],
+    edits: Iterable[EditLike],
+) -> pb.InspectRequest:
+    request = pb.InspectRequest()
+    _set_input(request, prompt, chat)
+    request.saes.extend(_strings("saes", saes))
+    _set_scalars(request, {"top_k": top_k})
+    request.features.extend(_feature_refs("features", features))
+    request.edits.extend(_edits(edits))
+    return request
+
+
+def build_search_request(query: str, *, sae: str, limit: int) -> pb.SearchFeaturesRequest:
+    request = pb.SearchFeaturesRequest()
+    _set_scalars(request, {"query": query, "sae": sae, "limit": limit})
+    return request
+
+
+def build_contrast_request(
+    a: Iterable[str], b: Iterable[str], *, sae: str, top_k: int
+) -> pb.ContrastRequest:
+    request = pb.ContrastRequest(a=_strings("a", a), b=_strings("b", b))
+    _set_scalars(request, {"sae": sae, "top_k": top_k})
     return request
 
 
@@ -61,17 +93,71 @@ def sampling_params(
     if seed is not None:
         values["seed"] = seed
     params = pb.SamplingParams(stop=list(stop))
-    for name, value in values.items():
-        try:
-            setattr(params, name, value)
-        except (TypeError, ValueError) as error:
-            raise ValueError(f"sampling.{name}: {error}") from None
+    _set_scalars(params, values, prefix="sampling.")
     return params
 
 
 def auth_metadata(token: str | None) -> tuple[tuple[str, str], ...]:
     """The call metadata that carries a bearer token (none without a token)."""
     return (("authorization", f"Bearer {token}"),) if token else ()
+
+
+def _set_input(
+    request: pb.GenerateRequest | pb.InspectRequest,
+    prompt: str | None,
+    chat: Sequence[ChatMessage] | None,
+) -> None:
+    """Sets the request's `input` oneof: exactly one of prompt or chat."""
+    if (prompt is None) == (chat is None):
+        raise ValueError("give exactly one of prompt or chat")
+    if prompt is not None:
+        request.prompt = prompt
+    elif chat is not None:
+        request.chat.SetInParent()  # selects `chat` in the oneof even for an empty list
+        request.chat.messages.extend(_chat_message(m) for m in chat)
+
+
+def _set_scalars(msg: Message, values: Mapping[str, object], *, prefix: str = "") -> None:
+    """Sets each scalar field, raising ValueError naming the field when a value does not fit."""
+    for name, value in values.items():
+        try:
+            setattr(msg, name, value)
+        except (TypeError, ValueError) as error:
+            raise ValueError(f"{prefix}{name}: {error}") from None
+
+
+def _edits(edits: Iterable[EditLike]) -> list[pb.FeatureEdit]:
+    return [e.to_proto() if isinstance(e, Edit) else e for e in edits]
+
+
+def _feature_refs(field: str, refs: Iterable[FeatureLike]) -> list[pb.FeatureRef]:
+    return [_feature_ref(f"{field}[{i}]", ref) for i, ref in enumerate(refs)]
+
+
+def _feature_ref(field: str, ref: FeatureLike) -> pb.FeatureRef:
+    if isinstance(ref, FeatureRef):
+        return ref.to_proto()
+    if isinstance(ref, pb.FeatureRef):
+        return ref
+    if isinstance(ref, tuple) and len(ref) == 2:
+        sae, feature = ref
+        if isinstance(sae, str) and isinstance(feature, int) and not isinstance(feature, bool):
+            try:
+                return FeatureRef(sae, feature).to_proto()
+            except ValueError as error:
+                raise ValueError(f"{field}: {error}") from None
+    raise ValueError(f"{field}: {ref!r} is not a FeatureRef or an (sae, feature) pair")
+
+
+def _strings(field: str, values: Iterable[str]) -> list[str]:
+    """The texts (or names) of a repeated string field; one bare str is refused, not split."""
+    if isinstance(values, str):
+        raise ValueError(f"{field}: give a list of strings, not one string")
+    texts = list(values)
+    for i, value in enumerate(texts):
+        if not isinstance(value, str):
+            raise ValueError(f"{field}[{i}]: {value!r} is not a string")
+    return texts
 
 
 def _chat_message(message: ChatMessage) -> pb.ChatMessage:

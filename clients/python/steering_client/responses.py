@@ -1,7 +1,9 @@
 """What the server sends back, as frozen dataclasses read from the proto messages.
 
-A generation streams `Chunk`s; the last one carries the finish reason, usage and seed.
-`Completion.from_chunks` reassembles a stream; `ModelDescription` answers DescribeModel.
+A generation streams `Chunk`s (with the watched features' activations per token); the last one
+carries the finish reason, usage, seed and the edits' receipts. `Completion.from_chunks`
+reassembles a stream; `ModelDescription` answers DescribeModel. What Inspect, SearchFeatures and
+Contrast answer is in `steering_client.discovery`.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from google.protobuf.message import Message
 
+from steering_client.edits import Edit
 from steering_proto.v1 import steering_pb2 as pb
 
 if TYPE_CHECKING:
@@ -35,11 +38,38 @@ class Usage:
 
 
 @dataclass(frozen=True)
+class EditReceipt:
+    """What one edit did over the request's steerable positions (prompt and generated tokens).
+
+    `applied_positions`: where it was applied (for an `only_when_active` edit, where the
+    feature was active); `active_positions`: where the feature was active before the edit.
+    """
+
+    edit: Edit
+    applied_positions: int
+    active_positions: int
+
+    @classmethod
+    def from_proto(cls, msg: pb.EditReceipt) -> EditReceipt:
+        return cls(Edit.from_proto(msg.edit), msg.applied_positions, msg.active_positions)
+
+    def __str__(self) -> str:
+        """E.g. `demo:7=set:15 applied at 43 positions, active at 2`."""
+        positions = "position" if self.applied_positions == 1 else "positions"
+        return (
+            f"{self.edit} applied at {self.applied_positions} {positions}, "
+            f"active at {self.active_positions}"
+        )
+
+
+@dataclass(frozen=True)
 class Chunk:
     """The tokens generated since the previous chunk, and their text.
 
-    `finish_reason` ("length", "eos" or "stop"), `usage` and `seed` are set on the last chunk
-    only; `seed` is what to pass back as `seed=` to reproduce a sampled output.
+    `watched` holds, per token id, the watched features' activations in watch order (empty when
+    nothing is watched). `finish_reason` ("length", "eos" or "stop"), `usage`, `seed` and
+    `receipts` (one per edit in effect) are set on the last chunk only; `seed` is what to pass
+    back as `seed=` to reproduce a sampled output.
     """
 
     token_ids: tuple[int, ...]
@@ -47,6 +77,8 @@ class Chunk:
     finish_reason: str | None = None
     usage: Usage | None = None
     seed: int | None = None
+    watched: tuple[tuple[float, ...], ...] = ()
+    receipts: tuple[EditReceipt, ...] = ()
 
     @property
     def is_last(self) -> bool:
@@ -66,27 +98,34 @@ class Chunk:
             finish_reason=reason,
             usage=usage,
             seed=msg.seed if msg.HasField("seed") else None,
+            watched=tuple(tuple(token.activations) for token in msg.watched),
+            receipts=tuple(EditReceipt.from_proto(receipt) for receipt in msg.receipts),
         )
 
 
 @dataclass(frozen=True)
 class Completion:
-    """A whole generation: every chunk's tokens and text joined, and the last chunk's summary."""
+    """A whole generation: every chunk's tokens, text and watched activations joined, and the
+    last chunk's summary and receipts."""
 
     token_ids: tuple[int, ...]
     text: str
     finish_reason: str | None
     usage: Usage | None
     seed: int | None
+    watched: tuple[tuple[float, ...], ...] = ()
+    receipts: tuple[EditReceipt, ...] = ()
 
     @classmethod
     def from_chunks(cls, chunks: Iterable[Chunk]) -> Completion:
         token_ids: list[int] = []
         texts: list[str] = []
+        watched: list[tuple[float, ...]] = []
         last: Chunk | None = None
         for chunk in chunks:
             token_ids.extend(chunk.token_ids)
             texts.append(chunk.text)
+            watched.extend(chunk.watched)
             last = chunk
         return cls(
             token_ids=tuple(token_ids),
@@ -94,6 +133,8 @@ class Completion:
             finish_reason=last.finish_reason if last else None,
             usage=last.usage if last else None,
             seed=last.seed if last else None,
+            watched=tuple(watched),
+            receipts=last.receipts if last else (),
         )
 
 
@@ -111,13 +152,15 @@ class ModelInfo:
 
 @dataclass(frozen=True)
 class SaeInfo:
-    """An SAE that edits may name: its layer, width (d_sae features) and site."""
+    """An SAE that edits may name: its layer, width (d_sae features), site, and how many of its
+    features carry a label."""
 
     name: str
     layer: int
     d_sae: int
     d_model: int
     site: str
+    labels: int
 
 
 @dataclass(frozen=True)
@@ -133,6 +176,11 @@ class Limits:
     max_queued_requests: int
     max_stop_strings: int
     max_stop_string_chars: int
+    max_top_k: int
+    max_inspect_features: int
+    max_watched_features: int
+    max_contrast_texts: int
+    max_search_results: int
 
 
 @dataclass(frozen=True)
@@ -153,16 +201,16 @@ class ModelDescription:
     @classmethod
     def from_proto(cls, msg: pb.DescribeModelResponse) -> ModelDescription:
         return cls(
-            model=_from_message(ModelInfo, msg.model),
-            saes=tuple(_from_message(SaeInfo, sae) for sae in msg.saes),
-            limits=_from_message(Limits, msg.limits),
+            model=from_message(ModelInfo, msg.model),
+            saes=tuple(from_message(SaeInfo, sae) for sae in msg.saes),
+            limits=from_message(Limits, msg.limits),
         )
 
 
 _D = TypeVar("_D", bound="DataclassInstance")
 
 
-def _from_message(cls: type[_D], msg: Message) -> _D:
+def from_message(cls: type[_D], msg: Message) -> _D:
     """A dataclass whose fields are named as the message's scalar fields."""
     values: dict[str, Any] = {f.name: getattr(msg, f.name) for f in fields(cls)}
     return cls(**values)

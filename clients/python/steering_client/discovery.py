@@ -1,0 +1,97 @@
+"""What Inspect, SearchFeatures and Contrast answer, as frozen dataclasses read from the protos.
+
+An activation is a feature's f as its SAE encodes the output of its layer before the SAE's own
+edits (edits at earlier layers are already in it); special tokens carry none (0). A label is
+empty when the feature has none.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from steering_client.responses import from_message
+from steering_proto.v1 import steering_pb2 as pb
+
+
+@dataclass(frozen=True)
+class FeatureActivation:
+    """A feature's activation at one position, and its label."""
+
+    sae: str
+    feature: int
+    activation: float
+    label: str
+
+
+@dataclass(frozen=True)
+class InspectedToken:
+    """One input token and what the SAEs read there.
+
+    `top`: per SAE (in DescribeModel's order) the most active features, largest first.
+    `features`: the features the request named, in its order (0 at special tokens).
+    """
+
+    token_id: int
+    text: str  # the token decoded alone
+    special: bool  # BOS, turn markers: never steered, no activations
+    top: tuple[FeatureActivation, ...]
+    features: tuple[FeatureActivation, ...]
+
+    @classmethod
+    def from_proto(cls, msg: pb.InspectedToken) -> InspectedToken:
+        return cls(
+            token_id=msg.token_id,
+            text=msg.text,
+            special=msg.special,
+            top=tuple(from_message(FeatureActivation, a) for a in msg.top),
+            features=tuple(from_message(FeatureActivation, a) for a in msg.features),
+        )
+
+
+@dataclass(frozen=True)
+class FeatureMatch:
+    """A labelled feature that matches a search; a higher score is better (within one search)."""
+
+    sae: str
+    feature: int
+    label: str
+    score: float
+
+
+@dataclass(frozen=True)
+class FeatureContrast:
+    """A feature's mean activation over each set of texts."""
+
+    sae: str
+    feature: int
+    mean_a: float
+    mean_b: float
+    label: str
+
+
+@dataclass(frozen=True)
+class Contrast:
+    """The features that most separate two sets of texts.
+
+    `toward_a`: largest mean_a - mean_b > 0 first; `toward_b`: most negative first.
+    """
+
+    toward_a: tuple[FeatureContrast, ...]
+    toward_b: tuple[FeatureContrast, ...]
+
+    @classmethod
+    def from_proto(cls, msg: pb.ContrastResponse) -> Contrast:
+        return cls(
+            toward_a=tuple(from_message(FeatureContrast, c) for c in msg.toward_a),
+            toward_b=tuple(from_message(FeatureContrast, c) for c in msg.toward_b),
+        )
+
+
+def inspected_tokens(msg: pb.InspectResponse) -> tuple[InspectedToken, ...]:
+    """Every input token of an InspectResponse, in order."""
+    return tuple(InspectedToken.from_proto(token) for token in msg.tokens)
+
+
+def feature_matches(msg: pb.SearchFeaturesResponse) -> tuple[FeatureMatch, ...]:
+    """A search's matches, best first."""
+    return tuple(from_message(FeatureMatch, match) for match in msg.matches)
