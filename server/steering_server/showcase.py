@@ -1,4 +1,5 @@
-"""`make demo`: start `steering-server --demo`, show a prompt unsteered and steered, stop it.
+"""`make demo`: start `steering-server --demo`, show what its SAE reads in a sentence, a search
+of its labels, a prompt unsteered and steered with a feature watched rising, then stop it.
 
 Everything a newcomer sees is real: the server runs as its own process on free ports, the text
 comes over gRPC through the light client, and the server is stopped with SIGTERM at the end.
@@ -14,9 +15,10 @@ import threading
 import time
 
 from steering.demo import DEMO_FEATURES, DEMO_PROMPTS
-from steering_client import Edit, SteeringClient
+from steering_client import Completion, Edit, FeatureRef, SteeringClient
 
 NEW_TOKENS = 40
+SENTENCE = "The boats sailed out to sea at night."
 
 
 def _start() -> tuple[subprocess.Popen[str], str]:
@@ -57,23 +59,46 @@ def _start() -> tuple[subprocess.Popen[str], str]:
     return proc, target
 
 
+def _discover(client: SteeringClient) -> None:
+    """What the SAE reads in a sentence (top features with their labels), and a search."""
+    print(f"\nthe top features of {SENTENCE!r} (steering-client inspect):")
+    for token in client.inspect(SENTENCE, top_k=2):
+        top = ", ".join(f"{f.sae}:{f.feature} {f.activation:.1f} ({f.label})" for f in token.top)
+        print(f"  {token.text!r:>12}  {top or '-'}")
+    print("\nfeatures whose label mentions the sea (steering-client search sea):")
+    for match in client.search("sea", limit=3):
+        print(f"  {match.sae}:{match.feature}  {match.label}")
+
+
 def _show(client: SteeringClient) -> bool:
     prompt = DEMO_PROMPTS[0]
-    plain = client.generate_text(prompt, max_new_tokens=NEW_TOKENS)
-    print(f"\nprompt: {prompt!r}\n\nunsteered:\n  {plain.strip()}")
+    sea = DEMO_FEATURES["sea"]
+    watch = [FeatureRef(sea.sae, sea.feature)]
+    plain = Completion.from_chunks(client.generate(prompt, max_new_tokens=NEW_TOKENS, watch=watch))
+    print(f"\nprompt: {prompt!r}\n\nunsteered:\n  {plain.text.strip()}")
+    print(f"  (watching {watch[0]}: mean {_mean(plain):.2f})")
     differs = False
     for name, feature in DEMO_FEATURES.items():
         edit = Edit(feature.sae, feature.feature, feature.mode.value, feature.value)
-        steered = client.generate_text(prompt, edits=[edit], max_new_tokens=NEW_TOKENS)
-        differs |= steered != plain
-        print(f"\nsteered with {edit} ({name}: {feature.description}):\n  {steered.strip()}")
+        steered = Completion.from_chunks(
+            client.generate(prompt, edits=[edit], max_new_tokens=NEW_TOKENS, watch=watch)
+        )
+        differs |= steered.text != plain.text
+        print(f"\nsteered with {edit} ({name}: {feature.description}):\n  {steered.text.strip()}")
+        print(f"  (watching {watch[0]}: mean {_mean(steered):.2f}; {steered.receipts[0]})")
     return differs
+
+
+def _mean(completion: Completion) -> float:
+    values = [w[0] for w in completion.watched]
+    return sum(values) / max(len(values), 1)
 
 
 def main() -> int:
     proc, target = _start()
     try:
         with SteeringClient(target) as client:
+            _discover(client)
             differs = _show(client)
     finally:
         proc.send_signal(signal.SIGTERM)
