@@ -17,10 +17,11 @@ from pathlib import Path
 import torch
 
 from bench.common import PRESETS, Setup, Table, build
+from bench.discovery import inspect_cost, watch_overhead
 from bench.scenarios import heterogeneous, overhead, sparse_vs_full
 from bench.serving import grpc_cost, serving
 
-SCENARIOS = ("overhead", "heterogeneous", "sparse", "serving", "grpc")
+SCENARIOS = ("overhead", "heterogeneous", "sparse", "serving", "grpc", "watch", "inspect")
 
 
 def main() -> None:
@@ -73,6 +74,8 @@ def main() -> None:
         "sparse": lambda: sparse_vs_full(model, setup, 8, args.prompt_tokens, args.new_tokens),
         "serving": lambda: serving(model, setup, args.clients, args.new_tokens),
         "grpc": lambda: grpc_cost(model, setup, 8, args.new_tokens),
+        "watch": lambda: watch_overhead(model, setup, (1, 16), args.prompt_tokens, args.new_tokens),
+        "inspect": lambda: inspect_cost(model, setup),
     }
     for name in args.scenario:
         for table in run[name]():

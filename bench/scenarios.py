@@ -21,8 +21,9 @@ from steering import (
 )
 from steering import hooks as hooks_module
 from steering.demo.toy import random_sae
+from steering.edits import edit_counts, table_activations
 from steering.engine import Engine, EngineConfig
-from steering.requests import GenerationRequest, Limits, SamplingParams
+from steering.requests import FeatureRef, GenerationRequest, Limits, SamplingParams
 
 Edits = tuple[FeatureEdit, ...]
 SAES = ("a", "b", "c")
@@ -78,14 +79,16 @@ def engine_rates(
     row_edits: Sequence[Edits],
     new: int,
     keep: list[list[int]] | None = None,
+    watch: tuple[FeatureRef, ...] = (),
 ) -> dict[str, float]:
     """Prefill and decode tokens/s of one batch added at once (the first step prefills it).
 
-    `keep`, if given, receives each row's tokens.
+    `keep`, if given, receives each row's tokens; every row watches `watch`.
     """
     sampling = SamplingParams(max_new_tokens=new, ignore_eos=True)
     handles = [
-        engine.add(GenerationRequest(p, sampling, e)) for p, e in zip(batch, row_edits, strict=True)
+        engine.add(GenerationRequest(p, sampling, e, watch=watch))
+        for p, e in zip(batch, row_edits, strict=True)
     ]
     start = time.perf_counter()
     engine.step()
@@ -147,16 +150,19 @@ def heterogeneous(model: Any, setup: Setup, n: int, prompt_len: int, new: int) -
 @contextmanager
 def naive_full_hooks(sae: Any) -> Iterator[None]:
     """Make the hooks run the full encode/decode with the error term (what a naive hook does)."""
-    original = hooks_module.apply_sparse_delta
+    original = hooks_module.steer_rows
 
-    def full(x: torch.Tensor, table: Any, steerable: torch.Tensor | None = None) -> torch.Tensor:
-        return apply_full(x, sae, table, steerable)
+    def full(
+        x: torch.Tensor, table: Any, steerable: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        counts = edit_counts(table_activations(x, table), table, steerable)  # receipts, as before
+        return apply_full(x, sae, table, steerable), counts
 
-    hooks_module.apply_sparse_delta = full  # type: ignore[assignment]
+    hooks_module.steer_rows = full
     try:
         yield
     finally:
-        hooks_module.apply_sparse_delta = original
+        hooks_module.steer_rows = original
 
 
 def sparse_vs_full(model: Any, setup: Setup, n: int, prompt_len: int, new: int) -> list[Table]:
