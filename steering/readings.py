@@ -66,7 +66,7 @@ def read(
     named = None
     if table.rows.numel():
         pre = x[table.rows].float() @ table.w_enc + table.b_enc  # (R, T, F)
-        named = _masked(pre * (pre > table.threshold), steerable, table.rows)
+        named = _masked(torch.where(pre > table.threshold, pre, 0.0), steerable, table.rows)
     top_values = top_indices = sums = None
     if table.full_rows.numel():
         f = _masked(sae.encode(x[table.full_rows].float()), steerable, table.full_rows)
@@ -77,6 +77,7 @@ def read(
 
 
 def _masked(f: torch.Tensor, steerable: torch.Tensor | None, rows: torch.Tensor) -> torch.Tensor:
+    """f where the position is steerable, else +0 (a product would leave -0 for negative f)."""
     if steerable is None:
         return f
-    return f * steerable[rows][..., None]
+    return torch.where(steerable[rows][..., None], f, 0.0)
