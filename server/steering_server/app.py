@@ -24,9 +24,10 @@ from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
 
 from steering import LoadedModel, SaeAttachment, load_model, load_sae
-from steering.catalog import Catalog, labels_beside, load_labels
+from steering.catalog import Catalog
 from steering.engine import Engine, EngineConfig
 from steering.frontend import FrontEnd
+from steering.labels import labels_beside, load_labels
 from steering.sae_formats import sae_file
 from steering_proto.v1 import steering_pb2 as pb
 from steering_proto.v1 import steering_pb2_grpc as pb_grpc

@@ -1,0 +1,535 @@
+"""Feature-label catalog: a ranked word search over the labels of each SAE's features.
+
+The labels come from `steering.labels`; knows nothing about models, SAE weights or the server.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from array import array
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+import numpy as np
+import numpy.typing as npt
+
+from steering.errors import InvalidRequestError
+
+DEFAULT_LIMIT = 10
+
+# Scores: the fraction of the query's idf weight a label holds (0, 1], plus one for holding the
+# query as a phrase, plus one more for being the query: every tier outranks the one below.
+PHRASE_SCORE = 2.0
+EXACT_SCORE = 3.0
+
+Ints = npt.NDArray[np.integer[Any]]  # label ids, positions, term subsets: int32 or int64
+Floats = npt.NDArray[np.float64]
+
+
+# ---------------------------------------------------------------------------- words
+
+# Letters and digits of any script; "_" separates words like any punctuation.
+_WORD = re.compile(r"[^\W_]+")
+
+
+def words(text: str) -> list[str]:
+    """The case-folded words of a text (letters and digits; everything else separates)."""
+    return _WORD.findall(text.casefold())
+
+
+def stem(word: str) -> str:
+    """A small, deterministic suffix stemmer: plurals, then "-ed" / "-ing" (Porter's step 1)."""
+    return _strip_verb(_strip_plural(word))
+
+
+def _strip_plural(word: str) -> str:
+    # Words of three letters or fewer ("is", "bus", "gas", "its") are left alone.
+    if len(word) <= 3 or not word.endswith("s"):
+        return word
+    if word.endswith("ies"):  # stories -> story, but ties -> tie
+        return word[:-3] + ("y" if len(word) > 4 else "ie")
+    if word.endswith(("sses", "xes", "ches", "shes", "zzes")):  # glasses, boxes, churches
+        return word[:-2]
+    if word.endswith(("ss", "us", "is")):  # glass, virus, analysis: not plurals
+        return word
+    return word[:-1]
+
+
+def _strip_verb(word: str) -> str:
+    if word.endswith("eed"):  # agreed -> agree; need, speed, feed stay
+        return word[:-1] if _measure(word[:-3]) > 0 else word
+    if word.endswith("ied"):  # carried -> carry, tied -> tie
+        return word[:-3] + ("y" if len(word) > 4 else "ie")
+    for suffix in ("ing", "ed"):
+        if word.endswith(suffix):
+            base = word[: -len(suffix)]
+            # A stem needs a vowel and three letters: sing, thing, bed, red, aged stay whole.
+            if len(base) >= 3 and "v" in _shape(base):
+                return _repair(base)
+            return word
+    return word
+
+
+def _repair(base: str) -> str:
+    """Undo what the suffix did to the stem: related, running, making (Porter's step 1b)."""
+    if base.endswith(("at", "bl", "iz")):
+        return base + "e"
+    if base[-1] == base[-2] and base[-1] not in "lsz" and _shape(base)[-1] == "c":
+        return base[:-1]
+    if _measure(base) == 1 and _shape(base).endswith("cvc") and base[-1] not in "wxy":
+        return base + "e"
+    return base
+
+
+def _shape(word: str) -> str:
+    """ "c" per consonant, "v" per vowel; "y" is a vowel after a consonant (Porter)."""
+    shape: list[str] = []
+    for i, ch in enumerate(word):
+        vowel = ch in "aeiou" or (ch == "y" and i > 0 and shape[i - 1] == "c")
+        shape.append("v" if vowel else "c")
+    return "".join(shape)
+
+
+def _measure(word: str) -> int:
+    """Porter's m: how many vowel-consonant sequences the word holds."""
+    return _shape(word).count("vc")
+
+
+def terms(text: str) -> list[str]:
+    """The stemmed words of a text, as search compares them."""
+    return [stem(w) for w in words(text)]
+
+
+# ---------------------------------------------------------------------------- catalog
+
+
+@dataclass(frozen=True)
+class FeatureMatch:
+    """A labelled feature that matches a search; `score` as `Catalog.search` describes."""
+
+    sae: str
+    feature: int
+    label: str
+    score: float
+
+
+class Catalog:
+    """Feature labels of several SAEs, and a search over them through an index built once.
+
+    Labels get ids ordered by (SAE name, feature), so one SAE is a contiguous id range and the
+    tie order of search results is the id order.
+    """
+
+    def __init__(self, labels: Mapping[str, Mapping[int, str]]) -> None:
+        self._saes = tuple(labels)
+        self._names = sorted(labels)
+        self._ranges: dict[str, tuple[int, int]] = {}
+        features: list[Ints] = [np.zeros(0, np.int64)]
+        self._texts: list[str] = []
+        for name in self._names:
+            feats, texts = _sorted_labels(labels[name])
+            self._ranges[name] = (len(self._texts), len(self._texts) + len(texts))
+            features.append(feats)
+            self._texts += texts  # the caller's strings, not copies
+        self._sae_starts = np.array([self._ranges[n][0] for n in self._names], np.int64)
+        self._features = np.concatenate(features)
+        self._index = _Index(self._texts)
+
+    @property
+    def saes(self) -> tuple[str, ...]:
+        """The SAE names, in the order given at construction."""
+        return self._saes
+
+    def count(self, sae: str) -> int:
+        """How many features of that SAE carry a label (0 for an unknown SAE)."""
+        lo, hi = self._ranges.get(sae, (0, 0))
+        return hi - lo
+
+    def label(self, sae: str, feature: int) -> str:
+        """The feature's label; "" when it has none or the SAE is unknown."""
+        lo, hi = self._ranges.get(sae, (0, 0))
+        if lo == hi or not -(2**63) <= feature < 2**63:  # beyond int64: surely no feature
+            return ""
+        feats = self._features[lo:hi]
+        i = int(np.searchsorted(feats, feature))
+        return self._texts[lo + i] if i < len(feats) and feats[i] == feature else ""
+
+    def search(self, query: str, *, sae: str = "", limit: int = 0) -> list[FeatureMatch]:
+        """Labels holding any query word, best first; `sae` "" searches every SAE.
+
+        A label equal to the query comes first (score 3), then labels holding it as a phrase
+        (score 2), then labels holding some of its words, by their share of the query's idf
+        weight (0 < score <= 1). Ties go to the lower SAE name, then the lower feature.
+        Raises KeyError for an unknown `sae`.
+        """
+        if limit < 0:
+            raise InvalidRequestError("limit", f"must be 0 or more, got {limit}")
+        lo, hi = self._ranges[sae] if sae else (0, len(self._texts))
+        query_terms = [self._index.term_ids.get(t, -1) for t in terms(query)]
+        postings = {t: self._index.postings(t, lo, hi) for t in set(query_terms) if t >= 0}
+        postings = {t: p for t, p in postings.items() if p.df}
+        if not postings:
+            return []
+        ranked = self._rank(query_terms, postings, (lo, hi), limit or DEFAULT_LIMIT)
+        return self._matches([g for g, _ in ranked], [s for _, s in ranked])
+
+    def _rank(
+        self, query: list[int], postings: dict[int, _Postings], span: tuple[int, int], limit: int
+    ) -> list[tuple[int, float]]:
+        """(label id, score) of the best `limit` labels, best first."""
+        exact, phrase = _EMPTY, _EMPTY
+        # A word absent from the searched labels rules out every phrase (and exact) match.
+        if all(t in postings for t in query):
+            exact = self._index.exact(query, *span)
+            # Phrase labels tie (they hold every word): only the lowest ids are needed.
+            if len(exact) < limit:
+                phrase = self._index.phrase(query, postings, enough=limit + len(exact))
+        phrase_only = phrase[~_member(phrase, exact)]
+        ranked = [(g, EXACT_SCORE) for g in exact[:limit].tolist()]
+        ranked += [(g, PHRASE_SCORE) for g in phrase_only[: limit - len(ranked)].tolist()]
+        if len(ranked) < limit:  # then `phrase` is complete, and word-only labels are needed
+            n = span[1] - span[0]
+            gids, scores = _word_ranked(postings, n, phrase, limit - len(ranked))
+            ranked += zip(gids.tolist(), scores.tolist(), strict=True)
+        return ranked
+
+    def _matches(self, gids: list[int], scores: list[float]) -> list[FeatureMatch]:
+        saes = np.searchsorted(self._sae_starts, gids, side="right") - 1
+        features = self._features[gids].tolist() if gids else []
+        return [
+            FeatureMatch(self._names[sae], feature, self._texts[gid], score)
+            for sae, feature, gid, score in zip(saes.tolist(), features, gids, scores, strict=True)
+        ]
+
+
+# ---------------------------------------------------------------------------- the index
+
+_EMPTY: Ints = np.zeros(0, np.int64)
+_HASH_BASE = 0x9E3779B97F4A7C15  # odd, so its powers modulo 2**64 never vanish
+_FIRST_BLOCK = 4096  # postings read by the first step of a phrase scan; each step doubles
+
+
+class _Postings(NamedTuple):
+    """One term's occurrences in the searched labels, ordered by (label, position)."""
+
+    labels: npt.NDArray[np.int32]
+    positions: Ints
+    df: int  # how many of the searched labels hold the term
+
+
+class _Index:
+    """Labels 0..n-1 as terms: every label's terms in a row, postings by term, and a table of
+    whole-label hashes for exact matches."""
+
+    def __init__(self, texts: Sequence[str]) -> None:
+        word_ids, self.lengths, vocabulary = _tokenize(texts)
+        self.term_ids, term_of_word = _stem_vocabulary(vocabulary)
+        self.tokens = term_of_word[word_ids]  # every label's terms, label after label
+        self.starts = np.zeros(len(texts) + 1, np.int64)
+        np.cumsum(self.lengths, out=self.starts[1:])
+        positions = np.arange(len(self.tokens)) - np.repeat(self.starts[:-1], self.lengths)
+        n_terms = len(self.term_ids)
+        self.offsets, self.labels, self.positions, self.df = _invert(
+            self.tokens, self.lengths, positions, n_terms
+        )
+        self.powers = _hash_powers(int(self.lengths.max()) if len(texts) else 0)
+        self.hashes, self.hashed = _label_hashes(self.tokens, positions, self.starts, self.powers)
+
+    def postings(self, term: int, lo: int, hi: int) -> _Postings:
+        a, b = int(self.offsets[term]), int(self.offsets[term + 1])
+        labels, positions = self.labels[a:b], self.positions[a:b]
+        if lo == 0 and hi == len(self.lengths):
+            return _Postings(labels, positions, int(self.df[term]))
+        i, j = np.searchsorted(labels, [lo, hi])  # one SAE: its contiguous id range
+        labels, positions = labels[i:j], positions[i:j]
+        return _Postings(labels, positions, len(_distinct_sorted(labels)))
+
+    def exact(self, query: list[int], lo: int, hi: int) -> Ints:
+        """Sorted ids in [lo, hi) of the labels whose terms are exactly `query`."""
+        if len(query) >= len(self.powers):
+            return _EMPTY
+        powers = self.powers[: len(query)].tolist()
+        h = sum((t + 1) * p for t, p in zip(query, powers, strict=True)) % 2**64  # as numpy wraps
+        i = int(np.searchsorted(self.hashes, np.uint64(h), side="left"))
+        j = int(np.searchsorted(self.hashes, np.uint64(h), side="right"))
+        ids: Ints = np.sort(self.hashed[i:j])
+        ids = ids[(ids >= lo) & (ids < hi) & (self.lengths[ids] == len(query))]
+        # A hash can collide: compare the terms themselves.
+        rows = self.tokens[self.starts[ids][:, None] + np.arange(len(query))]
+        same = np.asarray(np.all(rows == np.array(query), axis=1), np.bool_)
+        return ids[same]
+
+    def phrase(self, query: list[int], postings: dict[int, _Postings], enough: int) -> Ints:
+        """Sorted ids of the labels holding `query` as a phrase: all of them, or at least the
+        lowest `enough` (every lower id holding it is then among them)."""
+        # Anchor on the rarest term's occurrences; read in blocks of whole labels, in id order,
+        # and stop once `enough` labels hold the phrase.
+        anchor = min(range(len(query)), key=lambda i: len(postings[query[i]].labels))
+        labels, positions, _ = postings[query[anchor]]
+        found: list[Ints] = []
+        start, block, count = 0, _FIRST_BLOCK, 0
+        while start < len(labels) and count < enough:
+            stop = min(start + block, len(labels))
+            stop = int(np.searchsorted(labels, labels[stop - 1], side="right"))
+            hits = self._phrase_at(query, anchor, labels[start:stop], positions[start:stop])
+            found.append(hits)
+            start, block, count = stop, 2 * block, count + len(hits)
+        return np.concatenate(found) if found else _EMPTY
+
+    def _phrase_at(self, query: list[int], anchor: int, labels: Ints, positions: Ints) -> Ints:
+        """Distinct labels (sorted) where the anchor occurrence starts the whole phrase."""
+        # Read the neighbouring terms straight from the token rows: a gather per query word,
+        # no intersection of postings.
+        begin = positions.astype(np.int64) - anchor
+        fits = (begin >= 0) & (begin + len(query) <= self.lengths[labels])
+        labels, at = labels[fits], self.starts[labels[fits]] + begin[fits]
+        for i, term in enumerate(query):
+            if i != anchor:
+                same = self.tokens[at + i] == term
+                labels, at = labels[same], at[same]
+        return _distinct_sorted(labels)
+
+
+def _sorted_labels(labels: Mapping[int, str]) -> tuple[Ints, list[str]]:
+    """One SAE's (features ascending, their labels)."""
+    features = np.fromiter(labels.keys(), np.int64, len(labels))
+    texts = list(labels.values())
+    if len(features) > 1 and not bool(np.all(features[1:] > features[:-1])):
+        order = np.argsort(features, kind="stable")
+        features, texts = features[order], [texts[i] for i in order.tolist()]
+    return features, texts
+
+
+class _Interner(dict[str, int]):
+    """word -> dense id, handing out the next id to a word seen for the first time."""
+
+    def __missing__(self, key: str) -> int:
+        value = self[key] = len(self)
+        return value
+
+
+# Labels are tokenized a chunk at a time, joined by NUL (no word character, so no word spans
+# it): one regex call and one C-level map per chunk instead of per label.
+_WORD_OR_BREAK = re.compile(r"[^\W_]+|\x00")
+_CHUNK = 4096
+
+
+def _tokenize(texts: Sequence[str]) -> tuple[npt.NDArray[np.int32], Ints, list[str]]:
+    """(word id of every token, label after label; words per label; the words by id)."""
+    interner = _Interner()
+    intern = interner.__getitem__
+    intern("\x00")  # id 0: the break after each label
+    ids = array("i")  # C ints, not a list of Python ints: a tenth of the memory
+    for first in range(0, len(texts), _CHUNK):
+        chunk = texts[first : first + _CHUNK]
+        found = _WORD_OR_BREAK.findall("\x00".join(chunk).casefold())
+        if found.count("\x00") != len(chunk) - 1:  # some label holds a NUL of its own
+            found = [w for text in chunk for w in [*words(text), "\x00"]][:-1]
+        ids.extend(map(intern, found))
+        ids.append(0)
+    tokens = np.array(ids, np.int32)
+    breaks = np.flatnonzero(tokens == 0)
+    lengths = np.diff(breaks, prepend=-1) - 1
+    return tokens[tokens != 0] - 1, lengths.astype(np.int64), list(interner)[1:]
+
+
+def _stem_vocabulary(vocabulary: list[str]) -> tuple[dict[str, int], npt.NDArray[np.int32]]:
+    """(stem -> term id, term id of each word id): each distinct word is stemmed once."""
+    term_ids: dict[str, int] = {}
+    of_word = [term_ids.setdefault(stem(w), len(term_ids)) for w in vocabulary]
+    return term_ids, np.array(of_word, np.int32)
+
+
+def _invert(
+    tokens: npt.NDArray[np.int32], lengths: Ints, positions: Ints, n_terms: int
+) -> tuple[Ints, npt.NDArray[np.int32], Ints, Ints]:
+    """(offsets by term, label and position of each posting, labels holding each term)."""
+    # A stable sort by term keeps each term's postings in (label, position) order.
+    order = np.argsort(tokens, kind="stable")
+    terms = tokens[order]
+    labels = np.repeat(np.arange(len(lengths), dtype=np.int32), lengths)[order]
+    longest = int(lengths.max()) if len(lengths) else 0
+    pos_type = np.uint16 if longest <= np.iinfo(np.uint16).max else np.int32
+    offsets = np.zeros(n_terms + 1, np.int64)
+    np.cumsum(np.bincount(tokens, minlength=n_terms), out=offsets[1:])
+    first = np.ones(len(terms), bool)  # a term's first posting in each label
+    first[1:] = (labels[1:] != labels[:-1]) | (terms[1:] != terms[:-1])
+    df = np.bincount(terms[first], minlength=n_terms)
+    return offsets, labels, positions[order].astype(pos_type), df
+
+
+def _hash_powers(longest: int) -> npt.NDArray[np.uint64]:
+    powers = [1]
+    for _ in range(longest):
+        powers.append(powers[-1] * _HASH_BASE % 2**64)
+    return np.array(powers, np.uint64)
+
+
+def _label_hashes(
+    tokens: Ints, positions: Ints, starts: Ints, powers: npt.NDArray[np.uint64]
+) -> tuple[npt.NDArray[np.uint64], npt.NDArray[np.int32]]:
+    """(sorted hashes of the labels' term rows, label id of each); labels without words left
+    out. A row hashes to sum((term + 1) * base**position) modulo 2**64."""
+    values = (tokens.astype(np.uint64) + np.uint64(1)) * powers[positions]  # wraps: modulo 2**64
+    has_words = np.flatnonzero(starts[1:] > starts[:-1])
+    if len(has_words) == 0:
+        return np.zeros(0, np.uint64), np.zeros(0, np.int32)
+    hashes = np.add.reduceat(values, starts[has_words])
+    order = np.argsort(hashes, kind="stable")
+    return hashes[order], has_words[order].astype(np.int32)
+
+
+# ---------------------------------------------------------------------------- word scores
+
+# Word scores go by the subset of query terms a label holds, one bit per term, for queries of
+# up to this many distinct known words (2**16 subsets); longer ones sum floats instead.
+_MASK_TERMS = 16
+
+
+def _word_ranked(
+    postings: dict[int, _Postings], n: int, exclude: Ints, want: int
+) -> tuple[Ints, Floats]:
+    """The best `want` labels outside `exclude` by their share of the query's idf weight."""
+    ordered = sorted(postings.values(), key=lambda p: p.df)  # rarest first
+    held = [p.labels for p in ordered]  # a label holding a term twice is there twice
+    idf = [math.log1p(n / p.df) for p in ordered]  # rarer words weigh more
+    if len(held) > _MASK_TERMS:
+        return _ranked_by_sums(held, idf, exclude, want)
+    return _ranked_by_subsets(held, idf, exclude, want)
+
+
+def _ranked_by_subsets(
+    held: Sequence[Ints], weights: list[float], exclude: Ints, want: int
+) -> tuple[Ints, Floats]:
+    """Top labels by held-term subset; `held` (sorted ids per term) goes rarest first."""
+    if len(held) == 1:  # every holder ties: the lowest ids win
+        gids = _distinct_sorted(held[0])
+        gids = gids[~_member(gids, exclude)][:want]
+        return gids, np.ones(len(gids))
+    level = _subset_scores(weights)
+    found = _rare_first(held, level, exclude, want)
+    if found is not None:
+        return found
+    gids, masks = _subset_bits(held, exclude)
+    best = _top_subsets(masks, level, want)
+    return gids[best], level[masks[best]]
+
+
+def _rare_first(
+    held: Sequence[Ints], level: Floats, exclude: Ints, want: int
+) -> tuple[Ints, Floats] | None:
+    """The top labels from the rarest terms' holders alone, when that is provably enough."""
+    # MaxScore: labels holding none of the j rarest terms score at most the weight of the
+    # others; once `want` labels beat that, the common terms' long postings are never read.
+    # Worth it while the candidates' binary searches (one per term) cost less than the
+    # scatter of every posting that the full pass does.
+    total = sum(len(d) for d in held)
+    for j in range(1, len(held)):
+        if 8 * len(held) * sum(len(d) for d in held[:j]) > total:
+            return None
+        gids = _distinct_sorted(np.sort(np.concatenate(held[:j])))
+        gids = gids[~_member(gids, exclude)]
+        masks: Ints = np.zeros(len(gids), np.int64)
+        for i, d in enumerate(held):
+            masks |= _member(gids, d).astype(np.int64) << i
+        best = _top_subsets(masks, level, want)
+        outside = level[(1 << len(held)) - (1 << j)]  # holds every term from the j-th on
+        if len(best) == want and level[masks[best[-1]]] > outside:
+            return gids[best], level[masks[best]]
+    return None
+
+
+def _subset_scores(weights: list[float]) -> Floats:
+    """Share of the weight held by every subset of terms (bit i: term i), summed in one order
+    for all, so that equal subsets tie and holding every term is exactly 1.0."""
+    subsets = np.arange(1 << len(weights))
+    level: Floats = np.zeros(len(subsets))
+    for i, w in enumerate(weights):
+        level += np.where((subsets >> i) & 1, w, 0.0)
+    level /= level[-1]
+    return level
+
+
+def _subset_bits(held: Sequence[Ints], exclude: Ints) -> tuple[Ints, Ints]:
+    """(every id outside `exclude` holding some term, ascending; its subset bits)."""
+    lo, hi = min(int(d[0]) for d in held), max(int(d[-1]) for d in held) + 1
+    bits = np.zeros(hi - lo, np.uint16)  # _MASK_TERMS bits at most
+    for i, d in enumerate(held):
+        bits[d - lo if lo else d] |= 1 << i  # a label listed twice gets its bit twice: no harm
+    bits[exclude[(exclude >= lo) & (exclude < hi)] - lo] = 0
+    present = np.flatnonzero(bits != 0)  # a bool array: several times faster
+    return present + lo, bits[present]
+
+
+def _top_subsets(masks: Ints, level: Floats, want: int) -> Ints:
+    """Positions of the `want` best `masks` (term subsets) by their level, best first; ties to
+    the lower position. Works from a histogram of the subsets, never sorting the labels."""
+    counts = np.bincount(masks, minlength=len(level))
+    present = np.flatnonzero(counts)
+    if len(present) == 0:
+        return _EMPTY
+    order = present[np.argsort(-level[present], kind="stable")]
+    reached = int(np.searchsorted(np.cumsum(counts[order]), want))
+    kth = level[order[min(reached, len(order) - 1)]]  # the want-th best score
+    # One lookup per label: 2 above the want-th score, 1 level with it, 0 below.
+    marks = ((level > kth).astype(np.uint8) * 2 + (level == kth))[masks]
+    above = np.flatnonzero(marks == 2)
+    tied = np.flatnonzero(marks == 1)[: want - len(above)]
+    chosen = np.concatenate([above, tied])
+    return chosen[np.lexsort((chosen, -level[masks[chosen]]))]
+
+
+def _ranked_by_sums(
+    held: Sequence[Ints], weights: list[float], exclude: Ints, want: int
+) -> tuple[Ints, Floats]:
+    """Top labels by summed weights: the slow path of very long queries."""
+    held = [_distinct_sorted(d) for d in held]  # each term's weight once per label
+    ids = np.concatenate(held).astype(np.int64)
+    gids, sums = _accumulate(ids, np.repeat(weights, [len(d) for d in held]))
+    keep = ~_member(gids, exclude)
+    # Each label's weights add up in the order of `weights`, as sum() does: all terms give 1.0.
+    gids, scores = gids[keep], np.minimum(sums[keep] / sum(weights), 1.0)
+    n = len(scores)
+    best = _top(scores, want, float(np.partition(scores, n - want)[n - want]) if n > want else -1.0)
+    return gids[best], scores[best]
+
+
+def _accumulate(ids: Ints, weights: Floats) -> tuple[Ints, Floats]:
+    """(distinct ids ascending, summed weights): bincount for dense ids, a sort for few."""
+    if len(ids) == 0:
+        return _EMPTY, np.zeros(0)
+    lo, hi = int(ids.min()), int(ids.max()) + 1
+    if len(ids) * 16 < hi - lo:  # few scattered ids: sorting them beats a huge bincount
+        unique = _distinct_sorted(np.sort(ids))
+        slots = np.searchsorted(unique, ids)
+        return unique, np.asarray(np.bincount(slots, weights, minlength=len(unique)), np.float64)
+    sums = np.asarray(np.bincount(ids - lo, weights, minlength=hi - lo), np.float64)
+    present = np.flatnonzero(sums > 0)  # weights are positive: no sum means no term
+    return (present + lo).astype(np.int64), sums[present]
+
+
+def _top(scores: Floats, want: int, kth: float) -> Ints:
+    """Indices of the `want` best scores, given the `want`-th best; best first, ties to the
+    lower index."""
+    above = np.flatnonzero(scores > kth)
+    tied = np.flatnonzero(scores == kth)[: want - len(above)]
+    chosen = np.concatenate([above, tied])
+    return chosen[np.lexsort((chosen, -scores[chosen]))]
+
+
+def _distinct_sorted(values: Ints) -> Ints:
+    if len(values) < 2:
+        return values
+    keep = np.ones(len(values), bool)
+    keep[1:] = values[1:] != values[:-1]
+    return values[keep]
+
+
+def _member(values: Ints, pool: Ints) -> npt.NDArray[np.bool_]:
+    """Which of the sorted `values` are in the sorted `pool`."""
+    if len(pool) == 0:
+        return np.zeros(len(values), bool)
+    at = np.minimum(np.searchsorted(pool, values), len(pool) - 1)
+    return np.asarray(pool[at] == values, np.bool_)
