@@ -26,6 +26,7 @@ from steering.plan import (
     RowResult,
     add_outputs,
     build_plan,
+    fired_rules,
     row_result,
 )
 
@@ -41,16 +42,26 @@ class Forward:
     positions: list[range]
 
     def queue(self, readback: Readback) -> None:
-        """Add what the hooks left to the step's one copy to the host."""
-        if self.tables is not None:
-            add_outputs(readback, self.tables.out)
+        """Set the latch of the rules that fired (on the device: they take effect from the next
+        forward), and add what the hooks left to the step's one copy to the host."""
+        if self.tables is None:
+            return
+        latch = self.plan.latch
+        for sae, table in self.plan.rules.items():
+            fired = self.tables.out[f"fired.{sae}"]
+            assert isinstance(fired, torch.Tensor) and latch is not None
+            latch[table.ids] |= fired
+        add_outputs(readback, self.tables.out)
 
     def results(self, readback: Readback) -> list[RowResult | None]:
         """Each row's results from the step's readback (None: the row asked for nothing)."""
         if self.tables is None:
             return [None] * len(self.positions)
-        out = self.tables.out
-        return [row_result(self.plan, readback, out, b, p) for b, p in enumerate(self.positions)]
+        out, fired = self.tables.out, fired_rules(self.plan, readback)
+        return [
+            row_result(self.plan, readback, out, b, p, fired.get(b, ()))
+            for b, p in enumerate(self.positions)
+        ]
 
 
 @dataclass(frozen=True, eq=False)
@@ -74,7 +85,7 @@ class Steering:
             return None
         steerable = steerable_positions(ids, self.special_ids)
         steerable = steerable if mask is None else steerable & mask.bool()
-        return StepTables(plan.edits, steerable, plan.reads)
+        return StepTables(plan.edits, steerable, plan.reads, rules=plan.rules, latch=plan.latch)
 
 
 def forward(

@@ -105,25 +105,40 @@ class EditTable:
     alpha: torch.Tensor  # (R, F)
     beta: torch.Tensor  # (R, F)
     gated: torch.Tensor  # (R, F) bool: edit only where the feature is active
+    # (R, F) long: where in a step's latch (rules fired; its last entry always True) each edit's
+    # switch is; None: every edit is on (no rule edits).
+    switch: torch.Tensor | None = None
 
 
 def build_tables(
-    row_edits: Sequence[Sequence[FeatureEdit]], saes: Mapping[str, JumpReLUSAE]
+    row_edits: Sequence[Sequence[FeatureEdit]],
+    saes: Mapping[str, JumpReLUSAE],
+    switches: Sequence[Sequence[int]] | None = None,
 ) -> dict[str, EditTable]:
-    """Per-SAE tables for a batch whose row b carries `row_edits[b]` (already validated)."""
+    """Per-SAE tables for a batch whose row b carries `row_edits[b]` (already validated).
+
+    `switches[b][k]`: the latch entry that turns row b's edit k on (-1: always on); None: all on.
+    """
     by_sae: dict[str, dict[int, list[FeatureEdit]]] = {}
+    switch_of: dict[tuple[int, FeatureEdit], int] = {}
     for row, edits in enumerate(row_edits):
-        for edit in edits:
+        for k, edit in enumerate(edits):
             by_sae.setdefault(edit.sae, {}).setdefault(row, []).append(edit)
-    return {name: _table(saes[name], rows) for name, rows in by_sae.items()}
+            if switches is not None:
+                switch_of[row, edit] = switches[row][k]
+    return {name: _table(saes[name], rows, switch_of) for name, rows in by_sae.items()}
 
 
-def _table(sae: JumpReLUSAE, edits_of_row: dict[int, list[FeatureEdit]]) -> EditTable:
+def _table(
+    sae: JumpReLUSAE,
+    edits_of_row: dict[int, list[FeatureEdit]],
+    switch_of: Mapping[tuple[int, FeatureEdit], int],
+) -> EditTable:
     features = sorted({edit.feature for edits in edits_of_row.values() for edit in edits})
     column = {feature: j for j, feature in enumerate(features)}
     # One entry per edit (not per row x feature): the tables are filled by scatter.
-    at_row, at_col, alphas, betas, gates = [], [], [], [], []
-    for r, edits in enumerate(edits_of_row.values()):
+    at_row, at_col, alphas, betas, gates, switches = [], [], [], [], [], []
+    for r, (row, edits) in enumerate(edits_of_row.items()):
         for edit in edits:
             alpha, beta = AFFINE_OF_MODE[edit.mode](edit.value)
             at_row.append(r)
@@ -131,6 +146,7 @@ def _table(sae: JumpReLUSAE, edits_of_row: dict[int, list[FeatureEdit]]) -> Edit
             alphas.append(alpha)
             betas.append(beta)
             gates.append(edit.only_when_active)
+            switches.append(switch_of.get((row, edit), -1))
     device = sae.device
     shape = (len(edits_of_row), len(features))
     where = (torch.tensor(at_row, device=device), torch.tensor(at_col, device=device))
@@ -140,6 +156,10 @@ def _table(sae: JumpReLUSAE, edits_of_row: dict[int, list[FeatureEdit]]) -> Edit
     beta_table[where] = torch.tensor(betas, device=device)
     gate_table = torch.zeros(shape, dtype=torch.bool, device=device)
     gate_table[where] = torch.tensor(gates, device=device)
+    switch_table = None
+    if any(s >= 0 for s in switches):
+        switch_table = torch.full(shape, -1, dtype=torch.long, device=device)
+        switch_table[where] = torch.tensor(switches, dtype=torch.long, device=device)
     index = torch.tensor(features, dtype=torch.long, device=device)
     return EditTable(
         rows=torch.tensor(list(edits_of_row), dtype=torch.long, device=device),
@@ -152,6 +172,7 @@ def _table(sae: JumpReLUSAE, edits_of_row: dict[int, list[FeatureEdit]]) -> Edit
         alpha=alpha_table,
         beta=beta_table,
         gated=gate_table,
+        switch=switch_table,
     )
 
 
@@ -192,16 +213,27 @@ def edit_counts(
 
 
 def steer_rows(
-    x: torch.Tensor, table: EditTable, steerable: torch.Tensor | None = None
+    x: torch.Tensor,
+    table: EditTable,
+    steerable: torch.Tensor | None = None,
+    latch: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """`apply_sparse_delta`, and the table's `edit_counts` from the same encode."""
+    """`apply_sparse_delta`, and the table's `edit_counts` from the same encode.
+
+    `latch` (L,) bool: the rules fired so far; an edit whose switch is off stays the identity.
+    """
     f = table_activations(x, table)  # (R, T, F)
-    delta = (edit_features(f, table.alpha, table.beta, table.gated) - f) @ table.w_dec
+    alpha, beta, on = table.alpha, table.beta, None
+    if table.switch is not None and latch is not None:
+        on = latch[table.switch]  # (R, F)
+        alpha, beta = torch.where(on, alpha, 1.0), torch.where(on, beta, 0.0)
+    delta = (edit_features(f, alpha, beta, table.gated) - f) @ table.w_dec
     if steerable is not None:
         delta = torch.where(steerable[table.rows][..., None], delta, 0.0)
     out = x.clone()
     out[table.rows] = (x[table.rows].float() + delta).to(x.dtype)
-    return out, edit_counts(f, table, steerable)
+    counts = edit_counts(f, table, steerable)
+    return out, counts if on is None else counts * on[..., None]
 
 
 def apply_sparse_delta(

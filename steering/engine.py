@@ -61,15 +61,25 @@ class _Row:
     admitted_at: float | None = None
     first_token_at: float | None = None
     counts: list[list[int]] = field(default_factory=list)  # per edit: [applied, active] so far
+    fired: set[int] = field(default_factory=set)  # its rules that fired
 
     @property
     def ask(self) -> RowAsk:
         r = self.request
-        return RowAsk(r.edits, r.watch, r.inspect)
+        return RowAsk(r.edits, r.watch, r.inspect, r.rules, self.fired)
 
     def receipts(self) -> tuple[Receipt, ...]:
-        counts = self.counts or [[0, 0]] * len(self.request.edits)
-        return tuple(Receipt(e, a, b) for e, (a, b) in zip(self.request.edits, counts, strict=True))
+        """One per edit in effect: the request's, and those of the rules that fired."""
+        ask = self.ask
+        counts = self.counts or [[0, 0]] * len(ask.all_edits)
+        in_effect = [True] * len(ask.edits) + [
+            i in self.fired for i, rule in enumerate(ask.rules) for _ in rule.apply
+        ]
+        return tuple(
+            Receipt(e, a, b)
+            for e, (a, b), shown in zip(ask.all_edits, counts, in_effect, strict=True)
+            if shown
+        )
 
     def add_counts(self, result: RowResult | None) -> None:
         if result is None or not result.counts:
@@ -112,6 +122,7 @@ class Engine:
         self._closed = False
         self._stopping = False
         self._steps = 0
+        self._rules_fired = {"apply": 0, "stop": 0}  # in the current step, by action
 
     @classmethod
     def from_loaded(
@@ -225,6 +236,7 @@ class Engine:
         start, hook_start = time.perf_counter(), self.hooks.seconds
         on_step = self.on_step  # read once: a callback set mid-step starts with the next step
         finished: list[FinishedRequest] = []
+        self._rules_fired = {"apply": 0, "stop": 0}
         self._apply_finish_requests(finished)
         batch = self._batch
         decoded = self._decode(finished)
@@ -239,6 +251,7 @@ class Engine:
             generated_tokens=decoded + first_tokens,
             steered_rows=batch.steered_rows if batch else 0,
             hook_seconds=self.hooks.seconds - hook_start,
+            rules_fired=dict(self._rules_fired),
             finished=tuple(finished),
         )
         if on_step is not None:
@@ -367,6 +380,8 @@ class Engine:
             if row.request.inspect is not None:
                 self._finish(row, FinishReason.PREFILLED, finished, readings=result)
                 continue
+            if result is not None and result.fired and self._fire(row, result.fired, finished):
+                continue  # a stop rule: the token of this forward is not emitted
             try:
                 token = int(greedy[b]) if row.sampler.greedy else row.sampler.draw(logits[b])
             except Exception:
@@ -383,6 +398,16 @@ class Engine:
             else:
                 self._finish(row, reason, finished, tokens=[token], watched=watched)
         return emitted
+
+    def _fire(self, row: _Row, rules: tuple[int, ...], finished: list[FinishedRequest]) -> bool:
+        """Record rules that fired; True if one of them stopped the request."""
+        row.fired.update(rules)
+        for i in rules:
+            self._rules_fired["stop" if row.request.rules[i].stop else "apply"] += 1
+        if any(row.request.rules[i].stop for i in rules):
+            self._finish(row, FinishReason.CONDITION, finished)
+            return True
+        return False
 
     def _stop_reason(self, row: _Row, token: int) -> FinishReason | None:
         if token in self.eos_ids and not row.request.sampling.ignore_eos:

@@ -12,7 +12,7 @@ import asyncio
 import logging
 import threading
 import time
-from collections.abc import AsyncGenerator, Callable, Sequence
+from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import aclosing
 from dataclasses import dataclass, replace
@@ -30,6 +30,7 @@ from steering.errors import EngineClosedError, InvalidRequestError, RequestFaile
 from steering.hooks import SaeAttachment
 from steering.model import special_token_ids
 from steering.plan import RowResult
+from steering.presets import Preset, with_preset
 from steering.requests import (
     DEFAULT_SEARCH_RESULTS,
     DEFAULT_TOP_K,
@@ -78,6 +79,7 @@ class ServedModel:
     saes: tuple[SaeAttachment, ...]
     limits: Limits  # as in force
     labels: dict[str, int]  # SAE name -> labelled features
+    presets: tuple[Preset, ...]
 
 
 class FrontEnd:
@@ -88,12 +90,14 @@ class FrontEnd:
         *,
         name: str = "model",
         catalog: Catalog | None = None,
+        presets: Mapping[str, Preset] | None = None,
         on_admitted: Callable[[AdmittedRequest], None] | None = None,
     ) -> None:
         self.engine = engine
         self.tokenizer = tokenizer
         self.name = name
         self.catalog = catalog or Catalog({})
+        self.presets = dict(presets or {})
         self.special_ids = frozenset(special_token_ids(tokenizer))
         self.on_admitted = on_admitted
         self.in_flight = 0
@@ -127,6 +131,7 @@ class FrontEnd:
             saes=self.engine.hooks.attachments,
             limits=self.limits,
             labels={a.name: self.catalog.count(a.name) for a in self.engine.hooks.attachments},
+            presets=tuple(self.presets.values()),
         )
 
     @property
@@ -209,10 +214,16 @@ class FrontEnd:
     async def _generate(
         self, request: TextRequest, *, report: bool
     ) -> AsyncGenerator[TextChunk, None]:
+        request = self._with_preset(request)
         self._validate(request)
         prompt_ids = await self._tokenize(request)
         engine_request = GenerationRequest(
-            prompt_ids, request.sampling, request.edits, request.request_id, request.watch
+            prompt_ids,
+            request.sampling,
+            request.edits,
+            request.request_id,
+            request.watch,
+            rules=request.rules,
         )
         kind = AdmittedRequest(
             request.request_id, len(prompt_ids), request.edits, watched=len(request.watch)
@@ -235,6 +246,18 @@ class FrontEnd:
                     tuple(out.watched),
                     out.receipts,
                 )
+
+    def _with_preset(self, request: TextRequest) -> TextRequest:
+        """The request with its preset's edits merged in (its own edits win on a feature)."""
+        if not request.preset:
+            return request
+        preset = self.presets.get(request.preset)
+        if preset is None:
+            known = ", ".join(sorted(self.presets)) or "none"
+            raise InvalidRequestError(
+                "preset", f"unknown preset {request.preset!r} (known: {known})"
+            )
+        return replace(request, edits=with_preset(request.edits, preset), preset="")
 
     async def _tokenize(self, request: TextRequest) -> tuple[int, ...]:
         loop = asyncio.get_running_loop()

@@ -21,6 +21,7 @@ from torch.utils.hooks import RemovableHandle
 from steering.edits import EditTable, apply_full, edit_counts, steer_rows, table_activations
 from steering.errors import ModelError
 from steering.readings import ReadTable, read
+from steering.rules import RuleTable, fired
 from steering.sae import JumpReLUSAE
 
 SITES = ("resid_post",)  # the hook sites served; attn_out / mlp_out use the same math later
@@ -35,8 +36,10 @@ class SaeAttachment:
     layer: int
     site: str = "resid_post"
     # Research mode: replace the residual with the SAE's (edited) reconstruction x̂', dropping
-    # the error term, at every steerable position of every row in a step.
+    # the error term, at every steerable position of every row in a step. (Rule edits are
+    # applied there as soon as the request starts: research mode has no rules.)
     reconstruct: bool = False
+    sha256: str = ""  # of its parameter file, when loaded from one (what presets pin)
 
 
 @dataclass(frozen=True, eq=False)
@@ -48,6 +51,8 @@ class StepTables:
     steerable: torch.Tensor | None = None  # (B, T) bool; None: every position
     reads: Mapping[str, ReadTable] = field(default_factory=dict)
     out: dict[str, object] = field(default_factory=dict)
+    rules: Mapping[str, RuleTable] = field(default_factory=dict)
+    latch: torch.Tensor | None = None  # (rules + 1,) bool: which rules fired before this forward
 
 
 def decoder_layers(model: nn.Module) -> nn.ModuleList:
@@ -128,7 +133,10 @@ def steer(
         name, steerable = attachment.name, tables.steerable
         reads = tables.reads.get(name)
         if reads is not None:
-            tables.out[f"read.{name}"] = read(hidden, attachment.sae, reads, steerable)
+            seen = tables.out[f"read.{name}"] = read(hidden, attachment.sae, reads, steerable)
+            rules = tables.rules.get(name)
+            if rules is not None and seen.named is not None and tables.latch is not None:
+                tables.out[f"fired.{name}"] = fired(seen.named, rules, steerable, tables.latch)
         table = tables.tables.get(name)
         if attachment.reconstruct:
             if table is not None:
@@ -136,7 +144,9 @@ def steer(
                 tables.out[f"counts.{name}"] = edit_counts(f, table, steerable)
             hidden = apply_full(hidden, attachment.sae, table, steerable, keep_error=False)
         elif table is not None:
-            hidden, tables.out[f"counts.{name}"] = steer_rows(hidden, table, steerable)
+            hidden, tables.out[f"counts.{name}"] = steer_rows(
+                hidden, table, steerable, tables.latch
+            )
     return hidden
 
 

@@ -8,13 +8,15 @@ join or leave. Knows nothing of sampling or of the engine's requests beyond what
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 
 import torch
 
 from steering.edits import EditTable, FeatureEdit, build_tables
 from steering.readings import ReadOut, ReadTable, read_table
-from steering.requests import FeatureRef, InspectSpec
+from steering.requests import FeatureRef, InspectSpec, Rule
+from steering.rules import RuleTable, rule_table
 from steering.sae import JumpReLUSAE
 
 Slot = tuple[str, int, int]  # (SAE, row of its table, column of its table)
@@ -27,14 +29,24 @@ class RowAsk:
     edits: tuple[FeatureEdit, ...] = ()
     watch: tuple[FeatureRef, ...] = ()
     inspect: InspectSpec | None = None
+    rules: tuple[Rule, ...] = ()
+    # The rules of this row that fired so far: the engine's own set, which it adds to as rules
+    # fire, so that a plan rebuilt when rows join or leave starts from the latch as it is.
+    fired: AbstractSet[int] = frozenset()
+
+    @property
+    def all_edits(self) -> tuple[FeatureEdit, ...]:
+        """Its edits, then every rule's (switched on as the rule fires)."""
+        return self.edits + tuple(e for rule in self.rules for e in rule.apply)
 
 
 @dataclass(frozen=True)
 class RowResult:
     """One row's results of one forward, on the host."""
 
-    counts: tuple[tuple[int, int], ...]  # per edit: (positions applied, positions active)
+    counts: tuple[tuple[int, int], ...]  # per edit (all_edits): (applied, active) positions
     watched: tuple[float, ...]  # the watched features at the forward's last position
+    fired: tuple[int, ...] = ()  # its rules that fired in this forward
     named: tuple[tuple[float, ...], ...] = ()  # inspect: per position, the named features
     top: tuple[dict[str, list[tuple[int, float]]], ...] = ()  # inspect: per position, per SAE
     sums: dict[str, torch.Tensor] = field(default_factory=dict)  # SAE -> (d_sae,) on the host
@@ -48,6 +60,9 @@ class Plan:
     watch_slots: list[list[Slot]]  # per row, per watched feature
     named_slots: list[list[Slot]]  # per row, per inspected feature
     full_slots: list[dict[str, int]]  # per row: SAE -> its row among the table's full rows
+    rules: dict[str, RuleTable] = field(default_factory=dict)
+    rule_slots: dict[str, list[tuple[int, int]]] = field(default_factory=dict)  # (row, rule)
+    latch: torch.Tensor | None = None  # (rules + 1,) bool, the last entry always True
 
     @property
     def empty(self) -> bool:
@@ -55,9 +70,19 @@ class Plan:
 
 
 def build_plan(asks: Sequence[RowAsk], saes: Mapping[str, JumpReLUSAE]) -> Plan:
-    edits = [ask.edits for ask in asks]
-    edit_tables = build_tables(edits, saes) if any(edits) else {}
-    named = [ask.watch + (ask.inspect.features if ask.inspect else ()) for ask in asks]
+    edits = [ask.all_edits for ask in asks]
+    ids = _rule_ids(asks)
+    switches = [
+        [-1] * len(ask.edits) + [ids[b][i] for i, rule in enumerate(ask.rules) for _ in rule.apply]
+        for b, ask in enumerate(asks)
+    ]
+    edit_tables = build_tables(edits, saes, switches) if any(edits) else {}
+    named = [
+        ask.watch
+        + (ask.inspect.features if ask.inspect else ())
+        + tuple(rule.when for rule in ask.rules)
+        for ask in asks
+    ]
     reads: dict[str, ReadTable] = {}
     named_at: dict[str, tuple[list[int], list[int]]] = {}
     full_at: dict[str, list[int]] = {}
@@ -69,6 +94,7 @@ def build_plan(asks: Sequence[RowAsk], saes: Mapping[str, JumpReLUSAE]) -> Plan:
             top_k = max((_top_k(asks[b].inspect) for b in full), default=0)
             reads[name] = read_table(sae, rows, features, full, top_k)
             named_at[name], full_at[name] = (rows, features), full
+    rules, rule_slots, latch = _rules(asks, ids, named_at, saes)
     return Plan(
         edits=edit_tables,
         reads=reads,
@@ -79,7 +105,50 @@ def build_plan(asks: Sequence[RowAsk], saes: Mapping[str, JumpReLUSAE]) -> Plan:
             {name: rows.index(b) for name, rows in full_at.items() if b in rows}
             for b in range(len(asks))
         ],
+        rules=rules,
+        rule_slots=rule_slots,
+        latch=latch,
     )
+
+
+def _rule_ids(asks: Sequence[RowAsk]) -> list[list[int]]:
+    """Each row's rules' entries in the batch's latch."""
+    ids, start = [], 0
+    for ask in asks:
+        ids.append(list(range(start, start + len(ask.rules))))
+        start += len(ask.rules)
+    return ids
+
+
+def _rules(
+    asks: Sequence[RowAsk],
+    ids: list[list[int]],
+    named_at: Mapping[str, tuple[list[int], list[int]]],
+    saes: Mapping[str, JumpReLUSAE],
+) -> tuple[dict[str, RuleTable], dict[str, list[tuple[int, int]]], torch.Tensor | None]:
+    """Per SAE, the conditions of the rules that read it; and the latch as the rows left it."""
+    count = sum(len(ask.rules) for ask in asks)
+    if not count:
+        return {}, {}, None
+    tables, slots = {}, {}
+    for name, sae in saes.items():
+        mine = [(b, i, r) for b, ask in enumerate(asks) for i, r in enumerate(ask.rules)]
+        mine = [(b, i, r) for b, i, r in mine if r.when.sae == name]
+        if not mine:
+            continue
+        read_rows, features = named_at[name]
+        tables[name] = rule_table(
+            rows=[b for b, _, _ in mine],
+            read_rows=[read_rows.index(b) for b, _, _ in mine],
+            columns=[features.index(r.when.feature) for _, _, r in mine],
+            above=[r.above for _, _, r in mine],
+            ids=[ids[b][i] for b, i, _ in mine],
+            device=sae.device,
+        )
+        slots[name] = [(b, i) for b, i, _ in mine]
+    fired = [i in ask.fired for ask in asks for i in range(len(ask.rules))]
+    device = next(iter(saes.values())).device
+    return tables, slots, torch.tensor([*fired, True], dtype=torch.bool, device=device)
 
 
 def _top_k(spec: InspectSpec | None) -> int:
@@ -143,7 +212,8 @@ class Readback:
 
 
 def add_outputs(readback: Readback, out: Mapping[str, object]) -> None:
-    """Queue what the hooks left in a step's `out` (counts and reads) for the one copy."""
+    """Queue what the hooks left in a step's `out` (counts, reads, fired rules) for the one
+    copy."""
     for name, value in out.items():
         if isinstance(value, torch.Tensor):
             readback.add(name, value)
@@ -154,19 +224,30 @@ def add_outputs(readback: Readback, out: Mapping[str, object]) -> None:
                     readback.add(f"{name}.{part}", tensor)
 
 
+def fired_rules(plan: Plan, readback: Readback) -> dict[int, tuple[int, ...]]:
+    """Row -> its rules that fired in this forward (rows with none left out)."""
+    hits: dict[int, list[int]] = {}
+    for sae, slots in plan.rule_slots.items():
+        for (row, i), hit in zip(slots, readback.get(f"fired.{sae}")[0], strict=True):
+            if hit:
+                hits.setdefault(row, []).append(i)
+    return {row: tuple(rules) for row, rules in hits.items()}
+
+
 def row_result(
     plan: Plan,
     readback: Readback,
     out: Mapping[str, object],
     b: int,
     positions: range,
+    fired: tuple[int, ...] = (),
 ) -> RowResult:
     """Row b's results; `positions` are its own positions among the forward's T."""
     counts = tuple(_count(readback, slot) for slot in plan.receipt_slots[b])
     last = positions[-1]
     watched = tuple(_named(readback, slot, last) for slot in plan.watch_slots[b])
     if not plan.named_slots[b] and not plan.full_slots[b]:
-        return RowResult(counts, watched)
+        return RowResult(counts, watched, fired)
     named = tuple(
         tuple(_named(readback, slot, t) for slot in plan.named_slots[b]) for t in positions
     )
@@ -178,7 +259,7 @@ def row_result(
         read_out = out[f"read.{sae}"]
         assert isinstance(read_out, ReadOut) and read_out.sums is not None
         sums[sae] = read_out.sums[q].float().cpu()
-    return RowResult(counts, watched, named, top, sums)
+    return RowResult(counts, watched, fired, named, top, sums)
 
 
 def _count(readback: Readback, slot: Slot) -> tuple[int, int]:

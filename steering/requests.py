@@ -42,6 +42,17 @@ class FeatureRef:
 
 
 @dataclass(frozen=True)
+class Rule:
+    """When `when` is above `above` at a steerable position, apply edits from the next position
+    on, or stop the request. Fires once. Exactly one of `apply` (non-empty) or `stop`."""
+
+    when: FeatureRef
+    above: float
+    apply: tuple[FeatureEdit, ...] = ()
+    stop: bool = False
+
+
+@dataclass(frozen=True)
 class InspectSpec:
     """What a prefill-only request reads at every position of its prompt."""
 
@@ -67,6 +78,8 @@ class TextRequest:
     edits: tuple[FeatureEdit, ...] = ()
     request_id: str = ""  # the caller's label, for logs
     watch: tuple[FeatureRef, ...] = ()  # read at the position that produced each token
+    rules: tuple[Rule, ...] = ()
+    preset: str = ""  # a named edit set; the request's own edits win on the same feature
 
 
 @dataclass(frozen=True)
@@ -97,6 +110,7 @@ class GenerationRequest:
     request_id: str = ""  # the caller's label, for logs; the engine keys requests itself
     watch: tuple[FeatureRef, ...] = ()
     inspect: InspectSpec | None = None  # set: prefill only, no token is generated
+    rules: tuple[Rule, ...] = ()
 
 
 class FinishReason(enum.Enum):
@@ -106,6 +120,7 @@ class FinishReason(enum.Enum):
     ABORTED = "aborted"  # the caller went away
     ERROR = "error"  # this request failed inside the engine
     PREFILLED = "prefilled"  # a prefill-only request (Inspect, Contrast) read its prompt
+    CONDITION = "condition"  # a stop rule fired
 
 
 @dataclass(frozen=True)
@@ -136,6 +151,7 @@ class Limits:
     max_watched_features: int = 16
     max_contrast_texts: int = 256
     max_search_results: int = 100
+    max_rules_per_request: int = 16
 
 
 def validate_text(
@@ -153,6 +169,7 @@ def validate_text(
         _validate_chat(request.chat, chat)
     validate_options(request.sampling, request.edits, limits, d_sae_of)
     validate_refs(request.watch, d_sae_of, "watch", limits.max_watched_features)
+    validate_rules(request.rules, request.edits, limits, d_sae_of)
 
 
 def validate_request(
@@ -169,8 +186,46 @@ def validate_request(
         )
     validate_options(request.sampling, request.edits, limits, d_sae_of)
     validate_refs(request.watch, d_sae_of, "watch", limits.max_watched_features)
+    validate_rules(request.rules, request.edits, limits, d_sae_of)
     if request.inspect is not None:
         validate_inspect(request.inspect, limits, d_sae_of)
+
+
+def validate_rules(
+    rules: Sequence[Rule],
+    edits: Sequence[FeatureEdit],
+    limits: Limits,
+    d_sae_of: Mapping[str, int],
+) -> None:
+    """Rules: bounded, each with one action; their edits valid, and no feature edited twice
+    across the request's edits (its preset's already merged in) and every rule's."""
+    if len(rules) > limits.max_rules_per_request:
+        raise InvalidRequestError(
+            "rules", f"{len(rules)} rules, more than the limit of {limits.max_rules_per_request}"
+        )
+    edited = {(e.sae, e.feature) for e in edits}
+    for i, rule in enumerate(rules):
+        where = f"rules[{i}]"
+        _check_ref(rule.when, d_sae_of, f"{where}.when")
+        if not math.isfinite(rule.above):
+            raise InvalidRequestError(f"{where}.above", f"must be finite, got {rule.above}")
+        if rule.stop == bool(rule.apply):
+            raise InvalidRequestError(where, "set exactly one action: apply edits, or stop: true")
+        field = f"{where}.apply.edits"
+        if len(rule.apply) > limits.max_edits_per_request:
+            raise InvalidRequestError(
+                field,
+                f"{len(rule.apply)} edits, more than the limit of {limits.max_edits_per_request}",
+            )
+        validate_edits(rule.apply, d_sae_of, max_abs_value=limits.max_abs_edit_value, field=field)
+        for j, edit in enumerate(rule.apply):
+            if (edit.sae, edit.feature) in edited:
+                raise InvalidRequestError(
+                    f"{field}[{j}].feature",
+                    f"feature {edit.feature} of SAE {edit.sae!r} is already edited by the "
+                    "request, its preset or another rule",
+                )
+            edited.add((edit.sae, edit.feature))
 
 
 def validate_contrast(
@@ -209,12 +264,16 @@ def validate_refs(
     if len(refs) > most:
         raise InvalidRequestError(field, f"{len(refs)} features, more than the limit of {most}")
     for i, ref in enumerate(refs):
-        width = _check_sae(ref.sae, d_sae_of, f"{field}[{i}].sae")
-        if not 0 <= ref.feature < width:
-            raise InvalidRequestError(
-                f"{field}[{i}].feature",
-                f"feature {ref.feature} is out of range for SAE {ref.sae!r} (width {width})",
-            )
+        _check_ref(ref, d_sae_of, f"{field}[{i}]")
+
+
+def _check_ref(ref: FeatureRef, d_sae_of: Mapping[str, int], field: str) -> None:
+    width = _check_sae(ref.sae, d_sae_of, f"{field}.sae")
+    if not 0 <= ref.feature < width:
+        raise InvalidRequestError(
+            f"{field}.feature",
+            f"feature {ref.feature} is out of range for SAE {ref.sae!r} (width {width})",
+        )
 
 
 def _check_sae(name: str, d_sae_of: Mapping[str, int], field: str) -> int:

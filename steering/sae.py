@@ -33,6 +33,7 @@ class JumpReLUSAE:
     b_enc: torch.Tensor  # (d_sae,)
     b_dec: torch.Tensor  # (d_model,)
     threshold: torch.Tensor  # (d_sae,)
+    kind: str = "jumprelu"  # or "vector": steering vectors as a linear SAE (threshold -inf)
 
     def __post_init__(self) -> None:
         problem = shape_problem(self.params())
@@ -57,9 +58,14 @@ class JumpReLUSAE:
     def to(
         self, device: torch.device | str | None = None, dtype: torch.dtype | None = None
     ) -> JumpReLUSAE:
-        return JumpReLUSAE(
-            **{k: v.to(device=device, dtype=dtype) for k, v in self.params().items()}
-        )
+        moved = {k: v.to(device=device, dtype=dtype) for k, v in self.params().items()}
+        return JumpReLUSAE.from_params(moved, self.kind)
+
+    @classmethod
+    def from_params(cls, params: dict[str, torch.Tensor], kind: str = "jumprelu") -> JumpReLUSAE:
+        """An SAE from tensors named as PARAM_SHAPES names them."""
+        p = params
+        return cls(p["W_enc"], p["W_dec"], p["b_enc"], p["b_dec"], p["threshold"], kind)
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """(..., d_model) -> (..., d_sae) feature activations, in float32."""

@@ -7,6 +7,7 @@ and SAELens folders (`cfg.json` + `sae_weights.safetensors`). Every problem with
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -153,6 +154,15 @@ def sae_file(path: str | Path) -> Path:
     return _resolve(Path(path))[1]
 
 
+def file_sha256(file: Path) -> str:
+    """Lowercase hex SHA-256 of a file (an SAE's parameters: what presets pin)."""
+    digest = hashlib.sha256()
+    with file.open("rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
 def _resolve(path: Path) -> tuple[SaeFormat, Path]:
     """The format and the marking file of a folder or a file."""
     if path.is_dir():
@@ -202,7 +212,7 @@ def load_sae(
             )
         if not torch.isfinite(tensor).all():
             raise SaeFormatError(f"{file}: '{name}' holds non-finite values (NaN or inf)")
-    return JumpReLUSAE(**{k: v.to(device=device, dtype=dtype) for k, v in params.items()})
+    return JumpReLUSAE.from_params({k: v.to(device=device, dtype=dtype) for k, v in params.items()})
 
 
 def save_sae(sae: JumpReLUSAE, folder: str | Path, fmt: str = "gemma_scope_2") -> Path:

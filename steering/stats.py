@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from steering.edits import FeatureEdit
 from steering.requests import FinishReason
@@ -45,6 +45,7 @@ class StepStats:
     steered_rows: int  # rows of the decode forward that carried edits
     hook_seconds: float  # host time inside steering hooks (on GPU: launch time, not kernel time)
     finished: tuple[FinishedRequest, ...]
+    rules_fired: dict[str, int] = field(default_factory=dict)  # by action: apply, stop
 
 
 @dataclass(frozen=True)

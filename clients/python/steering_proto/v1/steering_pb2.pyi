@@ -80,6 +80,8 @@ class _FinishReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_FinishRe
     """Generated an end-of-sequence token (EOS, or <end_of_turn> for chat)."""
     FINISH_REASON_STOP: _FinishReason.ValueType  # 3
     """The text matched one of SamplingParams.stop."""
+    FINISH_REASON_CONDITION: _FinishReason.ValueType  # 4
+    """A rule with `stop` fired (see Rule)."""
 
 class FinishReason(_FinishReason, metaclass=_FinishReasonEnumTypeWrapper):
     """Why a generation ended."""
@@ -94,6 +96,8 @@ FINISH_REASON_EOS: FinishReason.ValueType  # 2
 """Generated an end-of-sequence token (EOS, or <end_of_turn> for chat)."""
 FINISH_REASON_STOP: FinishReason.ValueType  # 3
 """The text matched one of SamplingParams.stop."""
+FINISH_REASON_CONDITION: FinishReason.ValueType  # 4
+"""A rule with `stop` fired (see Rule)."""
 Global___FinishReason: _TypeAlias = FinishReason  # noqa: Y015
 
 @_typing.final
@@ -108,6 +112,8 @@ class GenerateRequest(_message.Message):
     EDITS_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
     WATCH_FIELD_NUMBER: _builtins.int
+    RULES_FIELD_NUMBER: _builtins.int
+    PRESET_FIELD_NUMBER: _builtins.int
     prompt: _builtins.str
     """Raw text, tokenized as the model's tokenizer does by default (Gemma adds one BOS).
     No chat template is applied.
@@ -115,6 +121,10 @@ class GenerateRequest(_message.Message):
     request_id: _builtins.str
     """Caller's identifier for this request, echoed in the server's logs (never in metrics).
     Empty means the server assigns one.
+    """
+    preset: _builtins.str
+    """A named edit set from DescribeModelResponse.presets, applied with `edits`; where both edit
+    one feature, the request's own edit wins. Empty: none.
     """
     @_builtins.property
     def chat(self) -> Global___Chat:
@@ -142,6 +152,13 @@ class GenerateRequest(_message.Message):
         SAE's own edits. At most Limits.max_watched_features. Watching never steers.
         """
 
+    @_builtins.property
+    def rules(self) -> _containers.RepeatedCompositeFieldContainer[Global___Rule]:
+        """Conditional steering: each rule watches a feature at every steerable position the request's
+        forwards process (prompt and generated) and fires once, the first time it is above its
+        threshold. At most Limits.max_rules_per_request.
+        """
+
     def __init__(
         self,
         *,
@@ -151,16 +168,89 @@ class GenerateRequest(_message.Message):
         edits: _abc.Iterable[Global___FeatureEdit] | None = ...,
         request_id: _builtins.str = ...,
         watch: _abc.Iterable[Global___FeatureRef] | None = ...,
+        rules: _abc.Iterable[Global___Rule] | None = ...,
+        preset: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["chat", b"chat", "input", b"input", "prompt", b"prompt", "sampling", b"sampling"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["chat", b"chat", "edits", b"edits", "input", b"input", "prompt", b"prompt", "request_id", b"request_id", "sampling", b"sampling", "watch", b"watch"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["chat", b"chat", "edits", b"edits", "input", b"input", "preset", b"preset", "prompt", b"prompt", "request_id", b"request_id", "rules", b"rules", "sampling", b"sampling", "watch", b"watch"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_input: _TypeAlias = _typing.Literal["prompt", "chat"]  # noqa: Y015
     _WhichOneofArgType_input: _TypeAlias = _typing.Literal["input", b"input"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_input) -> _WhichOneofReturnType_input | None: ...
 
 Global___GenerateRequest: _TypeAlias = GenerateRequest  # noqa: Y015
+
+@_typing.final
+class Rule(_message.Message):
+    """When a feature's activation (before its SAE's own edits) exceeds `above` at a steerable
+    position p, apply edits from position p+1 on (from the first generated position when p is in
+    the prompt), or stop the request.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WHEN_FIELD_NUMBER: _builtins.int
+    ABOVE_FIELD_NUMBER: _builtins.int
+    APPLY_FIELD_NUMBER: _builtins.int
+    STOP_FIELD_NUMBER: _builtins.int
+    above: _builtins.float
+    """The threshold: the rule fires where f(when) > above. Finite."""
+    stop: _builtins.bool
+    """End the request with FINISH_REASON_CONDITION; the token sampled from the forward that
+    read p is not emitted. Must be true.
+    """
+    @_builtins.property
+    def when(self) -> Global___FeatureRef:
+        """The feature whose activation is read."""
+
+    @_builtins.property
+    def apply(self) -> Global___Edits:
+        """Edits taking effect from the next position on. A feature may be edited only once across
+        the request's edits, its preset's (where the request's own edit wins) and its rules'.
+        """
+
+    def __init__(
+        self,
+        *,
+        when: Global___FeatureRef | None = ...,
+        above: _builtins.float = ...,
+        apply: Global___Edits | None = ...,
+        stop: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["apply", b"apply", "stop", b"stop", "then", b"then", "when", b"when"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["above", b"above", "apply", b"apply", "stop", b"stop", "then", b"then", "when", b"when"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_then: _TypeAlias = _typing.Literal["apply", "stop"]  # noqa: Y015
+    _WhichOneofArgType_then: _TypeAlias = _typing.Literal["then", b"then"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_then) -> _WhichOneofReturnType_then | None: ...
+
+Global___Rule: _TypeAlias = Rule  # noqa: Y015
+
+@_typing.final
+class Edits(_message.Message):
+    """A list of edits (a rule's action)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EDITS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def edits(self) -> _containers.RepeatedCompositeFieldContainer[Global___FeatureEdit]:
+        """The edits, as in GenerateRequest.edits."""
+
+    def __init__(
+        self,
+        *,
+        edits: _abc.Iterable[Global___FeatureEdit] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["edits", b"edits"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Edits: _TypeAlias = Edits  # noqa: Y015
 
 @_typing.final
 class FeatureRef(_message.Message):
@@ -560,6 +650,7 @@ class DescribeModelResponse(_message.Message):
     MODEL_FIELD_NUMBER: _builtins.int
     SAES_FIELD_NUMBER: _builtins.int
     LIMITS_FIELD_NUMBER: _builtins.int
+    PRESETS_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def model(self) -> Global___ModelInfo:
         """The loaded language model."""
@@ -572,20 +663,57 @@ class DescribeModelResponse(_message.Message):
     def limits(self) -> Global___Limits:
         """Bounds the server enforces on each request and on its queue."""
 
+    @_builtins.property
+    def presets(self) -> _containers.RepeatedCompositeFieldContainer[Global___Preset]:
+        """The named edit sets a GenerateRequest.preset may name."""
+
     def __init__(
         self,
         *,
         model: Global___ModelInfo | None = ...,
         saes: _abc.Iterable[Global___SaeInfo] | None = ...,
         limits: Global___Limits | None = ...,
+        presets: _abc.Iterable[Global___Preset] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["limits", b"limits", "model", b"model"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["limits", b"limits", "model", b"model", "saes", b"saes"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["limits", b"limits", "model", b"model", "presets", b"presets", "saes", b"saes"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___DescribeModelResponse: _TypeAlias = DescribeModelResponse  # noqa: Y015
+
+@_typing.final
+class Preset(_message.Message):
+    """A named edit set, loaded from the server's presets file."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    DESCRIPTION_FIELD_NUMBER: _builtins.int
+    EDITS_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """Its name, as GenerateRequest.preset takes it."""
+    description: _builtins.str
+    """What it does, in words."""
+    @_builtins.property
+    def edits(self) -> _containers.RepeatedCompositeFieldContainer[Global___FeatureEdit]:
+        """Its edits."""
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        description: _builtins.str = ...,
+        edits: _abc.Iterable[Global___FeatureEdit] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["description", b"description", "edits", b"edits", "name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Preset: _TypeAlias = Preset  # noqa: Y015
 
 @_typing.final
 class ModelInfo(_message.Message):
@@ -645,6 +773,8 @@ class SaeInfo(_message.Message):
     D_MODEL_FIELD_NUMBER: _builtins.int
     SITE_FIELD_NUMBER: _builtins.int
     LABELS_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    SHA256_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """The SAE's name, used by FeatureEdit.sae (e.g. "res12")."""
     layer: _builtins.int
@@ -659,6 +789,12 @@ class SaeInfo(_message.Message):
     """
     labels: _builtins.int
     """How many of its features carry a label (from --labels or explanations.json)."""
+    kind: _builtins.str
+    """"jumprelu" (a sparse autoencoder) or "vector" (raw steering vectors served as a linear SAE:
+    f_i = x·v_i / |v_i|², no threshold, may be negative; W_dec[i] = v_i).
+    """
+    sha256: _builtins.str
+    """Lowercase hex SHA-256 of its parameter file (what presets pin)."""
     def __init__(
         self,
         *,
@@ -668,10 +804,12 @@ class SaeInfo(_message.Message):
         d_model: _builtins.int = ...,
         site: _builtins.str = ...,
         labels: _builtins.int = ...,
+        kind: _builtins.str = ...,
+        sha256: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["d_model", b"d_model", "d_sae", b"d_sae", "labels", b"labels", "layer", b"layer", "name", b"name", "site", b"site"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["d_model", b"d_model", "d_sae", b"d_sae", "kind", b"kind", "labels", b"labels", "layer", b"layer", "name", b"name", "sha256", b"sha256", "site", b"site"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -701,6 +839,7 @@ class Limits(_message.Message):
     MAX_WATCHED_FEATURES_FIELD_NUMBER: _builtins.int
     MAX_CONTRAST_TEXTS_FIELD_NUMBER: _builtins.int
     MAX_SEARCH_RESULTS_FIELD_NUMBER: _builtins.int
+    MAX_RULES_PER_REQUEST_FIELD_NUMBER: _builtins.int
     max_prompt_tokens: _builtins.int
     """Most tokens a prompt (or rendered chat) may hold, BOS included."""
     max_new_tokens: _builtins.int
@@ -739,6 +878,8 @@ class Limits(_message.Message):
     """Most texts in each of ContrastRequest.a and ContrastRequest.b."""
     max_search_results: _builtins.int
     """Largest SearchFeaturesRequest.limit."""
+    max_rules_per_request: _builtins.int
+    """Most entries in GenerateRequest.rules."""
     def __init__(
         self,
         *,
@@ -757,10 +898,11 @@ class Limits(_message.Message):
         max_watched_features: _builtins.int = ...,
         max_contrast_texts: _builtins.int = ...,
         max_search_results: _builtins.int = ...,
+        max_rules_per_request: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["default_max_new_tokens", b"default_max_new_tokens", "max_abs_edit_value", b"max_abs_edit_value", "max_active_rows", b"max_active_rows", "max_batch_size", b"max_batch_size", "max_contrast_texts", b"max_contrast_texts", "max_edits_per_request", b"max_edits_per_request", "max_inspect_features", b"max_inspect_features", "max_new_tokens", b"max_new_tokens", "max_prompt_tokens", b"max_prompt_tokens", "max_queued_requests", b"max_queued_requests", "max_search_results", b"max_search_results", "max_stop_string_chars", b"max_stop_string_chars", "max_stop_strings", b"max_stop_strings", "max_top_k", b"max_top_k", "max_watched_features", b"max_watched_features"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["default_max_new_tokens", b"default_max_new_tokens", "max_abs_edit_value", b"max_abs_edit_value", "max_active_rows", b"max_active_rows", "max_batch_size", b"max_batch_size", "max_contrast_texts", b"max_contrast_texts", "max_edits_per_request", b"max_edits_per_request", "max_inspect_features", b"max_inspect_features", "max_new_tokens", b"max_new_tokens", "max_prompt_tokens", b"max_prompt_tokens", "max_queued_requests", b"max_queued_requests", "max_rules_per_request", b"max_rules_per_request", "max_search_results", b"max_search_results", "max_stop_string_chars", b"max_stop_string_chars", "max_stop_strings", b"max_stop_strings", "max_top_k", b"max_top_k", "max_watched_features", b"max_watched_features"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
