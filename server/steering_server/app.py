@@ -28,7 +28,9 @@ from steering.catalog import Catalog
 from steering.engine import Engine, EngineConfig
 from steering.frontend import FrontEnd
 from steering.labels import labels_beside, load_labels
-from steering.sae_formats import sae_file
+from steering.presets import Preset, load_presets
+from steering.sae_formats import file_sha256, sae_file
+from steering.vectors import load_vectors
 from steering_proto.v1 import steering_pb2 as pb
 from steering_proto.v1 import steering_pb2_grpc as pb_grpc
 from steering_server.errors import AuthInterceptor, ErrorInterceptor
@@ -49,6 +51,7 @@ class Loaded:
     attachments: tuple[SaeAttachment, ...]
     name: str
     catalog: Catalog
+    presets: dict[str, Preset]
 
 
 def resolve_device(setting: str) -> torch.device:
@@ -79,9 +82,24 @@ def load(settings: Settings) -> Loaded:
         model_dir, name = settings.model, settings.model.name
     model = load_model(model_dir, device=device, dtype=dtype)
     attachments = tuple(
-        SaeAttachment(n, load_sae(p, device=device), layer) for n, p, layer in specs
+        SaeAttachment(n, load_sae(p, device=device), layer, sha256=file_sha256(sae_file(p)))
+        for n, p, layer in specs
+    ) + tuple(
+        SaeAttachment(
+            v.name, load_vectors(v.path, device=device), v.layer, sha256=file_sha256(v.path)
+        )
+        for v in settings.vector
     )
-    return Loaded(model, attachments, name, _catalog(settings, attachments, specs))
+    specs += [(v.name, v.path, v.layer) for v in settings.vector]
+    catalog = _catalog(settings, attachments, specs)
+    presets = {}
+    if settings.presets is not None:
+        presets = load_presets(
+            settings.presets,
+            {a.name: a.sae.d_sae for a in attachments},
+            {a.name: a.sha256 for a in attachments},
+        )
+    return Loaded(model, attachments, name, catalog, presets)
 
 
 def _catalog(
@@ -93,7 +111,7 @@ def _catalog(
     given = {spec.name: spec.path for spec in settings.labels}
     labels = {}
     for attachment, (name, path, _) in zip(attachments, specs, strict=True):
-        file = given.get(name) or labels_beside(sae_file(path))
+        file = given.get(name) or labels_beside(path if path.is_file() else sae_file(path))
         if file is not None:
             labels[name] = load_labels(file, attachment.sae.d_sae)
             log.info("SAE %s: %d labels from %s", name, len(labels[name]), file)
@@ -130,6 +148,7 @@ class SteeringApp:
             loaded.model.tokenizer,
             name=loaded.name,
             catalog=loaded.catalog,
+            presets=loaded.presets,
             on_admitted=self.metrics.on_admitted,
         )
         self.metrics.watch(engine.snapshot)

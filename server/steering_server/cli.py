@@ -32,7 +32,12 @@ from steering_server.settings import Settings, load_settings
 log = logging.getLogger("steering_server")
 
 EXIT_BAD_SETTINGS = 2
-METAVARS = {"sae": "NAME=PATH@LAYER", "labels": "NAME=PATH", "auth_tokens": "TOKEN"}
+METAVARS = {
+    "sae": "NAME=PATH@LAYER",
+    "vector": "NAME=PATH@LAYER",
+    "labels": "NAME=PATH",
+    "auth_tokens": "TOKEN",
+}
 
 
 def parser() -> argparse.ArgumentParser:

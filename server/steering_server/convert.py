@@ -21,6 +21,7 @@ from steering.requests import (
     InspectRequest,
     Limits,
     Receipt,
+    Rule,
     SamplingParams,
     TextRequest,
 )
@@ -37,6 +38,7 @@ FINISH_OF = {
     FinishReason.LENGTH: pb.FINISH_REASON_LENGTH,
     FinishReason.EOS: pb.FINISH_REASON_EOS,
     FinishReason.STOP: pb.FINISH_REASON_STOP,
+    FinishReason.CONDITION: pb.FINISH_REASON_CONDITION,
 }
 
 
@@ -50,7 +52,21 @@ def text_request(request: pb.GenerateRequest, request_id: str) -> TextRequest:
         edits=_edits(request.edits),
         request_id=request_id,
         watch=_refs(request.watch),
+        rules=tuple(_rule(i, r) for i, r in enumerate(request.rules)),
+        preset=request.preset,
     )
+
+
+def _rule(i: int, rule: pb.Rule) -> Rule:
+    """A rule; a missing action or `stop: false` reaches the core's validation as no action."""
+    when = FeatureRef(rule.when.sae, rule.when.feature)
+    action = rule.WhichOneof("then")
+    if action == "apply":
+        edits = tuple(
+            _edit(j, e, f"rules[{i}].apply.edits") for j, e in enumerate(rule.apply.edits)
+        )
+        return Rule(when, rule.above, apply=edits)
+    return Rule(when, rule.above, stop=action == "stop" and rule.stop)
 
 
 def inspect_request(request: pb.InspectRequest, request_id: str) -> InspectRequest:
@@ -94,9 +110,9 @@ def _sampling(s: pb.SamplingParams) -> SamplingParams:
     )
 
 
-def _edit(i: int, edit: pb.FeatureEdit) -> FeatureEdit:
+def _edit(i: int, edit: pb.FeatureEdit, field: str = "edits") -> FeatureEdit:
     if edit.mode not in MODE_OF:
-        raise InvalidRequestError(f"edits[{i}].mode", "set a mode: SET, ADD, SCALE or ABLATE")
+        raise InvalidRequestError(f"{field}[{i}].mode", "set a mode: SET, ADD, SCALE or ABLATE")
     return FeatureEdit(
         edit.sae, edit.feature, MODE_OF[edit.mode], edit.value, edit.only_when_active
     )
@@ -197,6 +213,7 @@ def limits_message(limits: Limits) -> pb.Limits:
         max_watched_features=limits.max_watched_features,
         max_contrast_texts=limits.max_contrast_texts,
         max_search_results=limits.max_search_results,
+        max_rules_per_request=limits.max_rules_per_request,
     )
 
 
@@ -218,8 +235,18 @@ def description(served: ServedModel) -> pb.DescribeModelResponse:
                 d_model=a.sae.d_model,
                 site=a.site,
                 labels=served.labels.get(a.name, 0),
+                kind=a.sae.kind,
+                sha256=a.sha256,
             )
             for a in served.saes
         ],
         limits=limits_message(served.limits),
+        presets=[
+            pb.Preset(
+                name=p.name,
+                description=p.description,
+                edits=[edit_message(e) for e in p.edits],
+            )
+            for p in served.presets
+        ],
     )

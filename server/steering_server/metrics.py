@@ -11,6 +11,7 @@ from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
 
+from steering.requests import FinishReason
 from steering.stats import AdmittedRequest, EngineSnapshot, StepStats
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
@@ -101,6 +102,19 @@ class Metrics:
             buckets=DURATION_BUCKETS,
             registry=r,
         )
+        self.rules_fired = Counter(
+            "steering_rules_fired", "Rules that fired, by action.", ["action"], registry=r
+        )
+        for action in ("apply", "stop"):
+            self.rules_fired.labels(action)
+        self.finished = Counter(
+            "steering_finish_reasons",
+            "Requests the engine finished, by reason (condition: a stop rule fired).",
+            ["reason"],
+            registry=r,
+        )
+        for reason in FinishReason:
+            self.finished.labels(reason.value)
         self.inspected_tokens = Counter(
             "steering_inspected_tokens", "Tokens reported by Inspect.", registry=r
         )
@@ -123,6 +137,11 @@ class Metrics:
             self.batch_size.observe(stats.batch_size)
         self.generated_tokens.inc(stats.generated_tokens)
         self.hook_seconds.inc(stats.hook_seconds)
+        for action, count in stats.rules_fired.items():
+            if count:
+                self.rules_fired.labels(action).inc(count)
+        for request in stats.finished:
+            self.finished.labels(request.finish_reason.value).inc()
 
     def on_admitted(self, request: AdmittedRequest) -> None:
         """Called by the front end for each request the engine took."""

@@ -31,8 +31,8 @@ def check(settings: Settings) -> None:
 
 
 def _check_mode(s: Settings) -> None:
-    if s.demo and (s.model is not None or s.sae):
-        raise StartupError("--demo serves its own model and SAE: drop --model and --sae")
+    if s.demo and (s.model is not None or s.sae or s.vector):
+        raise StartupError("--demo serves its own model and SAE: drop --model, --sae and --vector")
     if not s.demo and s.model is None:
         raise StartupError("name a model folder with --model (or run --demo)")
 
@@ -53,23 +53,30 @@ def _model_layers(folder: Path) -> int:
 
 
 def _check_saes(s: Settings, layers: int) -> None:
-    twice = sorted(name for name, n in Counter(spec.name for spec in s.sae).items() if n > 1)
+    names = [spec.name for spec in [*s.sae, *s.vector]]
+    twice = sorted(name for name, n in Counter(names).items() if n > 1)
     if twice:
-        raise StartupError(f"--sae: the name {twice[0]!r} is given to more than one SAE")
-    for spec in s.sae:
-        if not 0 <= spec.layer < layers:
-            raise StartupError(
-                f"--sae {spec.name}: layer {spec.layer} is out of range "
-                f"(the model has layers 0 to {layers - 1})"
-            )
-        try:
-            sae_file(spec.path)
-        except SaeFormatError as exc:
-            raise StartupError(f"--sae {spec.name}: {exc}") from exc
+        raise StartupError(f"--sae/--vector: the name {twice[0]!r} is given to more than one SAE")
+    for flag, specs in (("--sae", s.sae), ("--vector", s.vector)):
+        for spec in specs:
+            if not 0 <= spec.layer < layers:
+                raise StartupError(
+                    f"{flag} {spec.name}: layer {spec.layer} is out of range "
+                    f"(the model has layers 0 to {layers - 1})"
+                )
+            if flag == "--vector" and not spec.path.is_file():
+                raise StartupError(f"--vector {spec.name}: {spec.path}: no such file")
+            if flag == "--sae":
+                try:
+                    sae_file(spec.path)
+                except SaeFormatError as exc:
+                    raise StartupError(f"--sae {spec.name}: {exc}") from exc
 
 
 def _check_labels(s: Settings) -> None:
-    served = [spec.name for spec in s.sae] if not s.demo else [DEMO_SAE]
+    if s.presets is not None and not s.presets.is_file():
+        raise StartupError(f"--presets {s.presets}: no such file")
+    served = [spec.name for spec in [*s.sae, *s.vector]] if not s.demo else [DEMO_SAE]
     for spec in s.labels:
         if spec.name not in served:
             raise StartupError(

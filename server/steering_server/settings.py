@@ -81,6 +81,13 @@ class Settings(BaseSettings):
         description="an SAE to serve, NAME=PATH@LAYER (repeatable)",
         json_schema_extra=_flag("--sae"),
     )
+    vector: Annotated[list[SaeSpec], NoDecode] = Field(
+        default_factory=list,
+        description="steering vectors ([n, d_model] safetensors or .npy) served as a linear SAE, "
+        "NAME=PATH@LAYER (repeatable)",
+        json_schema_extra=_flag("--vector"),
+    )
+    presets: Path | None = Field(None, description="TOML file of named edit sets (presets)")
     labels: Annotated[list[LabelSpec], NoDecode] = Field(
         default_factory=list,
         description="feature labels of an SAE, NAME=PATH (repeatable; default: an "
@@ -118,6 +125,7 @@ class Settings(BaseSettings):
     max_watched_features: int = Field(16, ge=0, description="most watched features in a Generate")
     max_contrast_texts: int = Field(256, ge=1, description="most texts in each Contrast set")
     max_search_results: int = Field(100, ge=1, description="largest limit of a search")
+    max_rules_per_request: int = Field(16, ge=0, description="most rules in a Generate")
     prefill_tokens_per_step: int = Field(
         4096, ge=1, description="prompt tokens admitted per engine step (bounds decode stalls)"
     )
@@ -148,7 +156,7 @@ class Settings(BaseSettings):
 
     file_values: ClassVar[dict[str, Any]] = {}  # from the config file, below the environment
 
-    @field_validator("sae", mode="before")
+    @field_validator("sae", "vector", mode="before")
     @classmethod
     def _parse_sae(cls, value: Any) -> Any:
         items = _split(value)
@@ -203,6 +211,7 @@ class Settings(BaseSettings):
             max_watched_features=self.max_watched_features,
             max_contrast_texts=self.max_contrast_texts,
             max_search_results=self.max_search_results,
+            max_rules_per_request=self.max_rules_per_request,
         )
 
 

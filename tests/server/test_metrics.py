@@ -74,6 +74,8 @@ REQUIRED = {
     "steering_discovery_duration_seconds": "histogram",
     "steering_inspected_tokens_total": "counter",
     "steering_watched_features": "histogram",
+    "steering_rules_fired_total": "counter",
+    "steering_finish_reasons_total": "counter",
 }
 
 
@@ -85,7 +87,7 @@ def test_names_follow_the_conventions(gemma2_server: ServerThread) -> None:
     assert all(name.endswith("_total") for name, kind in ours.items() if kind == "counter")
     labels = set(re.findall(r"(\w+)=\"", text))
     # Never a request id or a feature index.
-    assert labels <= {"outcome", "sae", "mode", "le", "rpc"}, labels
+    assert labels <= {"outcome", "sae", "mode", "le", "rpc", "action", "reason"}, labels
 
 
 @pytest.mark.skipif(

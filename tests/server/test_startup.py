@@ -10,6 +10,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from steering import save_sae
@@ -103,6 +104,14 @@ CASES = {
         "no such file",
     ),
     "labels without a path": (["--model", "{model}", "--labels", "a"], "NAME=PATH"),
+    "demo with a vector": (["--demo", "--vector", "v={root}/cert@1"], "--demo"),
+    "vector file missing": (["--model", "{model}", "--vector", "v={root}/nope.npy@1"], "no such"),
+    "vector layer out of range": (["--model", "{model}", "--vector", "v={sae}@9"], "layer 9"),
+    "vector named as an SAE": (
+        ["--model", "{model}", "--sae", "a={sae}@1", "--vector", "a={root}/cert@1"],
+        "more than one SAE",
+    ),
+    "presets file missing": (["--model", "{model}", "--presets", "{root}/nope.toml"], "--presets"),
 }
 
 
@@ -136,26 +145,44 @@ def test_the_process_exits_2_with_one_line_and_no_traceback(
     )
     assert result.returncode == 2
     assert result.stderr.splitlines() == [
-        "steering-server: --demo serves its own model and SAE: drop --model and --sae"
+        "steering-server: --demo serves its own model and SAE: drop --model, --sae and --vector"
     ]
     assert result.stdout == ""
 
 
-@pytest.mark.parametrize("problem", ["SAE of the wrong width", "label index out of range"])
+@pytest.mark.parametrize(
+    "problem",
+    [
+        "SAE of the wrong width",
+        "label index out of range",
+        "vector of the wrong width",
+        "preset pinned to another SAE",
+    ],
+)
 def test_a_file_that_fails_to_load_exits_2_with_one_line(
     problem: str, files: dict[str, str], tmp_path: Path
 ) -> None:
     """Found while loading (after binding): still one clean line naming the file or the SAE."""
+    extra: list[str] = []
     if problem == "SAE of the wrong width":
         sae = save_sae(random_sae(48, 16, seed=0), tmp_path / "narrow")
         named = "narrow"
     else:
         sae = save_sae(random_sae(64, 16, seed=0), tmp_path / "narrow")
+    if problem == "label index out of range":
         (sae / "explanations.json").write_text(json.dumps([{"index": 16, "description": "x"}]))
         named = "explanations.json"
+    if problem == "vector of the wrong width":
+        np.save(tmp_path / "v.npy", np.ones((2, 48), dtype=np.float32))
+        extra, named = ["--vector", f"v={tmp_path / 'v.npy'}@1"], "'v'"
+    if problem == "preset pinned to another SAE":
+        (tmp_path / "p.toml").write_text(
+            '[presets.x]\nedits = ["narrow:1=ablate"]\nsha256 = { narrow = "abc" }\n'
+        )
+        extra, named = ["--presets", str(tmp_path / "p.toml")], "pinned to another"
     result = subprocess.run(
         [sys.executable, "-m", "steering_server", "--host", "127.0.0.1", "--port", "0",
-         "--metrics-port", "0", "--model", files["model"], "--sae", f"narrow={sae}@1"],
+         "--metrics-port", "0", "--model", files["model"], "--sae", f"narrow={sae}@1", *extra],
         capture_output=True,
         text=True,
         timeout=120,
