@@ -2,7 +2,11 @@
 
 It checks nothing about steering; it lets client tests see exactly what went over the wire.
 Generate echoes what a request watches and edits: token k's watched features read
-`watched_value(token_id, j)`, and the last chunk holds one receipt per edit (see `receipt_counts`).
+`watched_value(token_id, j)`, and the last chunk holds one receipt per edit in effect (see
+`edits_in_effect` and `receipt_counts`): its preset's, its own, and its rules' (every `apply` rule
+counts as fired). A preset the description does not list is INVALID_ARGUMENT naming `preset`. On
+request, a request with a stop rule ends early with FINISH_REASON_CONDITION, a steered request
+(edits, rules or a preset) streams other chunks, and calls wait for each other at a barrier.
 """
 
 from __future__ import annotations
@@ -31,11 +35,44 @@ CANNED = (
     ),
 )
 
+RES2_SHA256 = "0123456789abcdef" * 4
+VEC_SHA256 = "fedcba9876543210" * 4
+CALM = pb.Preset(
+    name="calm",
+    description="calm sea",
+    edits=[
+        pb.FeatureEdit(sae="res2", feature=7, mode=pb.EDIT_MODE_SET, value=8.0),
+        pb.FeatureEdit(sae="res2", feature=3, mode=pb.EDIT_MODE_ABLATE, only_when_active=True),
+    ],
+)
+BARE = pb.Preset(name="bare", edits=[pb.FeatureEdit(sae="vec", feature=1, mode=pb.EDIT_MODE_ADD)])
+
 DESCRIPTION = pb.DescribeModelResponse(
     model=pb.ModelInfo(
         name="tiny-gemma", num_layers=6, d_model=64, vocab_size=512, context_length=8192, chat=True
     ),
-    saes=[pb.SaeInfo(name="res2", layer=2, d_sae=256, d_model=64, site="resid_post", labels=200)],
+    saes=[
+        pb.SaeInfo(
+            name="res2",
+            layer=2,
+            d_sae=256,
+            d_model=64,
+            site="resid_post",
+            labels=200,
+            kind="jumprelu",
+            sha256=RES2_SHA256,
+        ),
+        pb.SaeInfo(
+            name="vec",
+            layer=3,
+            d_sae=4,
+            d_model=64,
+            site="resid_post",
+            kind="vector",
+            sha256=VEC_SHA256,
+        ),
+    ],
+    presets=[CALM, BARE],
     limits=pb.Limits(
         max_prompt_tokens=2048,
         max_new_tokens=1024,
@@ -51,6 +88,7 @@ DESCRIPTION = pb.DescribeModelResponse(
         max_watched_features=8,
         max_contrast_texts=256,
         max_search_results=100,
+        max_rules_per_request=8,
     ),
 )
 
@@ -108,11 +146,38 @@ def receipt_counts(i: int) -> tuple[int, int]:
     return 40 + i, i
 
 
+def edits_in_effect(request: pb.GenerateRequest) -> list[pb.FeatureEdit]:
+    """The edits the fake receipts, in order: the preset's (less those the request's own edits
+    replace), the request's, then every `apply` rule's."""
+    own = {(edit.sae, edit.feature) for edit in request.edits}
+    presets = {preset.name: preset for preset in DESCRIPTION.presets}
+    preset = presets.get(request.preset, pb.Preset())
+    edits = [e for e in preset.edits if (e.sae, e.feature) not in own]
+    edits.extend(request.edits)
+    for rule in request.rules:
+        if rule.WhichOneof("then") == "apply":
+            edits.extend(rule.apply.edits)
+    return edits
+
+
+def steers(request: pb.GenerateRequest) -> bool:
+    return bool(request.edits or request.rules or request.preset)
+
+
 class FakeSteering(pb_grpc.SteeringServiceServicer):
     """Streams `chunks`; can demand a bearer token, abort up front or mid-stream, or hang."""
 
     def __init__(self) -> None:
         self.chunks: tuple[pb.GenerateResponse, ...] = CANNED
+        # Streamed instead of `chunks` to a request with edits, rules or a preset, when set.
+        self.steered_chunks: tuple[pb.GenerateResponse, ...] | None = None
+        # A request holding a stop rule ends after this many chunks, its last message carrying
+        # FINISH_REASON_CONDITION (as the server does when the rule fires), when set.
+        self.stop_rule_fires_after: int | None = None
+        # Every Generate call waits here before streaming (at most 5 s; then it fails ABORTED),
+        # so calls that do not run together cannot pass it.
+        self.barrier: threading.Barrier | None = None
+        self.description: pb.DescribeModelResponse = DESCRIPTION
         self.token: str | None = None  # when set, calls must carry "Bearer <token>"
         self.abort: tuple[grpc.StatusCode, str] | None = None
         self.abort_after: int | None = None  # abort after this many chunks instead of up front
@@ -129,19 +194,27 @@ class FakeSteering(pb_grpc.SteeringServiceServicer):
     ) -> Iterator[pb.GenerateResponse]:
         context.add_callback(self.ended.set)
         self._admit(request, context, abort_now=self.abort_after is None)
-        for i, chunk in enumerate(self.chunks):
+        if request.preset and request.preset not in {p.name for p in self.description.presets}:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"preset: unknown {request.preset!r}")
+        if self.barrier is not None:
+            try:
+                self.barrier.wait(timeout=5.0)
+            except threading.BrokenBarrierError:
+                context.abort(grpc.StatusCode.ABORTED, "the other call never came")
+        chunks = self._chunks_for(request)
+        for i, chunk in enumerate(chunks):
             if i == self.abort_after and self.abort:
                 context.abort(*self.abort)
             if i == self.hang_after:
                 self._hold(context)
                 return
-            yield self._echo(request, chunk, last=i == len(self.chunks) - 1)
+            yield self._echo(request, chunk, last=i == len(chunks) - 1)
 
     def DescribeModel(
         self, request: pb.DescribeModelRequest, context: grpc.ServicerContext
     ) -> pb.DescribeModelResponse:
         self._admit(request, context, abort_now=True)
-        return DESCRIPTION
+        return self.description
 
     def Inspect(
         self, request: pb.InspectRequest, context: grpc.ServicerContext
@@ -161,12 +234,32 @@ class FakeSteering(pb_grpc.SteeringServiceServicer):
         self._admit(request, context, abort_now=True)
         return self.contrasted
 
+    def _chunks_for(self, request: pb.GenerateRequest) -> tuple[pb.GenerateResponse, ...]:
+        """What the request streams: the steered or plain chunks, cut short by a stop rule."""
+        chunks = self.chunks
+        if self.steered_chunks is not None and steers(request):
+            chunks = self.steered_chunks
+        fires = self.stop_rule_fires_after
+        if fires is not None and any(rule.stop for rule in request.rules):
+            last = pb.GenerateResponse(
+                finish_reason=pb.FINISH_REASON_CONDITION,
+                usage=pb.Usage(
+                    prompt_tokens=3,
+                    completion_tokens=sum(len(chunk.token_ids) for chunk in chunks[:fires]),
+                ),
+                seed=1234,
+            )
+            chunks = (*chunks[:fires], last)
+        return chunks
+
     @staticmethod
     def _echo(
         request: pb.GenerateRequest, chunk: pb.GenerateResponse, *, last: bool
     ) -> pb.GenerateResponse:
-        """The chunk with the request's watched features and, on the last, its edits' receipts."""
-        if not request.watch and not (last and request.edits):
+        """The chunk with the request's watched features and, on the last, the receipts of the
+        edits in effect."""
+        effective = edits_in_effect(request) if last else []
+        if not request.watch and not effective:
             return chunk
         echoed = pb.GenerateResponse()
         echoed.CopyFrom(chunk)
@@ -174,7 +267,7 @@ class FakeSteering(pb_grpc.SteeringServiceServicer):
             values = [watched_value(token_id, j) for j in range(len(request.watch))]
             echoed.watched.add(activations=values)
         if last:
-            for i, edit in enumerate(request.edits):
+            for i, edit in enumerate(effective):
                 applied, active = receipt_counts(i)
                 echoed.receipts.add(edit=edit, applied_positions=applied, active_positions=active)
         return echoed
