@@ -29,7 +29,9 @@ GENERATE = "/steering.v1.SteeringService/Generate"
 
 @pytest.fixture(scope="module")
 def fuzz_rig(
-    model_folders: dict[str, Path], sae_specs_reliability: list[str]
+    model_folders: dict[str, Path],
+    sae_specs_reliability: list[str],
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[ProcessRig]:
     """The real server process (its memory is then its own: the fuzzer's is large), with tight
     limits, so that 'too long' is cheap to reach."""
@@ -45,10 +47,14 @@ def fuzz_rig(
         "max_watched_features": 4,
         "max_contrast_texts": 4,
         "max_search_results": 5,
+        "max_rules_per_request": 4,
     }
+    presets = tmp_path_factory.mktemp("fuzz") / "presets.toml"
+    presets.write_text('[presets.calm]\nedits = ["res:1=set:3", "deep:2=ablate"]\n')
     server = ServerProcess(
         "--model", str(model_folders["gemma2"]),
         *(arg for spec in sae_specs_reliability for arg in ("--sae", spec)),
+        "--presets", str(presets),
         env={f"STEERING_{k.upper()}": str(v) for k, v in limits.items()},
     )  # fmt: skip
     rig = ProcessRig(server)
@@ -143,6 +149,7 @@ VALID_REFS = st.lists(
     max_size=4,
 )
 EDIT_VALUE = _float32(-1e4, 1e4)  # up to the server's cap: extreme, still valid
+WHEN = st.builds(pb.FeatureRef, sae=st.sampled_from(sorted(WIDTHS)), feature=st.integers(0, 95))
 TEMPERATURE = st.just(0.0) | _float32(1e-3, 100.0)
 TOP_P = _float32(0.0, 1.0)
 STOPS = st.lists(_text(1, 16), max_size=4)
@@ -172,6 +179,20 @@ def _valid_edits(draw: st.DrawFn) -> list[pb.FeatureEdit]:
 
 
 @st.composite
+def _rule(draw: st.DrawFn) -> pb.Rule:
+    """A well-formed rule (its edits may still clash with the request's: INVALID_ARGUMENT)."""
+    rule = pb.Rule(when=draw(WHEN), above=draw(_float32(-5.0, 5.0)))
+    if draw(st.booleans()):
+        rule.stop = True
+    else:
+        rule.apply.edits.extend(draw(_valid_edits().filter(bool)))
+    return rule
+
+
+RULES = st.lists(_rule(), max_size=2)
+
+
+@st.composite
 def _valid(draw: st.DrawFn) -> pb.GenerateRequest:
     sampling = pb.SamplingParams(
         max_new_tokens=draw(st.integers(0, 3)),  # 0: the server's default (2)
@@ -188,6 +209,8 @@ def _valid(draw: st.DrawFn) -> pb.GenerateRequest:
         edits=draw(_valid_edits()),
         request_id=draw(REQUEST_ID),
         watch=draw(VALID_REFS),
+        rules=draw(RULES),
+        preset=draw(st.sampled_from(["", "", "calm"])),
     )
     if draw(st.booleans()):
         message.prompt = draw(PROMPT)
@@ -266,6 +289,22 @@ MUTATIONS = st.one_of(
     _add_ref("watch", sae=st.sampled_from(["", "nope", "RES"]) | _text()),
     _add_ref("watch", feature=st.integers(96, 2**32 - 1)),
     st.just(lambda m: m.watch.extend([pb.FeatureRef(sae="res", feature=i) for i in range(17)])),
+    st.sampled_from(["nope", " calm", "CALM"]).map(lambda v: lambda m: setattr(m, "preset", v)),
+    st.just(lambda m: m.rules.add(when=pb.FeatureRef(sae="res", feature=1))),  # no action
+    st.just(lambda m: m.rules.add(when=pb.FeatureRef(sae="res", feature=1), stop=False)),
+    BAD_FLOATS.map(
+        lambda v: (
+            lambda m: m.rules.add(when=pb.FeatureRef(sae="res", feature=1), above=v, stop=True)
+        )
+    ),
+    _text(0, 8).map(
+        lambda v: lambda m: m.rules.add(when=pb.FeatureRef(sae=v, feature=1), stop=True)
+    ),
+    st.just(
+        lambda m: m.rules.extend(
+            [pb.Rule(when=pb.FeatureRef(sae="deep", feature=i), stop=True) for i in range(5)]
+        )
+    ),
 )
 
 
