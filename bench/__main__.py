@@ -12,16 +12,28 @@ import argparse
 import datetime
 import json
 import platform
+import tempfile
 from pathlib import Path
 
 import torch
 
 from bench.common import PRESETS, Setup, Table, build
 from bench.discovery import inspect_cost, watch_overhead
+from bench.policies import rules_overhead, vector_batch
 from bench.scenarios import heterogeneous, overhead, sparse_vs_full
 from bench.serving import grpc_cost, serving
 
-SCENARIOS = ("overhead", "heterogeneous", "sparse", "serving", "grpc", "watch", "inspect")
+SCENARIOS = (
+    "overhead",
+    "heterogeneous",
+    "sparse",
+    "serving",
+    "grpc",
+    "watch",
+    "inspect",
+    "rules",
+    "vectors",
+)
 
 
 def main() -> None:
@@ -76,6 +88,10 @@ def main() -> None:
         "grpc": lambda: grpc_cost(model, setup, 8, args.new_tokens),
         "watch": lambda: watch_overhead(model, setup, (1, 16), args.prompt_tokens, args.new_tokens),
         "inspect": lambda: inspect_cost(model, setup),
+        "rules": lambda: rules_overhead(model, setup, 16, args.prompt_tokens, args.new_tokens),
+        "vectors": lambda: vector_batch(
+            model, setup, 16, args.prompt_tokens, args.new_tokens, Path(tempfile.mkdtemp())
+        ),
     }
     for name in args.scenario:
         for table in run[name]():

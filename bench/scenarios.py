@@ -23,7 +23,7 @@ from steering import hooks as hooks_module
 from steering.demo.toy import random_sae
 from steering.edits import edit_counts, table_activations
 from steering.engine import Engine, EngineConfig
-from steering.requests import FeatureRef, GenerationRequest, Limits, SamplingParams
+from steering.requests import FeatureRef, GenerationRequest, Limits, Rule, SamplingParams
 
 Edits = tuple[FeatureEdit, ...]
 SAES = ("a", "b", "c")
@@ -80,14 +80,15 @@ def engine_rates(
     new: int,
     keep: list[list[int]] | None = None,
     watch: tuple[FeatureRef, ...] = (),
+    rules: tuple[Rule, ...] = (),
 ) -> dict[str, float]:
     """Prefill and decode tokens/s of one batch added at once (the first step prefills it).
 
-    `keep`, if given, receives each row's tokens; every row watches `watch`.
+    `keep`, if given, receives each row's tokens; every row watches `watch` and has `rules`.
     """
     sampling = SamplingParams(max_new_tokens=new, ignore_eos=True)
     handles = [
-        engine.add(GenerationRequest(p, sampling, e, watch=watch))
+        engine.add(GenerationRequest(p, sampling, e, watch=watch, rules=rules))
         for p, e in zip(batch, row_edits, strict=True)
     ]
     start = time.perf_counter()
