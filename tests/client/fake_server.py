@@ -146,11 +146,13 @@ def receipt_counts(i: int) -> tuple[int, int]:
     return 40 + i, i
 
 
-def edits_in_effect(request: pb.GenerateRequest) -> list[pb.FeatureEdit]:
+def edits_in_effect(
+    request: pb.GenerateRequest, description: pb.DescribeModelResponse = DESCRIPTION
+) -> list[pb.FeatureEdit]:
     """The edits the fake receipts, in order: the preset's (less those the request's own edits
     replace), the request's, then every `apply` rule's."""
     own = {(edit.sae, edit.feature) for edit in request.edits}
-    presets = {preset.name: preset for preset in DESCRIPTION.presets}
+    presets = {preset.name: preset for preset in description.presets}
     preset = presets.get(request.preset, pb.Preset())
     edits = [e for e in preset.edits if (e.sae, e.feature) not in own]
     edits.extend(request.edits)
@@ -252,13 +254,12 @@ class FakeSteering(pb_grpc.SteeringServiceServicer):
             chunks = (*chunks[:fires], last)
         return chunks
 
-    @staticmethod
     def _echo(
-        request: pb.GenerateRequest, chunk: pb.GenerateResponse, *, last: bool
+        self, request: pb.GenerateRequest, chunk: pb.GenerateResponse, *, last: bool
     ) -> pb.GenerateResponse:
         """The chunk with the request's watched features and, on the last, the receipts of the
         edits in effect."""
-        effective = edits_in_effect(request) if last else []
+        effective = edits_in_effect(request, self.description) if last else []
         if not request.watch and not effective:
             return chunk
         echoed = pb.GenerateResponse()

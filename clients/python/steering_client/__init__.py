@@ -19,19 +19,23 @@ from steering_client.edits import Edit, FeatureRef, parse_edit, parse_feature_re
 from steering_client.errors import SteeringClientError
 from steering_client.responses import (
     Chunk,
+    Comparison,
     Completion,
     EditReceipt,
     Limits,
     ModelDescription,
     ModelInfo,
+    Preset,
     SaeInfo,
     Usage,
 )
+from steering_client.rules import Rule, parse_rule
 
 __all__ = [
     "DEFAULT_TARGET",
     "AsyncSteeringClient",
     "Chunk",
+    "Comparison",
     "Completion",
     "Contrast",
     "Edit",
@@ -44,10 +48,13 @@ __all__ = [
     "Limits",
     "ModelDescription",
     "ModelInfo",
+    "Preset",
+    "Rule",
     "SaeInfo",
     "SteeringClient",
     "SteeringClientError",
     "Usage",
     "parse_edit",
     "parse_feature_ref",
+    "parse_rule",
 ]

@@ -2,7 +2,9 @@
 search, contrast), from a shell.
 
 Generated text streams to stdout as it arrives; the watched features' table, the edits' receipts
-and the finish reason, usage and seed go to stderr, so stdout holds only the completion. A failed
+and the finish reason, usage and seed go to stderr, so stdout holds only the completion.
+`generate --compare` prints the unsteered and the steered completion side by side (or, on a
+terminal narrower than 100 columns, as interleaved labelled lines) once both have finished. A failed
 call exits 1 with the gRPC status name and message; a bad argument exits 2 with a message naming
 its flag. The connection options (--target, --token, --tls, --ca-cert, --timeout) go before or
 after the subcommand; given twice, the later one wins.
@@ -13,7 +15,9 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import shutil
 import sys
+import textwrap
 from collections.abc import Callable, Sequence
 from itertools import zip_longest
 from typing import TypeVar
@@ -30,7 +34,8 @@ from steering_client.edits import (
 )
 from steering_client.errors import SteeringClientError
 from steering_client.request import ChatMessage
-from steering_client.responses import Chunk, ModelDescription
+from steering_client.responses import Chunk, Comparison, Completion, ModelDescription
+from steering_client.rules import RULE_GRAMMAR, Rule, parse_rule
 
 EXIT_RPC_ERROR = 1
 EXIT_INTERRUPTED = 130
@@ -80,11 +85,15 @@ def _input(args: argparse.Namespace) -> tuple[str | None, list[ChatMessage] | No
 
 
 def _generate(client: SteeringClient, args: argparse.Namespace) -> int:
+    if args.compare:
+        return _compare(client, args)
     prompt, chat = _input(args)
     stream = client.generate(
         prompt,
         chat=chat,
         edits=args.edit,
+        rules=args.rule,
+        preset=args.preset,
         watch=args.watch,
         max_new_tokens=args.max_new_tokens,
         temperature=args.temperature,
@@ -112,6 +121,92 @@ def _generate(client: SteeringClient, args: argparse.Namespace) -> int:
             print(receipt, file=sys.stderr)
         print(_summary(last), file=sys.stderr)
     return 0
+
+
+# At least this many columns show `--compare`'s runs side by side; fewer interleave their lines.
+SIDE_BY_SIDE_MIN_COLUMNS = 100
+COMPARED = ("unsteered", "steered")
+_GUTTER = " | "
+
+
+def _compare(client: SteeringClient, args: argparse.Namespace) -> int:
+    if not (args.edit or args.rule or args.preset):
+        # A ValueError is a usage error in `main`.
+        raise ValueError("--compare: nothing to compare: give --edit, --rule or --preset")
+    prompt, chat = _input(args)
+    comparison = client.compare(
+        prompt,
+        chat=chat,
+        edits=args.edit,
+        rules=args.rule,
+        preset=args.preset,
+        watch=args.watch,
+        max_new_tokens=args.max_new_tokens,
+        temperature=args.temperature,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        seed=args.seed,
+        stop=args.stop,
+        ignore_eos=args.ignore_eos,
+        request_id=args.request_id,
+    )
+    columns = shutil.get_terminal_size().columns
+    print(format_comparison(comparison, columns))
+    runs = dict(zip(COMPARED, (comparison.unsteered, comparison.steered), strict=True))
+    if args.watch:
+        for name, run in runs.items():
+            print(f"{name}:", file=sys.stderr)
+            print(format_watched_completion(args.watch, run), file=sys.stderr)
+    for receipt in comparison.steered.receipts:
+        print(receipt, file=sys.stderr)
+    for name, run in runs.items():
+        print(f"{name}: {_summary(run)}", file=sys.stderr)
+    return 0
+
+
+def format_comparison(comparison: Comparison, columns: int) -> str:
+    """Both completions, wrapped to fit `columns`: side by side under "unsteered | steered"
+    headings when `columns` >= 100, else as interleaved lines labelled "unsteered:" and
+    "  steered:" (line k of one, then line k of the other)."""
+    texts = (comparison.unsteered.text, comparison.steered.text)
+    if columns >= SIDE_BY_SIDE_MIN_COLUMNS:
+        width = (columns - len(_GUTTER)) // 2
+        left, right = (_wrapped(text, width) for text in texts)
+        rows = [
+            (COMPARED[0], COMPARED[1]),
+            ("-" * width, "-" * width),
+            *zip_longest(left, right, fillvalue=""),
+        ]
+        return "\n".join(f"{a:<{width}}{_GUTTER}{b}".rstrip() for a, b in rows)
+    label_width = max(len(name) for name in COMPARED)
+    width = max(columns - label_width - 2, 20)
+    lines = []
+    for pair in zip_longest(*(_wrapped(text, width) for text in texts)):
+        for name, line in zip(COMPARED, pair, strict=True):
+            if line is not None:
+                lines.append(f"{name:>{label_width}}: {line}".rstrip())
+    return "\n".join(lines)
+
+
+def _wrapped(text: str, width: int) -> list[str]:
+    """`text` wrapped to `width` columns, its own line breaks kept (a blank line stays one)."""
+    lines: list[str] = []
+    for paragraph in text.split("\n"):
+        lines.extend(textwrap.wrap(paragraph, width, replace_whitespace=False) or [""])
+    return lines
+
+
+def format_watched_completion(watch: Sequence[FeatureRef], completion: Completion) -> str:
+    """One row per generated token of a whole completion: its index, id and the watched
+    features' activations (a completion keeps no per-chunk text, so there is no text column)."""
+    header = ["#", "id", *(str(ref) for ref in watch)]
+    rows = [
+        [str(i), "" if token_id is None else str(token_id), *(_number(v) for v in values or ())]
+        for i, (token_id, values) in enumerate(
+            zip_longest(completion.token_ids, completion.watched, fillvalue=None)
+        )
+    ]
+    return _table(header, rows, left=set())
 
 
 def format_watched(watch: Sequence[FeatureRef], chunks: Sequence[Chunk]) -> str:
@@ -237,7 +332,7 @@ def format_contrast(contrast: Contrast) -> str:
     )
 
 
-def _summary(last: Chunk) -> str:
+def _summary(last: Chunk | Completion) -> str:
     parts = [f"finish_reason={last.finish_reason}"]
     if last.usage is not None:
         parts.append(f"prompt_tokens={last.usage.prompt_tokens}")
@@ -252,8 +347,12 @@ def _describe(client: SteeringClient, args: argparse.Namespace) -> int:
     return 0
 
 
+SHORT_SHA256 = 12  # hex digits of an SAE's parameter file's SHA-256 that `describe` shows
+
+
 def format_description(desc: ModelDescription) -> str:
-    """The model, SAEs and limits as aligned plain text."""
+    """The model, SAEs (with kind and a short sha256), presets (one edit a line, in the CLI's
+    syntax) and limits as aligned plain text."""
     m = desc.model
     lines = [
         f"model: {m.name}",
@@ -262,10 +361,19 @@ def format_description(desc: ModelDescription) -> str:
         "saes:" if desc.saes else "saes: none",
     ]
     for sae in desc.saes:
-        lines.append(
+        line = (
             f"  {sae.name}: layer {sae.layer}, site {sae.site}, "
             f"d_sae {sae.d_sae}, d_model {sae.d_model}, labels {sae.labels}"
         )
+        if sae.kind:
+            line += f", kind {sae.kind}"
+        if sae.sha256:
+            line += f", sha256 {sae.sha256[:SHORT_SHA256]}"
+        lines.append(line)
+    lines.append("presets:" if desc.presets else "presets: none")
+    for preset in desc.presets:
+        lines.append(f"  {preset.name}: {preset.description}".rstrip())
+        lines.extend(f"    {edit}" for edit in preset.edits)
     lines.append("limits:")
     for name, value in vars(desc.limits).items():
         shown = f"{value:g}" if isinstance(value, float) else str(value)
@@ -276,6 +384,13 @@ def format_description(desc: ModelDescription) -> str:
 def _edit(text: str) -> Edit:
     try:
         return parse_edit(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def _rule(text: str) -> Rule:
+    try:
+        return parse_rule(text)
     except ValueError as error:
         raise argparse.ArgumentTypeError(str(error)) from None
 
@@ -381,7 +496,7 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     gen = _add_command(commands, "generate", _generate, "stream a steered completion to stdout")
     _add_generate_options(gen)
-    _add_command(commands, "describe", _describe, "print the model, SAEs and limits")
+    _add_command(commands, "describe", _describe, "print the model, SAEs, presets and limits")
     inspect = _add_command(
         commands, "inspect", _inspect, "print what the SAEs read at every token of a text"
     )
@@ -539,6 +654,28 @@ def _add_generate_options(gen: argparse.ArgumentParser) -> None:
         metavar=REF_GRAMMAR,
         help="report this feature's activation at every generated token, on stderr, e.g. "
         "res12:1234 (repeatable)",
+    )
+    gen.add_argument(
+        "--rule",
+        type=_rule,
+        action="append",
+        default=[],
+        metavar="RULE",
+        help=f"conditional steering {RULE_GRAMMAR}: the first time SAE:FEATURE's activation "
+        "exceeds ABOVE, stop (finish reason 'condition') or apply the edits from the next "
+        "position on, e.g. 'res12:5>2.5 -> stop' or 'res12:5>2.5 -> res12:9=set:4' (repeatable)",
+    )
+    gen.add_argument(
+        "--preset",
+        default="",
+        metavar="NAME",
+        help="apply the server's edit set NAME (see `describe`); --edit wins on the same feature",
+    )
+    gen.add_argument(
+        "--compare",
+        action="store_true",
+        help="run the request unsteered and steered (same seed) and print both side by side; "
+        "needs --edit, --rule or --preset",
     )
     gen.add_argument(
         "--max-new-tokens",

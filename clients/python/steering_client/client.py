@@ -1,5 +1,6 @@
-"""Sync and async clients of the steering server: stream a steered generation, describe the model,
-inspect what the SAEs read, search feature labels, contrast two sets of texts.
+"""Sync and async clients of the steering server: stream a steered generation, compare it with
+the unsteered one, describe the model, inspect what the SAEs read, search feature labels,
+contrast two sets of texts.
 
 Both speak the same API over one gRPC channel each; a failed call raises `SteeringClientError`.
 They hold no state beyond the channel, so one client may serve many threads (sync) or tasks
@@ -9,7 +10,9 @@ They hold no state beyond the channel, so one client may serve many threads (syn
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from types import TracebackType
 from typing import TypeVar
 
@@ -28,14 +31,17 @@ from steering_client.request import (
     ChatMessage,
     EditLike,
     FeatureLike,
+    RuleLike,
     auth_metadata,
+    build_comparison_requests,
     build_contrast_request,
     build_generate_request,
     build_inspect_request,
     build_search_request,
+    comparison_seed,
     sampling_params,
 )
-from steering_client.responses import Chunk, ModelDescription
+from steering_client.responses import Chunk, Comparison, Completion, ModelDescription
 from steering_proto.v1 import steering_pb2 as pb
 from steering_proto.v1 import steering_pb2_grpc as pb_grpc
 
@@ -43,6 +49,38 @@ DEFAULT_TARGET = "localhost:50051"
 
 _Request = TypeVar("_Request")
 _Response = TypeVar("_Response")
+
+
+def _generate_request(
+    prompt: str | None,
+    chat: Sequence[ChatMessage] | None,
+    *,
+    edits: Iterable[EditLike],
+    rules: Iterable[RuleLike],
+    preset: str,
+    watch: Iterable[FeatureLike],
+    max_new_tokens: int,
+    temperature: float,
+    top_k: int,
+    top_p: float,
+    seed: int | None,
+    stop: Iterable[str],
+    ignore_eos: bool,
+    request_id: str,
+) -> pb.GenerateRequest:
+    """The GenerateRequest of `generate`'s arguments (both clients')."""
+    sampling = sampling_params(
+        max_new_tokens=max_new_tokens,
+        temperature=temperature,
+        top_k=top_k,
+        top_p=top_p,
+        seed=seed,
+        stop=stop,
+        ignore_eos=ignore_eos,
+    )
+    return build_generate_request(
+        prompt, chat, edits, sampling, request_id, watch, rules=rules, preset=preset
+    )
 
 
 def _credentials(root_certificates: bytes | None, tls: bool) -> grpc.ChannelCredentials | None:
@@ -82,6 +120,8 @@ class SteeringClient:
         *,
         chat: Sequence[ChatMessage] | None = None,
         edits: Iterable[EditLike] = (),
+        rules: Iterable[RuleLike] = (),
+        preset: str = "",
         watch: Iterable[FeatureLike] = (),
         max_new_tokens: int = 0,
         temperature: float = 0.0,
@@ -100,10 +140,21 @@ class SteeringClient:
         max_new_tokens 0 the server's default, top_k 0 and top_p 0 no cut; seed None lets the
         server pick one (reported on the last chunk). `watch` names features (`FeatureRef`s or
         (sae, feature) pairs) whose activations each chunk reports per token in `watched`; the
-        last chunk carries one receipt per edit. Leaving the loop early cancels the call.
-        Raises ValueError for a malformed request, SteeringClientError when the call fails.
+        last chunk carries one receipt per edit in effect (the preset's, the request's, and the
+        rules' once fired). `rules` (`Rule`s) steer conditionally: each fires once, the first
+        time its feature is above its threshold, and applies its edits from the next position
+        on or stops the request (finish reason "condition"). `preset` names one of the server's
+        edit sets (`describe().presets`); the request's own edits win where both edit one
+        feature. Leaving the loop early cancels the call. Raises ValueError for a malformed
+        request, SteeringClientError when the call fails.
         """
-        sampling = sampling_params(
+        request = _generate_request(
+            prompt,
+            chat,
+            edits=edits,
+            rules=rules,
+            preset=preset,
+            watch=watch,
             max_new_tokens=max_new_tokens,
             temperature=temperature,
             top_k=top_k,
@@ -111,8 +162,8 @@ class SteeringClient:
             seed=seed,
             stop=stop,
             ignore_eos=ignore_eos,
+            request_id=request_id,
         )
-        request = build_generate_request(prompt, chat, edits, sampling, request_id, watch)
         return self._stream(request, self._timeout if timeout is None else timeout)
 
     def generate_text(
@@ -121,6 +172,8 @@ class SteeringClient:
         *,
         chat: Sequence[ChatMessage] | None = None,
         edits: Iterable[EditLike] = (),
+        rules: Iterable[RuleLike] = (),
+        preset: str = "",
         watch: Iterable[FeatureLike] = (),
         max_new_tokens: int = 0,
         temperature: float = 0.0,
@@ -137,6 +190,8 @@ class SteeringClient:
             prompt,
             chat=chat,
             edits=edits,
+            rules=rules,
+            preset=preset,
             watch=watch,
             max_new_tokens=max_new_tokens,
             temperature=temperature,
@@ -150,8 +205,71 @@ class SteeringClient:
         )
         return "".join(chunk.text for chunk in chunks)
 
+    def compare(
+        self,
+        prompt: str | None = None,
+        *,
+        chat: Sequence[ChatMessage] | None = None,
+        edits: Iterable[EditLike] = (),
+        rules: Iterable[RuleLike] = (),
+        preset: str = "",
+        watch: Iterable[FeatureLike] = (),
+        max_new_tokens: int = 0,
+        temperature: float = 0.0,
+        top_k: int = 0,
+        top_p: float = 0.0,
+        seed: int | None = None,
+        stop: Iterable[str] = (),
+        ignore_eos: bool = False,
+        request_id: str = "",
+        timeout: float | None = None,
+    ) -> Comparison:
+        """Run one request twice, concurrently: unsteered (without its edits, rules and preset;
+        what it watches is kept) and steered (as given), and return both completions.
+
+        Both runs share one seed: `seed`, or, when it is None and `temperature` > 0, a random
+        63-bit seed picked here (reported in each completion's `seed`). Greedy (temperature 0)
+        output of a request is the same whatever shares its batch, so the two greedy runs are
+        exact: any difference is the steering's. With a seed, a sampled pair draws the same
+        random numbers: a fair comparison. A non-empty `request_id` is sent as "ID/unsteered"
+        and "ID/steered". Arguments as for `generate`; at least one of `edits`, `rules` or
+        `preset` must be given (else ValueError). When one run fails, the other is cancelled
+        and the failure raised as SteeringClientError.
+        """
+        request = _generate_request(
+            prompt,
+            chat,
+            edits=edits,
+            rules=rules,
+            preset=preset,
+            watch=watch,
+            max_new_tokens=max_new_tokens,
+            temperature=temperature,
+            top_k=top_k,
+            top_p=top_p,
+            seed=comparison_seed(seed, temperature),
+            stop=stop,
+            ignore_eos=ignore_eos,
+            request_id=request_id,
+        )
+        pair = build_comparison_requests(request)
+        deadline = self._timeout if timeout is None else timeout
+        calls = [self._stub.Generate(r, timeout=deadline, metadata=self._metadata) for r in pair]
+        with ThreadPoolExecutor(max_workers=2, thread_name_prefix="steering-compare") as pool:
+            runs = [pool.submit(_complete, call) for call in calls]
+            try:
+                wait(runs, return_when=FIRST_EXCEPTION)
+                for run in runs:
+                    if run.done() and run.exception() is not None:
+                        run.result()  # raises the first failure; the finally cancels the other
+                unsteered, steered = (run.result() for run in runs)
+            finally:
+                for call in calls:
+                    call.cancel()  # a no-op on a finished call; ends one still streaming
+        return Comparison(unsteered, steered)
+
     def describe(self, *, timeout: float | None = None) -> ModelDescription:
-        """The served model, its SAEs and the server's limits."""
+        """The served model, its SAEs, the server's limits and its presets."""
         response = self._unary(self._stub.DescribeModel, pb.DescribeModelRequest(), timeout)
         return ModelDescription.from_proto(response)
 
@@ -233,20 +351,32 @@ class SteeringClient:
     def _stream(self, request: pb.GenerateRequest, timeout: float | None) -> Iterator[Chunk]:
         call = self._stub.Generate(request, timeout=timeout, metadata=self._metadata)
         try:
-            for response in call:
-                yield Chunk.from_proto(response)
-        except grpc.RpcError as error:
-            raise SteeringClientError.from_rpc_error(error) from error
+            yield from _chunks(call)
         finally:
             call.cancel()  # frees the server's batch row when the caller stops early; else a no-op
+
+
+def _chunks(call: Iterator[pb.GenerateResponse]) -> Iterator[Chunk]:
+    """The chunks of a Generate call, its failure raised as SteeringClientError."""
+    try:
+        for response in call:
+            yield Chunk.from_proto(response)
+    except grpc.RpcError as error:
+        raise SteeringClientError.from_rpc_error(error) from error
+
+
+def _complete(call: Iterator[pb.GenerateResponse]) -> Completion:
+    """The whole completion of a Generate call (run in a thread of `compare`)."""
+    return Completion.from_chunks(_chunks(call))
 
 
 class AsyncSteeringClient:
     """The asyncio twin of `SteeringClient` (grpc.aio): same arguments, same results.
 
     `async for chunk in client.generate(...)`, `await client.generate_text(...)`,
-    `await client.describe()`, `await client.inspect(...)` (and `search`, `contrast`). Create it
-    inside the event loop that uses it; close it with `await client.close()` or `async with`.
+    `await client.compare(...)`, `await client.describe()`, `await client.inspect(...)` (and
+    `search`, `contrast`). Create it inside the event loop that uses it; close it with
+    `await client.close()` or `async with`.
     To stop a stream early and cancel the call at once, wrap it in `contextlib.aclosing`.
     """
 
@@ -275,6 +405,8 @@ class AsyncSteeringClient:
         *,
         chat: Sequence[ChatMessage] | None = None,
         edits: Iterable[EditLike] = (),
+        rules: Iterable[RuleLike] = (),
+        preset: str = "",
         watch: Iterable[FeatureLike] = (),
         max_new_tokens: int = 0,
         temperature: float = 0.0,
@@ -287,7 +419,13 @@ class AsyncSteeringClient:
         timeout: float | None = None,
     ) -> AsyncIterator[Chunk]:
         """Stream the chunks of one generation (see `SteeringClient.generate`)."""
-        sampling = sampling_params(
+        request = _generate_request(
+            prompt,
+            chat,
+            edits=edits,
+            rules=rules,
+            preset=preset,
+            watch=watch,
             max_new_tokens=max_new_tokens,
             temperature=temperature,
             top_k=top_k,
@@ -295,8 +433,8 @@ class AsyncSteeringClient:
             seed=seed,
             stop=stop,
             ignore_eos=ignore_eos,
+            request_id=request_id,
         )
-        request = build_generate_request(prompt, chat, edits, sampling, request_id, watch)
         return self._stream(request, self._timeout if timeout is None else timeout)
 
     async def generate_text(
@@ -305,6 +443,8 @@ class AsyncSteeringClient:
         *,
         chat: Sequence[ChatMessage] | None = None,
         edits: Iterable[EditLike] = (),
+        rules: Iterable[RuleLike] = (),
+        preset: str = "",
         watch: Iterable[FeatureLike] = (),
         max_new_tokens: int = 0,
         temperature: float = 0.0,
@@ -321,6 +461,8 @@ class AsyncSteeringClient:
             prompt,
             chat=chat,
             edits=edits,
+            rules=rules,
+            preset=preset,
             watch=watch,
             max_new_tokens=max_new_tokens,
             temperature=temperature,
@@ -334,8 +476,58 @@ class AsyncSteeringClient:
         )
         return "".join([chunk.text async for chunk in chunks])
 
+    async def compare(
+        self,
+        prompt: str | None = None,
+        *,
+        chat: Sequence[ChatMessage] | None = None,
+        edits: Iterable[EditLike] = (),
+        rules: Iterable[RuleLike] = (),
+        preset: str = "",
+        watch: Iterable[FeatureLike] = (),
+        max_new_tokens: int = 0,
+        temperature: float = 0.0,
+        top_k: int = 0,
+        top_p: float = 0.0,
+        seed: int | None = None,
+        stop: Iterable[str] = (),
+        ignore_eos: bool = False,
+        request_id: str = "",
+        timeout: float | None = None,
+    ) -> Comparison:
+        """The request unsteered and steered, run concurrently with one seed (see
+        `SteeringClient.compare`: greedy (temperature 0) output is the same whatever shares its
+        batch, so greedy pairs are exact; with a seed, sampled pairs are a fair comparison)."""
+        request = _generate_request(
+            prompt,
+            chat,
+            edits=edits,
+            rules=rules,
+            preset=preset,
+            watch=watch,
+            max_new_tokens=max_new_tokens,
+            temperature=temperature,
+            top_k=top_k,
+            top_p=top_p,
+            seed=comparison_seed(seed, temperature),
+            stop=stop,
+            ignore_eos=ignore_eos,
+            request_id=request_id,
+        )
+        pair = build_comparison_requests(request)
+        deadline = self._timeout if timeout is None else timeout
+        runs = [asyncio.ensure_future(self._complete(r, deadline)) for r in pair]
+        try:
+            unsteered, steered = await asyncio.gather(*runs)
+        except BaseException:
+            for run in runs:
+                run.cancel()  # cancelling a run cancels its call
+            await asyncio.gather(*runs, return_exceptions=True)
+            raise
+        return Comparison(unsteered, steered)
+
     async def describe(self, *, timeout: float | None = None) -> ModelDescription:
-        """The served model, its SAEs and the server's limits."""
+        """The served model, its SAEs, the server's limits and its presets."""
         request = pb.DescribeModelRequest()
         response = await self._unary(self._stub.DescribeModel, request, timeout)
         return ModelDescription.from_proto(response)
@@ -417,3 +609,7 @@ class AsyncSteeringClient:
             raise SteeringClientError.from_rpc_error(error) from error
         finally:
             call.cancel()  # frees the server's batch row when the caller stops early; else a no-op
+
+    async def _complete(self, request: pb.GenerateRequest, timeout: float | None) -> Completion:
+        """The whole completion of one generation (a run of `compare`)."""
+        return Completion.from_chunks([chunk async for chunk in self._stream(request, timeout)])

@@ -8,11 +8,13 @@ field.
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Iterable, Mapping, Sequence
 
 from google.protobuf.message import Message
 
 from steering_client.edits import Edit, FeatureRef
+from steering_client.rules import Rule, rules_to_proto
 from steering_proto.v1 import steering_pb2 as pb
 
 # One chat message: (role, content), or a mapping with "role" and "content" keys.
@@ -20,6 +22,8 @@ ChatMessage = tuple[str, str] | Mapping[str, str]
 # One feature to watch or inspect: a FeatureRef, an (sae, feature) pair, or the proto itself.
 FeatureLike = FeatureRef | tuple[str, int] | pb.FeatureRef
 EditLike = Edit | pb.FeatureEdit
+RuleLike = Rule | pb.Rule
+SEED_BITS = 63  # a seed compare() picks fits any signed or unsigned 64-bit integer
 
 
 def build_generate_request(
@@ -29,12 +33,47 @@ def build_generate_request(
     sampling: pb.SamplingParams,
     request_id: str,
     watch: Iterable[FeatureLike] = (),
+    rules: Iterable[RuleLike] = (),
+    preset: str = "",
 ) -> pb.GenerateRequest:
-    request = pb.GenerateRequest(sampling=sampling, request_id=request_id)
+    request = pb.GenerateRequest(sampling=sampling)
     _set_input(request, prompt, chat)
+    _set_scalars(request, {"request_id": request_id, "preset": preset})
     request.edits.extend(_edits(edits))
     request.watch.extend(_feature_refs("watch", watch))
+    request.rules.extend(rules_to_proto(rules))
     return request
+
+
+def build_comparison_requests(
+    request: pb.GenerateRequest,
+) -> tuple[pb.GenerateRequest, pb.GenerateRequest]:
+    """The (unsteered, steered) pair of `compare`: `request` without its edits, rules and
+    preset (what it watches is kept), and `request` as it is.
+
+    A non-empty request id gets "/unsteered" and "/steered" appended, to tell the two apart in
+    the server's logs. Raises ValueError when the request steers nothing.
+    """
+    if not (request.edits or request.rules or request.preset):
+        raise ValueError("compare: nothing to compare: give edits, rules or a preset")
+    unsteered, steered = pb.GenerateRequest(), pb.GenerateRequest()
+    unsteered.CopyFrom(request)
+    steered.CopyFrom(request)
+    for field in ("edits", "rules", "preset"):
+        unsteered.ClearField(field)
+    if request.request_id:
+        unsteered.request_id += "/unsteered"
+        steered.request_id += "/steered"
+    return unsteered, steered
+
+
+def comparison_seed(seed: int | None, temperature: float) -> int | None:
+    """The seed both runs of `compare` use: the caller's, else for sampling (temperature > 0) a
+    random 63-bit one picked here, so that both runs draw the same random numbers. Greedy
+    decoding uses no seed: None lets the server pick (and ignore) one."""
+    if seed is None and temperature > 0:
+        return secrets.randbits(SEED_BITS)
+    return seed
 
 
 def build_inspect_request(

@@ -2,8 +2,9 @@
 
 A generation streams `Chunk`s (with the watched features' activations per token); the last one
 carries the finish reason, usage, seed and the edits' receipts. `Completion.from_chunks`
-reassembles a stream; `ModelDescription` answers DescribeModel. What Inspect, SearchFeatures and
-Contrast answer is in `steering_client.discovery`.
+reassembles a stream, and `Comparison` pairs an unsteered and a steered completion of one
+request; `ModelDescription` answers DescribeModel (with the server's presets). What Inspect,
+SearchFeatures and Contrast answer is in `steering_client.discovery`.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ FINISH_REASONS: dict[int, str] = {
     pb.FINISH_REASON_LENGTH: "length",
     pb.FINISH_REASON_EOS: "eos",
     pb.FINISH_REASON_STOP: "stop",
+    pb.FINISH_REASON_CONDITION: "condition",  # a stop rule fired
 }
 
 
@@ -66,10 +68,11 @@ class EditReceipt:
 class Chunk:
     """The tokens generated since the previous chunk, and their text.
 
-    `watched` holds, per token id, the watched features' activations in watch order (empty when
-    nothing is watched). `finish_reason` ("length", "eos" or "stop"), `usage`, `seed` and
-    `receipts` (one per edit in effect) are set on the last chunk only; `seed` is what to pass
-    back as `seed=` to reproduce a sampled output.
+        `watched` holds, per token id, the watched features' activations in watch order (empty when
+        nothing is watched). `finish_reason` ("length", "eos", "stop", or "condition" when a stop
+    rule fired), `usage`, `seed` and
+        `receipts` (one per edit in effect) are set on the last chunk only; `seed` is what to pass
+        back as `seed=` to reproduce a sampled output.
     """
 
     token_ids: tuple[int, ...]
@@ -139,6 +142,14 @@ class Completion:
 
 
 @dataclass(frozen=True)
+class Comparison:
+    """The same request run twice (same seed): without its edits, rules and preset, and with."""
+
+    unsteered: Completion
+    steered: Completion
+
+
+@dataclass(frozen=True)
 class ModelInfo:
     """The served model: its name, decoder layers, residual width, vocabulary and context."""
 
@@ -152,8 +163,10 @@ class ModelInfo:
 
 @dataclass(frozen=True)
 class SaeInfo:
-    """An SAE that edits may name: its layer, width (d_sae features), site, and how many of its
-    features carry a label."""
+    """An SAE that edits may name: its layer, width (d_sae features), site, how many of its
+    features carry a label, its kind ("jumprelu", or "vector" for raw steering vectors served
+    as a linear SAE, whose activations may be negative) and the SHA-256 (lowercase hex) of its
+    parameter file, which presets pin. Kind and sha256 are empty from an older server."""
 
     name: str
     layer: int
@@ -161,6 +174,22 @@ class SaeInfo:
     d_model: int
     site: str
     labels: int
+    kind: str = ""
+    sha256: str = ""
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A named edit set of the server's, which `generate(preset=name)` applies (the request's
+    own edits win where both edit one feature)."""
+
+    name: str
+    description: str
+    edits: tuple[Edit, ...]
+
+    @classmethod
+    def from_proto(cls, msg: pb.Preset) -> Preset:
+        return cls(msg.name, msg.description, tuple(Edit.from_proto(e) for e in msg.edits))
 
 
 @dataclass(frozen=True)
@@ -181,15 +210,17 @@ class Limits:
     max_watched_features: int
     max_contrast_texts: int
     max_search_results: int
+    max_rules_per_request: int = 0
 
 
 @dataclass(frozen=True)
 class ModelDescription:
-    """DescribeModel's answer: the model, the SAEs by name, and the limits."""
+    """DescribeModel's answer: the model, the SAEs by name, the limits, and the presets."""
 
     model: ModelInfo
     saes: tuple[SaeInfo, ...]
     limits: Limits
+    presets: tuple[Preset, ...] = ()
 
     def sae(self, name: str) -> SaeInfo:
         """The SAE called `name`; KeyError if the server has none by that name."""
@@ -198,12 +229,20 @@ class ModelDescription:
                 return info
         raise KeyError(name)
 
+    def preset(self, name: str) -> Preset:
+        """The preset called `name`; KeyError if the server has none by that name."""
+        for preset in self.presets:
+            if preset.name == name:
+                return preset
+        raise KeyError(name)
+
     @classmethod
     def from_proto(cls, msg: pb.DescribeModelResponse) -> ModelDescription:
         return cls(
             model=from_message(ModelInfo, msg.model),
             saes=tuple(from_message(SaeInfo, sae) for sae in msg.saes),
             limits=from_message(Limits, msg.limits),
+            presets=tuple(Preset.from_proto(preset) for preset in msg.presets),
         )
 
 
