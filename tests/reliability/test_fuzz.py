@@ -6,9 +6,11 @@ from __future__ import annotations
 import re
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
+from typing import Any
 
 import grpc
 import numpy as np
@@ -321,7 +323,8 @@ def requests(draw: st.DrawFn) -> pb.GenerateRequest:
 # A valid call, then at most one hostile mutation, as for Generate.
 VALID_SAES = st.sampled_from(sorted(WIDTHS))
 BAD_SAES = st.sampled_from(["nope", "RES", "res "]) | _text(1, 10)
-TEXTS = st.lists(PROMPT, min_size=1, max_size=4)
+SHORT = _nonblank(16)  # well within the rig's 64-token prompts, whatever the characters
+TEXTS = st.lists(SHORT, min_size=1, max_size=4)
 
 
 @st.composite
@@ -333,9 +336,9 @@ def _valid_inspect(draw: st.DrawFn) -> pb.InspectRequest:
         edits=draw(_valid_edits()),
     )
     if draw(st.booleans()):
-        message.prompt = draw(PROMPT)
+        message.prompt = draw(SHORT)
     else:
-        message.chat.CopyFrom(_chat(draw(TURNS)))
+        message.chat.CopyFrom(_chat([("user", draw(SHORT))]))
     return message
 
 
@@ -373,21 +376,31 @@ CONTRAST_MUTATIONS = st.one_of(
 )
 
 
+DISCOVERY = [
+    ("Inspect", _valid_inspect(), INSPECT_MUTATIONS),
+    ("SearchFeatures", SEARCHES, SEARCH_MUTATIONS),
+    ("Contrast", CONTRASTS, CONTRAST_MUTATIONS),
+]
+
+
 @st.composite
-def discovery_calls(draw: st.DrawFn) -> tuple[str, object]:
-    rpc, valid, mutations = draw(
-        st.sampled_from(
-            [
-                ("Inspect", _valid_inspect(), INSPECT_MUTATIONS),
-                ("SearchFeatures", SEARCHES, SEARCH_MUTATIONS),
-                ("Contrast", CONTRASTS, CONTRAST_MUTATIONS),
-            ]
-        )
-    )
+def _broken(
+    draw: st.DrawFn, valid: st.SearchStrategy[Any], mutations: st.SearchStrategy[Any]
+) -> object:
     message = draw(valid)
-    for mutate in draw(st.lists(mutations, max_size=1)):
-        mutate(message)
-    return rpc, message
+    draw(mutations)(message)
+    return message
+
+
+def _fuzz(
+    scale: Scale, examples: int, messages: st.SearchStrategy[Any], check: Callable[[Any], None]
+) -> None:
+    @_settings(scale, examples)
+    @given(message=messages)
+    def one(message: Any) -> None:
+        check(message)
+
+    one()
 
 
 def test_fuzzed_discovery_calls_are_ok_or_invalid_argument(
@@ -405,13 +418,12 @@ def test_fuzzed_discovery_calls_are_ok_or_invalid_argument(
             assert FIELD.match(err.details() or ""), err.details()
         answers[f"{rpc} {outcome}"] = answers.get(f"{rpc} {outcome}", 0) + 1
 
-    @_settings(scale, max(40, scale.fuzz_examples // 4))
-    @given(call=discovery_calls())
-    def one(call: tuple[str, object]) -> None:
-        check(*call)
-
+    # Each call, whole and broken, gets its own share of the examples.
+    examples = max(8, scale.fuzz_examples // 24)
     with canary(fuzz_rig):
-        one()
+        for rpc, valid, mutations in DISCOVERY:
+            for messages in (valid, _broken(valid, mutations)):
+                _fuzz(scale, examples, messages, partial(check, rpc))
     print(f"\nfuzzed discovery calls: {answers}")
     for rpc in ("Inspect", "SearchFeatures", "Contrast"):  # both answers were reached
         assert answers.get(f"{rpc} ok") and answers.get(f"{rpc} invalid_argument"), answers
