@@ -81,3 +81,50 @@ def rel_error(a: torch.Tensor, b: torch.Tensor) -> float:
     """Largest per-row relative error ||a - b|| / ||b|| over the last dimension."""
     a, b = a.double(), b.double()
     return float(((a - b).norm(dim=-1) / b.norm(dim=-1).clamp_min(1e-12)).max())
+
+
+def reference_forward(
+    model: Any,
+    attachments: Sequence[Any],
+    special_ids: Collection[int],
+    ids: Sequence[int],
+    edits: Sequence[tuple[FeatureEdit, int]],
+) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """One forward without cache over `ids`, with each (edit, start) applied at the steerable
+    positions from `start` on; SAEs on one layer in order. Returns, per SAE, f (T, d_sae) as it
+    encodes its input before its own edits (0 at special positions), and the next logits (V,).
+    Every SAE is encoded by hand; edits add (f' - f) * W_dec[i], the error term kept."""
+    x_ids = torch.tensor([list(ids)])
+    steerable = ~torch.isin(x_ids[0], torch.tensor(sorted(special_ids), dtype=torch.long))
+    positions = torch.arange(len(ids))
+    seen: dict[str, torch.Tensor] = {}
+    handles = []
+    for layer in sorted({a.layer for a in attachments}):
+        on_layer = [a for a in attachments if a.layer == layer]
+
+        def hook(module: Any, args: Any, output: Any, on_layer: Any = on_layer) -> Any:
+            hidden = output[0] if isinstance(output, tuple) else output
+            row = hidden[0].float()
+            for a in on_layer:
+                pre = row @ a.sae.W_enc.float() + a.sae.b_enc.float()
+                f = torch.where(pre > a.sae.threshold.float(), pre, torch.zeros_like(pre))
+                seen[a.name] = f * steerable[:, None]
+                delta = torch.zeros_like(row)
+                for edit, start in edits:
+                    if edit.sae == a.name:
+                        i = edit.feature
+                        change = edited_value(f[:, i], edit) - f[:, i]
+                        where = steerable & (positions >= start)
+                        delta += (change * where)[:, None] * a.sae.W_dec[i].float()
+                row = row + delta
+            new = row.to(hidden.dtype)[None]
+            return (new, *output[1:]) if isinstance(output, tuple) else new
+
+        handles.append(model.get_decoder().layers[layer].register_forward_hook(hook))
+    try:
+        with torch.no_grad():
+            logits = model(input_ids=x_ids, use_cache=False).logits[0, -1]
+    finally:
+        for h in handles:
+            h.remove()
+    return seen, logits

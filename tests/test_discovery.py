@@ -27,7 +27,7 @@ from steering.requests import (
     SamplingParams,
     TextRequest,
 )
-from tests.reference import reference_row
+from tests.reference import reference_forward
 
 # Several SAEs on two layers; "mid" and "mid2" share layer 2 and apply in this order.
 SAES = (("early", 1, 128, 1), ("mid", 2, 96, 2), ("mid2", 2, 64, 3))
@@ -59,36 +59,10 @@ def _reference(
 ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
     """Per SAE, f (T, d_sae) as it sees the output of its layer before its own edits; and the
     logits of the next token (V,)."""
-    model, specials = front.engine.model, torch.tensor(sorted(front.special_ids))
-    x_ids = torch.tensor([list(ids)])
-    steerable = ~torch.isin(x_ids[0], specials)
-    seen: dict[str, torch.Tensor] = {}
-    handles = []
-    for layer in sorted({a.layer for a in front.engine.hooks.attachments}):
-        on_layer = [a for a in front.engine.hooks.attachments if a.layer == layer]
-
-        def hook(module: Any, args: Any, output: Any, on_layer: Any = on_layer) -> Any:
-            hidden = output[0] if isinstance(output, tuple) else output
-            row = hidden[0]
-            for a in on_layer:
-                x = row.float()
-                pre = x @ a.sae.W_enc.float() + a.sae.b_enc.float()  # the encode, by hand
-                f = torch.where(pre > a.sae.threshold.float(), pre, torch.zeros_like(pre))
-                seen[a.name] = f * steerable[:, None]
-                mine = [e for e in edits if e.sae == a.name]
-                if mine:
-                    row = reference_row(row, a.sae, mine, steerable).to(hidden.dtype)
-            new = row[None]
-            return (new, *output[1:]) if isinstance(output, tuple) else new
-
-        handles.append(model.get_decoder().layers[layer].register_forward_hook(hook))
-    try:
-        with torch.no_grad():
-            logits = model(input_ids=x_ids, use_cache=False).logits[0, -1]
-    finally:
-        for h in handles:
-            h.remove()
-    return seen, logits
+    engine = front.engine
+    return reference_forward(
+        engine.model, engine.hooks.attachments, front.special_ids, ids, [(e, 0) for e in edits]
+    )
 
 
 def _reference_generate(

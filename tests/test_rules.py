@@ -8,7 +8,6 @@ import asyncio
 from collections.abc import Iterator, Sequence
 from contextlib import aclosing
 from pathlib import Path
-from typing import Any
 
 import pytest
 import torch
@@ -19,7 +18,7 @@ from steering.engine import Engine
 from steering.errors import InvalidRequestError
 from steering.frontend import FrontEnd, TextChunk
 from steering.requests import FeatureRef, FinishReason, Rule, SamplingParams, TextRequest
-from tests.reference import edited_value
+from tests.reference import reference_forward
 
 SAES = (("early", 1, 128, 1), ("late", 2, 96, 2))
 PROMPT = "Tell me about the sea and the boats"
@@ -41,50 +40,11 @@ def front(request: pytest.FixtureRequest, model_folders: dict[str, Path]) -> Ite
 
 
 def _forward(
-    front: FrontEnd,
-    ids: Sequence[int],
-    edits: Sequence[tuple[FeatureEdit, int]],  # (edit, first position it applies at)
+    front: FrontEnd, ids: Sequence[int], edits: Sequence[tuple[FeatureEdit, int]]
 ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-    """One forward without cache: per SAE, f (T, d_sae) before its own edits; next logits."""
-    x_ids = torch.tensor([list(ids)])
-    specials = torch.tensor(sorted(front.special_ids))
-    steerable = ~torch.isin(x_ids[0], specials)
-    positions = torch.arange(len(ids))
-    seen: dict[str, torch.Tensor] = {}
-    handles = []
-    for layer in sorted({a.layer for a in front.engine.hooks.attachments}):
-        on_layer = [a for a in front.engine.hooks.attachments if a.layer == layer]
-
-        def hook(module: Any, args: Any, output: Any, on_layer: Any = on_layer) -> Any:
-            hidden = output[0] if isinstance(output, tuple) else output
-            row = hidden[0].float()
-            for a in on_layer:
-                pre = row @ a.sae.W_enc.float() + a.sae.b_enc.float()
-                f = torch.where(pre > a.sae.threshold.float(), pre, torch.zeros_like(pre))
-                seen[a.name] = f * steerable[:, None]
-                delta = torch.zeros_like(row)
-                for edit, start in edits:
-                    if edit.sae == a.name:
-                        i = edit.feature
-                        change = edited_value(f[:, i], edit) - f[:, i]
-                        where = steerable & (positions >= start)
-                        delta += (change * where)[:, None] * a.sae.W_dec[i].float()
-                row = row + delta
-            new = row.to(hidden.dtype)[None]
-            return (new, *output[1:]) if isinstance(output, tuple) else new
-
-        handles.append(model_layers(front)[layer].register_forward_hook(hook))
-    try:
-        with torch.no_grad():
-            logits = front.engine.model(input_ids=x_ids, use_cache=False).logits[0, -1]
-    finally:
-        for h in handles:
-            h.remove()
-    return seen, logits
-
-
-def model_layers(front: FrontEnd) -> Any:
-    return front.engine.model.get_decoder().layers
+    """One forward without cache, each edit from its start position on (see reference)."""
+    engine = front.engine
+    return reference_forward(engine.model, engine.hooks.attachments, front.special_ids, ids, edits)
 
 
 def _reference(
