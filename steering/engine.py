@@ -25,8 +25,9 @@ from steering.channel import OutputChannel
 from steering.errors import EngineClosedError, InvalidRequestError, QueueFullError
 from steering.hooks import SaeAttachment, install_steering
 from steering.model import LoadedModel
-from steering.plan import Readback, RowAsk, RowResult
-from steering.requests import FinishReason, GenerationRequest, Limits, Receipt, validate_request
+from steering.plan import Readback, RowResult
+from steering.requests import FinishReason, GenerationRequest, Limits, validate_request
+from steering.row import Row
 from steering.sampling import RowSampler
 from steering.stats import EngineSnapshot, FinishedRequest, StepStats
 
@@ -45,50 +46,6 @@ class EngineConfig:
 class RequestHandle:
     key: int  # the engine's own key: pass it to `abort` / `finish`
     channel: OutputChannel
-
-
-@dataclass(eq=False)
-class _Row:
-    """The engine's mutable state of one request."""
-
-    key: int
-    request: GenerationRequest
-    channel: OutputChannel
-    budget: int  # tokens it may generate: max_new_tokens, bounded by the context length
-    queued_at: float
-    sampler: RowSampler | None = None
-    generated: list[int] = field(default_factory=list)
-    admitted_at: float | None = None
-    first_token_at: float | None = None
-    counts: list[list[int]] = field(default_factory=list)  # per edit: [applied, active] so far
-    fired: set[int] = field(default_factory=set)  # its rules that fired
-
-    @property
-    def ask(self) -> RowAsk:
-        r = self.request
-        return RowAsk(r.edits, r.watch, r.inspect, r.rules, self.fired)
-
-    def receipts(self) -> tuple[Receipt, ...]:
-        """One per edit in effect: the request's, and those of the rules that fired."""
-        ask = self.ask
-        counts = self.counts or [[0, 0]] * len(ask.all_edits)
-        in_effect = [True] * len(ask.edits) + [
-            i in self.fired for i, rule in enumerate(ask.rules) for _ in rule.apply
-        ]
-        return tuple(
-            Receipt(e, a, b)
-            for e, (a, b), shown in zip(ask.all_edits, counts, in_effect, strict=True)
-            if shown
-        )
-
-    def add_counts(self, result: RowResult | None) -> None:
-        if result is None or not result.counts:
-            return
-        if not self.counts:
-            self.counts = [[0, 0] for _ in result.counts]
-        for total, (applied, active) in zip(self.counts, result.counts, strict=True):
-            total[0] += applied
-            total[1] += active
 
 
 class Engine:
@@ -114,9 +71,9 @@ class Engine:
         self.vocab_size = int(model.get_input_embeddings().num_embeddings)
         self.d_sae_of = {a.name: a.sae.d_sae for a in attachments}
         self._cond = threading.Condition()
-        self._waiting: deque[_Row] = deque()
+        self._waiting: deque[Row] = deque()
         self._finish_requests: dict[int, FinishReason] = {}
-        self._running: dict[int, _Row] = {}
+        self._running: dict[int, Row] = {}
         self._batch: Batch | None = None
         self._keys = itertools.count()
         self._closed = False
@@ -158,7 +115,7 @@ class Engine:
         self._check_prompt(request.prompt_ids)
         wanted = request.sampling.max_new_tokens or limits.default_max_new_tokens
         budget = min(wanted, self.context_length - len(request.prompt_ids))
-        row = _Row(next(self._keys), request, OutputChannel(notify), budget, time.monotonic())
+        row = Row(next(self._keys), request, OutputChannel(notify), budget, time.monotonic())
         with self._cond:
             if self._closed:
                 raise EngineClosedError("the server is shutting down and takes no new requests")
@@ -308,7 +265,7 @@ class Engine:
         self._apply_finish_requests(
             finished
         )  # aborts that came during the decode: never prefill them
-        rows: list[_Row] = []
+        rows: list[Row] = []
         tokens = 0
         while (row := self._next_admission(len(rows), tokens)) is not None:
             rows.append(row)
@@ -338,7 +295,7 @@ class Engine:
         self._batch = Batch.concatenate(parts) if parts else None
         return len(rows), tokens, generated
 
-    def _next_admission(self, admitted: int, tokens: int) -> _Row | None:
+    def _next_admission(self, admitted: int, tokens: int) -> Row | None:
         with self._cond:
             if not self._waiting or len(self._running) >= self.config.limits.max_active_rows:
                 return None
@@ -351,7 +308,7 @@ class Engine:
 
     def _emit(
         self,
-        rows: list[_Row],
+        rows: list[Row],
         logits: torch.Tensor,
         done: Forward,
         finished: list[FinishedRequest],
@@ -399,7 +356,7 @@ class Engine:
                 self._finish(row, reason, finished, tokens=[token], watched=watched)
         return emitted
 
-    def _fire(self, row: _Row, rules: tuple[int, ...], finished: list[FinishedRequest]) -> bool:
+    def _fire(self, row: Row, rules: tuple[int, ...], finished: list[FinishedRequest]) -> bool:
         """Record rules that fired; True if one of them stopped the request."""
         row.fired.update(rules)
         for i in rules:
@@ -409,14 +366,14 @@ class Engine:
             return True
         return False
 
-    def _stop_reason(self, row: _Row, token: int) -> FinishReason | None:
+    def _stop_reason(self, row: Row, token: int) -> FinishReason | None:
         if token in self.eos_ids and not row.request.sampling.ignore_eos:
             return FinishReason.EOS
         if len(row.generated) >= row.budget:
             return FinishReason.LENGTH
         return None
 
-    def _push(self, row: _Row, tokens: list[int], **more: Any) -> None:
+    def _push(self, row: Row, tokens: list[int], **more: Any) -> None:
         row.channel.push(
             tokens,
             completion_tokens=len(row.generated),
@@ -427,7 +384,7 @@ class Engine:
 
     def _finish(
         self,
-        row: _Row,
+        row: Row,
         reason: FinishReason,
         finished: list[FinishedRequest],
         error: str | None = None,

@@ -58,12 +58,12 @@ def settled_rss() -> int:
 
 
 # What a request holds on the server: none may outlive the requests once the server is idle.
-PER_REQUEST = ("_Row", "OutputChannel", "RequestHandle", "RowSampler", "TextStream", "Batch")
+PER_REQUEST = ("Row", "OutputChannel", "RequestHandle", "RowSampler", "TextStream", "Batch")
 
 
 # gRPC keeps the exception of the last call that ended in an error (its traceback holds that
 # request's frames): a request or two may linger; a leak grows with the traffic (after 50
-# refused calls, one `_Row` is left, not 50).
+# refused calls, one `Row` is left, not 50).
 LINGERING = 2
 
 
