@@ -46,11 +46,20 @@ class Forward:
         forward), and add what the hooks left to the step's one copy to the host."""
         if self.tables is None:
             return
-        latch = self.plan.latch
+        latch, totals = self.plan.latch, self.plan.totals
         for sae, table in self.plan.rules.items():
             fired = self.tables.out[f"fired.{sae}"]
             assert isinstance(fired, torch.Tensor) and latch is not None
             latch[table.ids] |= fired
+        gathered = []
+        for sae, (rows, columns) in self.plan.receipt_gather.items():
+            counts = self.tables.out.get(f"counts.{sae}")
+            if isinstance(counts, torch.Tensor):
+                totals[sae] = totals[sae] + counts if sae in totals else counts
+            if sae in totals:
+                gathered.append(totals[sae][rows, columns])  # (E_sae, 2): the receipts' entries
+        if gathered:
+            readback.add("receipts", torch.cat(gathered))
         add_outputs(readback, self.tables.out)
 
     def results(self, readback: Readback) -> list[RowResult | None]:

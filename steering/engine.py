@@ -316,7 +316,7 @@ class Engine:
         """Sample each row's next token from logits (B, V); send it with what the forward read;
         finish rows that are done (a prefill-only row with its readings)."""
         # One device-to-host copy per step: each row's argmax, whether its logits are finite, and
-        # what the hooks read (edit counts, watched features, inspections).
+        # what the hooks read (edit counts so far, watched features, rules fired, inspections).
         readback = Readback()
         readback.add("greedy", logits.argmax(dim=-1))
         readback.add("finite", torch.isfinite(logits).all(dim=-1))
@@ -333,7 +333,7 @@ class Engine:
                 )
                 continue
             result = results[b]
-            row.add_counts(result)
+            row.seen(done.plan, b, readback)
             if row.request.inspect is not None:
                 self._finish(row, FinishReason.PREFILLED, finished, readings=result)
                 continue

@@ -44,7 +44,6 @@ class RowAsk:
 class RowResult:
     """One row's results of one forward, on the host."""
 
-    counts: tuple[tuple[int, int], ...]  # per edit (all_edits): (applied, active) positions
     watched: tuple[float, ...]  # the watched features at the forward's last position
     fired: tuple[int, ...] = ()  # its rules that fired in this forward
     named: tuple[tuple[float, ...], ...] = ()  # inspect: per position, the named features
@@ -63,6 +62,13 @@ class Plan:
     rules: dict[str, RuleTable] = field(default_factory=dict)
     rule_slots: dict[str, list[tuple[int, int]]] = field(default_factory=dict)  # (row, rule)
     latch: torch.Tensor | None = None  # (rules + 1,) bool, the last entry always True
+    # Per SAE, (R, F, 2): edit counts summed over every forward run with this plan, kept on the
+    # device so that no step spends Python per edit; read for a row when it needs its receipts.
+    totals: dict[str, torch.Tensor] = field(default_factory=dict)
+    # Which totals entries receipts read, gathered on the device in plan.edits' order: per SAE
+    # (table rows, table columns), and per row the places of its edits in the gathered (E, 2).
+    receipt_gather: dict[str, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
+    receipt_at: list[list[int]] = field(default_factory=list)
 
     @property
     def empty(self) -> bool:
@@ -95,10 +101,12 @@ def build_plan(asks: Sequence[RowAsk], saes: Mapping[str, JumpReLUSAE]) -> Plan:
             reads[name] = read_table(sae, rows, features, full, top_k)
             named_at[name], full_at[name] = (rows, features), full
     rules, rule_slots, latch = _rules(asks, ids, named_at, saes)
+    receipt_slots = _slots(edits, _edit_layout(edits))
+    gather, at = _receipt_gather(receipt_slots, list(edit_tables), saes)
     return Plan(
         edits=edit_tables,
         reads=reads,
-        receipt_slots=_slots(edits, _edit_layout(edits)),
+        receipt_slots=receipt_slots,
         watch_slots=_slots([ask.watch for ask in asks], named_at),
         named_slots=_slots([ask.inspect.features if ask.inspect else () for ask in asks], named_at),
         full_slots=[
@@ -108,7 +116,36 @@ def build_plan(asks: Sequence[RowAsk], saes: Mapping[str, JumpReLUSAE]) -> Plan:
         rules=rules,
         rule_slots=rule_slots,
         latch=latch,
+        receipt_gather=gather,
+        receipt_at=at,
     )
+
+
+def _receipt_gather(
+    slots: list[list[Slot]], order: list[str], saes: Mapping[str, JumpReLUSAE]
+) -> tuple[dict[str, tuple[torch.Tensor, torch.Tensor]], list[list[int]]]:
+    entries: dict[str, list[tuple[int, int]]] = {name: [] for name in order}
+    for row in slots:
+        for sae, r, c in row:
+            entries[sae].append((r, c))
+    start, base = 0, {}
+    for name in order:
+        base[name], start = start, start + len(entries[name])
+    seen = dict.fromkeys(order, 0)
+    at = []
+    for row in slots:
+        mine = []
+        for sae, _, _ in row:
+            mine.append(base[sae] + seen[sae])
+            seen[sae] += 1
+        at.append(mine)
+    gather = {}
+    for name, pairs in entries.items():
+        device = saes[name].device
+        rows = torch.tensor([r for r, _ in pairs], dtype=torch.long, device=device)
+        cols = torch.tensor([c for _, c in pairs], dtype=torch.long, device=device)
+        gather[name] = (rows, cols)
+    return gather, at
 
 
 def _rule_ids(asks: Sequence[RowAsk]) -> list[list[int]]:
@@ -212,10 +249,9 @@ class Readback:
 
 
 def add_outputs(readback: Readback, out: Mapping[str, object]) -> None:
-    """Queue what the hooks left in a step's `out` (counts, reads, fired rules) for the one
-    copy."""
+    """Queue what the hooks left in a step's `out` (reads, fired rules) for the one copy."""
     for name, value in out.items():
-        if isinstance(value, torch.Tensor):
+        if isinstance(value, torch.Tensor) and not name.startswith("counts."):
             readback.add(name, value)
         elif isinstance(value, ReadOut):
             for part in ("named", "top_values", "top_indices"):
@@ -243,11 +279,10 @@ def row_result(
     fired: tuple[int, ...] = (),
 ) -> RowResult:
     """Row b's results; `positions` are its own positions among the forward's T."""
-    counts = tuple(_count(readback, slot) for slot in plan.receipt_slots[b])
     last = positions[-1]
     watched = tuple(_named(readback, slot, last) for slot in plan.watch_slots[b])
     if not plan.named_slots[b] and not plan.full_slots[b]:
-        return RowResult(counts, watched, fired)
+        return RowResult(watched, fired)
     named = tuple(
         tuple(_named(readback, slot, t) for slot in plan.named_slots[b]) for t in positions
     )
@@ -259,14 +294,14 @@ def row_result(
         read_out = out[f"read.{sae}"]
         assert isinstance(read_out, ReadOut) and read_out.sums is not None
         sums[sae] = read_out.sums[q].float().cpu()
-    return RowResult(counts, watched, fired, named, top, sums)
+    return RowResult(watched, fired, named, top, sums)
 
 
-def _count(readback: Readback, slot: Slot) -> tuple[int, int]:
-    sae, r, c = slot
-    values, (_, features, _) = readback.get(f"counts.{sae}")
-    at = (r * features + c) * 2
-    return int(values[at]), int(values[at + 1])
+def row_counts(plan: Plan, readback: Readback, b: int) -> list[tuple[int, int]]:
+    """Row b's edit counts (per all_edits entry) over the forwards run with this plan so far,
+    from a readback taken after the latest of them."""
+    values, _ = readback.get("receipts")
+    return [(int(values[2 * i]), int(values[2 * i + 1])) for i in plan.receipt_at[b]]
 
 
 def _named(readback: Readback, slot: Slot, t: int) -> float:

@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from steering.channel import OutputChannel
-from steering.plan import RowAsk, RowResult
+from steering.plan import Plan, Readback, RowAsk, row_counts
 from steering.requests import GenerationRequest, Receipt
 from steering.sampling import RowSampler
 
@@ -26,7 +26,10 @@ class Row:
     generated: list[int] = field(default_factory=list)
     admitted_at: float | None = None
     first_token_at: float | None = None
-    counts: list[list[int]] = field(default_factory=list)  # per edit: [applied, active] so far
+    # Edit counts (per all_edits entry, [applied, active]) of the plans it left, and where to
+    # read those of its current plan: (plan, its row there, the latest readback).
+    folded: list[list[int]] = field(default_factory=list)
+    view: tuple[Plan, int, Readback] | None = None
     fired: set[int] = field(default_factory=set)  # its rules that fired
 
     @property
@@ -37,7 +40,7 @@ class Row:
     def receipts(self) -> tuple[Receipt, ...]:
         """One per edit in effect: the request's, and those of the rules that fired."""
         ask = self.ask
-        counts = self.counts or [[0, 0]] * len(ask.all_edits)
+        counts = self.counts()
         in_effect = [True] * len(ask.edits) + [
             i in self.fired for i, rule in enumerate(ask.rules) for _ in rule.apply
         ]
@@ -47,11 +50,20 @@ class Row:
             if shown
         )
 
-    def add_counts(self, result: RowResult | None) -> None:
-        if result is None or not result.counts:
-            return
-        if not self.counts:
-            self.counts = [[0, 0] for _ in result.counts]
-        for total, (applied, active) in zip(self.counts, result.counts, strict=True):
-            total[0] += applied
-            total[1] += active
+    def counts(self) -> list[list[int]]:
+        """[applied, active] per all_edits entry, over every forward so far."""
+        totals = [list(c) for c in self.folded] or [[0, 0] for _ in self.ask.all_edits]
+        if self.view is not None:
+            plan, b, readback = self.view
+            for total, (applied, active) in zip(totals, row_counts(plan, readback, b), strict=True):
+                total[0] += applied
+                total[1] += active
+        return totals
+
+    def seen(self, plan: Plan, b: int, readback: Readback) -> None:
+        """After a step: its counts under `plan` are in `readback`. O(1) unless the plan is new
+        (rows joined or left): then the old plan's counts are folded in first."""
+        if self.view is not None and self.view[0] is not plan:
+            self.folded, self.view = self.counts(), None
+        if plan.receipt_slots[b]:
+            self.view = (plan, b, readback)
