@@ -73,6 +73,8 @@ def contrast(
     means_*: SAE name -> (d_sae,) mean activation over a set. Ties: lower SAE name, lower index.
     """
     names = sorted(means_a)
+    if not names:  # no SAE is served: nothing separates the sets
+        return (), ()
     diffs = torch.cat([(means_a[n] - means_b[n]).double() for n in names])
     offsets = [0]
     for n in names:

@@ -20,8 +20,10 @@ from steering.errors import InvalidRequestError
 from steering.frontend import FrontEnd, TextChunk
 from steering.requests import (
     ChatMessage,
+    ContrastRequest,
     FinishReason,
     GenerationRequest,
+    InspectRequest,
     SamplingParams,
     TextRequest,
 )
@@ -183,3 +185,15 @@ def test_search_of_a_served_sae_without_labels_finds_nothing(frontend: FrontEnd)
     with pytest.raises(InvalidRequestError) as err:
         frontend.search("sea", sae="nope")
     assert err.value.field == "sae"
+
+
+def test_discovery_without_any_sae_answers_empty(model_folders: dict[str, Path]) -> None:
+    loaded = load_model(model_folders["gemma2"], dtype=torch.float32)
+    front = FrontEnd(Engine.from_loaded(loaded), loaded.tokenizer)
+    front.start()
+    try:
+        assert _run(front.contrast(ContrastRequest(("a sea",), ("a city",)))) == ((), ())
+        tokens = _run(front.inspect(InspectRequest(TextRequest(prompt="a sea"))))
+        assert tokens and all(not t.top and not t.features for t in tokens)
+    finally:
+        front.stop()
