@@ -33,7 +33,8 @@ lint: $(STAMP)
 
 check: lint test
 
-# Start the demo server, show one prompt unsteered and steered, then stop the server.
+# Start the demo server, show what its SAE reads, a search, a prompt unsteered and steered with a
+# feature watched, then stop the server.
 demo: $(STAMP)
 	$(PY) -m steering_server.showcase
 
