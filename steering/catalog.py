@@ -5,17 +5,17 @@ The labels come from `steering.labels`; knows nothing about models, SAE weights 
 
 from __future__ import annotations
 
-import math
 import re
 from array import array
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, NamedTuple
 
 import numpy as np
 import numpy.typing as npt
 
 from steering.errors import InvalidRequestError
+from steering.ranking import EMPTY, Ints, Postings, distinct_sorted, member, word_ranked
+from steering.words import stem, terms, words
 
 DEFAULT_LIMIT = 10
 
@@ -23,83 +23,6 @@ DEFAULT_LIMIT = 10
 # query as a phrase, plus one more for being the query: every tier outranks the one below.
 PHRASE_SCORE = 2.0
 EXACT_SCORE = 3.0
-
-Ints = npt.NDArray[np.integer[Any]]  # label ids, positions, term subsets: int32 or int64
-Floats = npt.NDArray[np.float64]
-
-
-# ---------------------------------------------------------------------------- words
-
-# Letters and digits of any script; "_" separates words like any punctuation.
-_WORD = re.compile(r"[^\W_]+")
-
-
-def words(text: str) -> list[str]:
-    """The case-folded words of a text (letters and digits; everything else separates)."""
-    return _WORD.findall(text.casefold())
-
-
-def stem(word: str) -> str:
-    """A small, deterministic suffix stemmer: plurals, then "-ed" / "-ing" (Porter's step 1)."""
-    return _strip_verb(_strip_plural(word))
-
-
-def _strip_plural(word: str) -> str:
-    # Words of three letters or fewer ("is", "bus", "gas", "its") are left alone.
-    if len(word) <= 3 or not word.endswith("s"):
-        return word
-    if word.endswith("ies"):  # stories -> story, but ties -> tie
-        return word[:-3] + ("y" if len(word) > 4 else "ie")
-    if word.endswith(("sses", "xes", "ches", "shes", "zzes")):  # glasses, boxes, churches
-        return word[:-2]
-    if word.endswith(("ss", "us", "is")):  # glass, virus, analysis: not plurals
-        return word
-    return word[:-1]
-
-
-def _strip_verb(word: str) -> str:
-    if word.endswith("eed"):  # agreed -> agree; need, speed, feed stay
-        return word[:-1] if _measure(word[:-3]) > 0 else word
-    if word.endswith("ied"):  # carried -> carry, tied -> tie
-        return word[:-3] + ("y" if len(word) > 4 else "ie")
-    for suffix in ("ing", "ed"):
-        if word.endswith(suffix):
-            base = word[: -len(suffix)]
-            # A stem needs a vowel and three letters: sing, thing, bed, red, aged stay whole.
-            if len(base) >= 3 and "v" in _shape(base):
-                return _repair(base)
-            return word
-    return word
-
-
-def _repair(base: str) -> str:
-    """Undo what the suffix did to the stem: related, running, making (Porter's step 1b)."""
-    if base.endswith(("at", "bl", "iz")):
-        return base + "e"
-    if base[-1] == base[-2] and base[-1] not in "lsz" and _shape(base)[-1] == "c":
-        return base[:-1]
-    if _measure(base) == 1 and _shape(base).endswith("cvc") and base[-1] not in "wxy":
-        return base + "e"
-    return base
-
-
-def _shape(word: str) -> str:
-    """ "c" per consonant, "v" per vowel; "y" is a vowel after a consonant (Porter)."""
-    shape: list[str] = []
-    for i, ch in enumerate(word):
-        vowel = ch in "aeiou" or (ch == "y" and i > 0 and shape[i - 1] == "c")
-        shape.append("v" if vowel else "c")
-    return "".join(shape)
-
-
-def _measure(word: str) -> int:
-    """Porter's m: how many vowel-consonant sequences the word holds."""
-    return _shape(word).count("vc")
-
-
-def terms(text: str) -> list[str]:
-    """The stemmed words of a text, as search compares them."""
-    return [stem(w) for w in words(text)]
 
 
 # ---------------------------------------------------------------------------- catalog
@@ -176,22 +99,22 @@ class Catalog:
         return self._matches([g for g, _ in ranked], [s for _, s in ranked])
 
     def _rank(
-        self, query: list[int], postings: dict[int, _Postings], span: tuple[int, int], limit: int
+        self, query: list[int], postings: dict[int, Postings], span: tuple[int, int], limit: int
     ) -> list[tuple[int, float]]:
         """(label id, score) of the best `limit` labels, best first."""
-        exact, phrase = _EMPTY, _EMPTY
+        exact, phrase = EMPTY, EMPTY
         # A word absent from the searched labels rules out every phrase (and exact) match.
         if all(t in postings for t in query):
             exact = self._index.exact(query, *span)
             # Phrase labels tie (they hold every word): only the lowest ids are needed.
             if len(exact) < limit:
                 phrase = self._index.phrase(query, postings, enough=limit + len(exact))
-        phrase_only = phrase[~_member(phrase, exact)]
+        phrase_only = phrase[~member(phrase, exact)]
         ranked = [(g, EXACT_SCORE) for g in exact[:limit].tolist()]
         ranked += [(g, PHRASE_SCORE) for g in phrase_only[: limit - len(ranked)].tolist()]
         if len(ranked) < limit:  # then `phrase` is complete, and word-only labels are needed
             n = span[1] - span[0]
-            gids, scores = _word_ranked(postings, n, phrase, limit - len(ranked))
+            gids, scores = word_ranked(postings, n, phrase, limit - len(ranked))
             ranked += zip(gids.tolist(), scores.tolist(), strict=True)
         return ranked
 
@@ -206,17 +129,8 @@ class Catalog:
 
 # ---------------------------------------------------------------------------- the index
 
-_EMPTY: Ints = np.zeros(0, np.int64)
 _HASH_BASE = 0x9E3779B97F4A7C15  # odd, so its powers modulo 2**64 never vanish
 _FIRST_BLOCK = 4096  # postings read by the first step of a phrase scan; each step doubles
-
-
-class _Postings(NamedTuple):
-    """One term's occurrences in the searched labels, ordered by (label, position)."""
-
-    labels: npt.NDArray[np.int32]
-    positions: Ints
-    df: int  # how many of the searched labels hold the term
 
 
 class _Index:
@@ -237,19 +151,19 @@ class _Index:
         self.powers = _hash_powers(int(self.lengths.max()) if len(texts) else 0)
         self.hashes, self.hashed = _label_hashes(self.tokens, positions, self.starts, self.powers)
 
-    def postings(self, term: int, lo: int, hi: int) -> _Postings:
+    def postings(self, term: int, lo: int, hi: int) -> Postings:
         a, b = int(self.offsets[term]), int(self.offsets[term + 1])
         labels, positions = self.labels[a:b], self.positions[a:b]
         if lo == 0 and hi == len(self.lengths):
-            return _Postings(labels, positions, int(self.df[term]))
+            return Postings(labels, positions, int(self.df[term]))
         i, j = np.searchsorted(labels, [lo, hi])  # one SAE: its contiguous id range
         labels, positions = labels[i:j], positions[i:j]
-        return _Postings(labels, positions, len(_distinct_sorted(labels)))
+        return Postings(labels, positions, len(distinct_sorted(labels)))
 
     def exact(self, query: list[int], lo: int, hi: int) -> Ints:
         """Sorted ids in [lo, hi) of the labels whose terms are exactly `query`."""
         if len(query) >= len(self.powers):
-            return _EMPTY
+            return EMPTY
         powers = self.powers[: len(query)].tolist()
         h = sum((t + 1) * p for t, p in zip(query, powers, strict=True)) % 2**64  # as numpy wraps
         i = int(np.searchsorted(self.hashes, np.uint64(h), side="left"))
@@ -261,7 +175,7 @@ class _Index:
         same = np.asarray(np.all(rows == np.array(query), axis=1), np.bool_)
         return ids[same]
 
-    def phrase(self, query: list[int], postings: dict[int, _Postings], enough: int) -> Ints:
+    def phrase(self, query: list[int], postings: dict[int, Postings], enough: int) -> Ints:
         """Sorted ids of the labels holding `query` as a phrase: all of them, or at least the
         lowest `enough` (every lower id holding it is then among them)."""
         # Anchor on the rarest term's occurrences; read in blocks of whole labels, in id order,
@@ -276,7 +190,7 @@ class _Index:
             hits = self._phrase_at(query, anchor, labels[start:stop], positions[start:stop])
             found.append(hits)
             start, block, count = stop, 2 * block, count + len(hits)
-        return np.concatenate(found) if found else _EMPTY
+        return np.concatenate(found) if found else EMPTY
 
     def _phrase_at(self, query: list[int], anchor: int, labels: Ints, positions: Ints) -> Ints:
         """Distinct labels (sorted) where the anchor occurrence starts the whole phrase."""
@@ -289,7 +203,7 @@ class _Index:
             if i != anchor:
                 same = self.tokens[at + i] == term
                 labels, at = labels[same], at[same]
-        return _distinct_sorted(labels)
+        return distinct_sorted(labels)
 
 
 def _sorted_labels(labels: Mapping[int, str]) -> tuple[Ints, list[str]]:
@@ -379,157 +293,3 @@ def _label_hashes(
     hashes = np.add.reduceat(values, starts[has_words])
     order = np.argsort(hashes, kind="stable")
     return hashes[order], has_words[order].astype(np.int32)
-
-
-# ---------------------------------------------------------------------------- word scores
-
-# Word scores go by the subset of query terms a label holds, one bit per term, for queries of
-# up to this many distinct known words (2**16 subsets); longer ones sum floats instead.
-_MASK_TERMS = 16
-
-
-def _word_ranked(
-    postings: dict[int, _Postings], n: int, exclude: Ints, want: int
-) -> tuple[Ints, Floats]:
-    """The best `want` labels outside `exclude` by their share of the query's idf weight."""
-    ordered = sorted(postings.values(), key=lambda p: p.df)  # rarest first
-    held = [p.labels for p in ordered]  # a label holding a term twice is there twice
-    idf = [math.log1p(n / p.df) for p in ordered]  # rarer words weigh more
-    if len(held) > _MASK_TERMS:
-        return _ranked_by_sums(held, idf, exclude, want)
-    return _ranked_by_subsets(held, idf, exclude, want)
-
-
-def _ranked_by_subsets(
-    held: Sequence[Ints], weights: list[float], exclude: Ints, want: int
-) -> tuple[Ints, Floats]:
-    """Top labels by held-term subset; `held` (sorted ids per term) goes rarest first."""
-    if len(held) == 1:  # every holder ties: the lowest ids win
-        gids = _distinct_sorted(held[0])
-        gids = gids[~_member(gids, exclude)][:want]
-        return gids, np.ones(len(gids))
-    level = _subset_scores(weights)
-    found = _rare_first(held, level, exclude, want)
-    if found is not None:
-        return found
-    gids, masks = _subset_bits(held, exclude)
-    best = _top_subsets(masks, level, want)
-    return gids[best], level[masks[best]]
-
-
-def _rare_first(
-    held: Sequence[Ints], level: Floats, exclude: Ints, want: int
-) -> tuple[Ints, Floats] | None:
-    """The top labels from the rarest terms' holders alone, when that is provably enough."""
-    # MaxScore: labels holding none of the j rarest terms score at most the weight of the
-    # others; once `want` labels beat that, the common terms' long postings are never read.
-    # Worth it while the candidates' binary searches (one per term) cost less than the
-    # scatter of every posting that the full pass does.
-    total = sum(len(d) for d in held)
-    for j in range(1, len(held)):
-        if 8 * len(held) * sum(len(d) for d in held[:j]) > total:
-            return None
-        gids = _distinct_sorted(np.sort(np.concatenate(held[:j])))
-        gids = gids[~_member(gids, exclude)]
-        masks: Ints = np.zeros(len(gids), np.int64)
-        for i, d in enumerate(held):
-            masks |= _member(gids, d).astype(np.int64) << i
-        best = _top_subsets(masks, level, want)
-        outside = level[(1 << len(held)) - (1 << j)]  # holds every term from the j-th on
-        if len(best) == want and level[masks[best[-1]]] > outside:
-            return gids[best], level[masks[best]]
-    return None
-
-
-def _subset_scores(weights: list[float]) -> Floats:
-    """Share of the weight held by every subset of terms (bit i: term i), summed in one order
-    for all, so that equal subsets tie and holding every term is exactly 1.0."""
-    subsets = np.arange(1 << len(weights))
-    level: Floats = np.zeros(len(subsets))
-    for i, w in enumerate(weights):
-        level += np.where((subsets >> i) & 1, w, 0.0)
-    level /= level[-1]
-    return level
-
-
-def _subset_bits(held: Sequence[Ints], exclude: Ints) -> tuple[Ints, Ints]:
-    """(every id outside `exclude` holding some term, ascending; its subset bits)."""
-    lo, hi = min(int(d[0]) for d in held), max(int(d[-1]) for d in held) + 1
-    bits = np.zeros(hi - lo, np.uint16)  # _MASK_TERMS bits at most
-    for i, d in enumerate(held):
-        bits[d - lo if lo else d] |= 1 << i  # a label listed twice gets its bit twice: no harm
-    bits[exclude[(exclude >= lo) & (exclude < hi)] - lo] = 0
-    present = np.flatnonzero(bits != 0)  # a bool array: several times faster
-    return present + lo, bits[present]
-
-
-def _top_subsets(masks: Ints, level: Floats, want: int) -> Ints:
-    """Positions of the `want` best `masks` (term subsets) by their level, best first; ties to
-    the lower position. Works from a histogram of the subsets, never sorting the labels."""
-    counts = np.bincount(masks, minlength=len(level))
-    present = np.flatnonzero(counts)
-    if len(present) == 0:
-        return _EMPTY
-    order = present[np.argsort(-level[present], kind="stable")]
-    reached = int(np.searchsorted(np.cumsum(counts[order]), want))
-    kth = level[order[min(reached, len(order) - 1)]]  # the want-th best score
-    # One lookup per label: 2 above the want-th score, 1 level with it, 0 below.
-    marks = ((level > kth).astype(np.uint8) * 2 + (level == kth))[masks]
-    above = np.flatnonzero(marks == 2)
-    tied = np.flatnonzero(marks == 1)[: want - len(above)]
-    chosen = np.concatenate([above, tied])
-    return chosen[np.lexsort((chosen, -level[masks[chosen]]))]
-
-
-def _ranked_by_sums(
-    held: Sequence[Ints], weights: list[float], exclude: Ints, want: int
-) -> tuple[Ints, Floats]:
-    """Top labels by summed weights: the slow path of very long queries."""
-    held = [_distinct_sorted(d) for d in held]  # each term's weight once per label
-    ids = np.concatenate(held).astype(np.int64)
-    gids, sums = _accumulate(ids, np.repeat(weights, [len(d) for d in held]))
-    keep = ~_member(gids, exclude)
-    # Each label's weights add up in the order of `weights`, as sum() does: all terms give 1.0.
-    gids, scores = gids[keep], np.minimum(sums[keep] / sum(weights), 1.0)
-    n = len(scores)
-    best = _top(scores, want, float(np.partition(scores, n - want)[n - want]) if n > want else -1.0)
-    return gids[best], scores[best]
-
-
-def _accumulate(ids: Ints, weights: Floats) -> tuple[Ints, Floats]:
-    """(distinct ids ascending, summed weights): bincount for dense ids, a sort for few."""
-    if len(ids) == 0:
-        return _EMPTY, np.zeros(0)
-    lo, hi = int(ids.min()), int(ids.max()) + 1
-    if len(ids) * 16 < hi - lo:  # few scattered ids: sorting them beats a huge bincount
-        unique = _distinct_sorted(np.sort(ids))
-        slots = np.searchsorted(unique, ids)
-        return unique, np.asarray(np.bincount(slots, weights, minlength=len(unique)), np.float64)
-    sums = np.asarray(np.bincount(ids - lo, weights, minlength=hi - lo), np.float64)
-    present = np.flatnonzero(sums > 0)  # weights are positive: no sum means no term
-    return (present + lo).astype(np.int64), sums[present]
-
-
-def _top(scores: Floats, want: int, kth: float) -> Ints:
-    """Indices of the `want` best scores, given the `want`-th best; best first, ties to the
-    lower index."""
-    above = np.flatnonzero(scores > kth)
-    tied = np.flatnonzero(scores == kth)[: want - len(above)]
-    chosen = np.concatenate([above, tied])
-    return chosen[np.lexsort((chosen, -scores[chosen]))]
-
-
-def _distinct_sorted(values: Ints) -> Ints:
-    if len(values) < 2:
-        return values
-    keep = np.ones(len(values), bool)
-    keep[1:] = values[1:] != values[:-1]
-    return values[keep]
-
-
-def _member(values: Ints, pool: Ints) -> npt.NDArray[np.bool_]:
-    """Which of the sorted `values` are in the sorted `pool`."""
-    if len(pool) == 0:
-        return np.zeros(len(values), bool)
-    at = np.minimum(np.searchsorted(pool, values), len(pool) - 1)
-    return np.asarray(pool[at] == values, np.bool_)

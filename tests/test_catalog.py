@@ -12,9 +12,10 @@ import numpy.typing as npt
 import pytest
 
 import steering.catalog as catalog_module
-from steering.catalog import Catalog, FeatureMatch, stem, terms, words
+from steering.catalog import Catalog, FeatureMatch
 from steering.errors import InvalidRequestError, SteeringError
 from steering.labels import LabelFileError, labels_beside, load_labels
+from steering.words import stem, terms, words
 
 D_SAE = 100
 
