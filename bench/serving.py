@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import json
 import os
-import re
 import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -49,33 +48,32 @@ def server_process(model: Any, setup: Setup, max_rows: int) -> Iterator[str]:
         sae = save_sae(random_sae(d_model, setup.d_sae, seed=0), Path(tmp) / "sae")
         layer = model.config.get_text_config().num_hidden_layers // 2
         dtype = str(setup.dtype).removeprefix("torch.")
+        ready = Path(tmp) / "ready.json"
         args = [
             sys.executable, "-m", "steering_server", "--model", str(folder),
             "--sae", f"a={sae}@{layer}", "--host", "127.0.0.1", "--port", "0",
             "--metrics-port", "0", "--device", setup.device.type, "--dtype", dtype,
             "--max-active-rows", str(max_rows), "--max-new-tokens", "4096",
+            "--ready-file", str(ready),
         ]  # fmt: skip
         env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}
-        proc = subprocess.Popen(
-            args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env
-        )
+        with (Path(tmp) / "server.log").open("wb") as log:
+            proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env)
         try:
-            yield _wait_ready(proc)
+            yield _wait_ready(proc, ready)
         finally:
             proc.terminate()
             proc.wait(60)
 
 
-def _wait_ready(proc: subprocess.Popen[str]) -> str:
-    assert proc.stdout is not None
-    target = None
-    for line in proc.stdout:
-        if m := re.search(r"gRPC listening on (127\.0\.0\.1:\d+)", line):
-            target = m.group(1)
-        if " serving " in line and target:
-            threading.Thread(target=lambda: [None for _ in proc.stdout or ()], daemon=True).start()
-            return target
-    raise RuntimeError("the server exited before serving")
+def _wait_ready(proc: subprocess.Popen[bytes], ready: Path, timeout: float = 600) -> str:
+    """The server's target, once it has written its ready file."""
+    end = time.monotonic() + timeout
+    while not ready.is_file():
+        if proc.poll() is not None or time.monotonic() > end:
+            raise RuntimeError("the server exited (or hung) before serving")
+        time.sleep(0.05)
+    return str(json.loads(ready.read_text())["target"])
 
 
 def _texts(n: int) -> list[str]:

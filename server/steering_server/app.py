@@ -9,7 +9,9 @@ flight finish within the grace period, then stop.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -161,6 +163,22 @@ class SteeringApp:
         log.info(
             "serving %s with SAEs %s", loaded.name, [a.name for a in loaded.attachments] or "none"
         )
+        self._write_ready_file()
+
+    def _write_ready_file(self) -> None:
+        """The ports, for tools: written whole (a rename), so a reader never sees half of it."""
+        file = self.settings.ready_file
+        if file is None:
+            return
+        ready = {
+            "target": f"{_connect_host(self.settings.host)}:{self.port}",
+            "port": self.port,
+            "metrics_port": self.metrics_port,
+            "pid": os.getpid(),
+        }
+        partial = file.with_name(f".{file.name}.partial")
+        partial.write_text(json.dumps(ready) + "\n")
+        partial.replace(file)
 
     def _start_metrics(self) -> None:
         s = self.settings
@@ -233,7 +251,14 @@ class SteeringApp:
             await self.server.stop(grace=1.0)
         if self._metrics_http is not None:
             self._metrics_http.shutdown()
+        if self.settings.ready_file is not None:
+            self.settings.ready_file.unlink(missing_ok=True)
         log.info("stopped")
+
+
+def _connect_host(host: str) -> str:
+    """Where a client on this machine reaches a server bound to `host`."""
+    return {"0.0.0.0": "127.0.0.1", "::": "[::1]", "[::]": "[::1]"}.get(host, host)
 
 
 def _credentials(s: Settings) -> grpc.ServerCredentials | None:

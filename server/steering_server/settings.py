@@ -153,6 +153,11 @@ class Settings(BaseSettings):
     log_format: Literal["text", "json"] = Field(
         "text", description="log lines as plain text or JSON Lines"
     )
+    ready_file: Path | None = Field(
+        None,
+        description="once serving, write the ports here as JSON (removed on exit): what tools "
+        "wait for instead of reading the log",
+    )
 
     file_values: ClassVar[dict[str, Any]] = {}  # from the config file, below the environment
 

@@ -7,12 +7,13 @@ comes over gRPC through the light client, and the server is stopped with SIGTERM
 
 from __future__ import annotations
 
-import re
+import json
 import signal
 import subprocess
 import sys
-import threading
+import tempfile
 import time
+from pathlib import Path
 
 from steering.demo import DEMO_FEATURES, DEMO_PROMPTS
 from steering_client import Completion, Edit, FeatureRef, SteeringClient
@@ -21,42 +22,26 @@ NEW_TOKENS = 40
 SENTENCE = "The boats sailed out to sea at night."
 
 
-def _start() -> tuple[subprocess.Popen[str], str]:
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "steering_server",
-            "--demo",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            "0",
-            "--metrics-port",
-            "0",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    target, ready = None, threading.Event()
-
-    def read() -> None:
-        nonlocal target
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            if m := re.search(r"gRPC listening on (127\.0\.0\.1:\d+)", line):
-                target = m.group(1)
-            if "serving demo" in line:
-                ready.set()
-        ready.set()  # the server exited: stop waiting
-
-    threading.Thread(target=read, daemon=True).start()
+def _start(ready: Path, log: Path) -> tuple[subprocess.Popen[bytes], str]:
+    """Start the demo server, logging to `log`; its target, once it wrote its ready file."""
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [
+                sys.executable, "-m", "steering_server", "--demo", "--host", "127.0.0.1",
+                "--port", "0", "--metrics-port", "0", "--ready-file", str(ready),
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )  # fmt: skip
     print("starting steering-server --demo (the first run builds the demo model: seconds) ...")
-    if not ready.wait(600) or proc.poll() is not None or target is None:
-        proc.kill()
-        raise SystemExit("the demo server did not start")
-    return proc, target
+    deadline = time.monotonic() + 600
+    while not ready.is_file():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            tail = log.read_text(errors="replace")[-2000:]
+            raise SystemExit(f"the demo server did not start:\n{tail}")
+        time.sleep(0.1)
+    return proc, str(json.loads(ready.read_text())["target"])
 
 
 def _discover(client: SteeringClient) -> None:
@@ -95,7 +80,12 @@ def _mean(completion: Completion) -> float:
 
 
 def main() -> int:
-    proc, target = _start()
+    with tempfile.TemporaryDirectory() as folder:
+        return _run(Path(folder))
+
+
+def _run(folder: Path) -> int:
+    proc, target = _start(folder / "ready.json", folder / "server.log")
     try:
         with SteeringClient(target) as client:
             _discover(client)

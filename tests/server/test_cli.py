@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -9,6 +10,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from pathlib import Path
 
 import grpc
@@ -122,3 +124,30 @@ def test_bad_settings_exit_2_with_a_message() -> None:
     )
     assert result.returncode == 2
     assert "port" in result.stderr
+
+
+def test_the_ready_file_names_the_ports_while_serving(
+    model_folders: dict[str, Path], tmp_path: Path
+) -> None:
+    ready = tmp_path / "ready.json"
+    proc = Process(
+        "--model", str(model_folders["gemma2"]), "--host", "127.0.0.1", "--port", "0",
+        "--metrics-port", "0", "--ready-file", str(ready),
+    )  # fmt: skip
+    try:
+        end = time.monotonic() + 60
+        while not ready.is_file() and time.monotonic() < end and proc.proc.poll() is None:
+            time.sleep(0.05)
+        info = json.loads(ready.read_text())
+        assert info["pid"] == proc.proc.pid and info["target"] == f"127.0.0.1:{info['port']}"
+        with grpc.insecure_channel(info["target"]) as channel:
+            health = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest())
+            assert health.status == health_pb2.HealthCheckResponse.SERVING
+        metrics = f"http://127.0.0.1:{info['metrics_port']}/metrics"
+        assert b"steering_requests_total" in urllib.request.urlopen(metrics, timeout=5).read()
+        proc.proc.send_signal(signal.SIGTERM)
+        assert proc.proc.wait(30) == 0
+        assert not ready.exists()  # removed on exit
+    finally:
+        if proc.proc.poll() is None:
+            proc.proc.kill()
