@@ -1,0 +1,190 @@
+"""How the CLI shows results: the comparison layouts, watched values, Inspect's per-token table,
+search matches, Contrast, and the model description. Pure functions of the client's dataclasses
+to text; the CLI (`cli.py`) only parses arguments, calls and prints.
+"""
+
+from __future__ import annotations
+
+import textwrap
+from collections.abc import Sequence
+from itertools import zip_longest
+
+from steering_client.discovery import Contrast, FeatureContrast, FeatureMatch, InspectedToken
+from steering_client.edits import FeatureRef
+from steering_client.responses import Chunk, Comparison, Completion, ModelDescription
+
+SHORT_SHA256 = 12  # hex digits of an SAE's parameter file's SHA-256 that `describe` shows
+SIDE_BY_SIDE_MIN_COLUMNS = 100
+COMPARED = ("unsteered", "steered")
+_GUTTER = " | "
+
+
+def format_comparison(comparison: Comparison, columns: int) -> str:
+    """Both completions, wrapped to fit `columns`: side by side under "unsteered | steered"
+    headings when `columns` >= 100, else as interleaved lines labelled "unsteered:" and
+    "  steered:" (line k of one, then line k of the other)."""
+    texts = (comparison.unsteered.text, comparison.steered.text)
+    if columns >= SIDE_BY_SIDE_MIN_COLUMNS:
+        width = (columns - len(_GUTTER)) // 2
+        left, right = (_wrapped(text, width) for text in texts)
+        rows = [
+            (COMPARED[0], COMPARED[1]),
+            ("-" * width, "-" * width),
+            *zip_longest(left, right, fillvalue=""),
+        ]
+        return "\n".join(f"{a:<{width}}{_GUTTER}{b}".rstrip() for a, b in rows)
+    label_width = max(len(name) for name in COMPARED)
+    width = max(columns - label_width - 2, 20)
+    lines = []
+    for pair in zip_longest(*(_wrapped(text, width) for text in texts)):
+        for name, line in zip(COMPARED, pair, strict=True):
+            if line is not None:
+                lines.append(f"{name:>{label_width}}: {line}".rstrip())
+    return "\n".join(lines)
+
+
+def _wrapped(text: str, width: int) -> list[str]:
+    """`text` wrapped to `width` columns, its own line breaks kept (a blank line stays one)."""
+    lines: list[str] = []
+    for paragraph in text.split("\n"):
+        lines.extend(textwrap.wrap(paragraph, width, replace_whitespace=False) or [""])
+    return lines
+
+
+def format_watched_completion(watch: Sequence[FeatureRef], completion: Completion) -> str:
+    """One row per generated token of a whole completion: its index, id and the watched
+    features' activations (a completion keeps no per-chunk text, so there is no text column)."""
+    header = ["#", "id", *(str(ref) for ref in watch)]
+    rows = [
+        [str(i), "" if token_id is None else str(token_id), *(_number(v) for v in values or ())]
+        for i, (token_id, values) in enumerate(
+            zip_longest(completion.token_ids, completion.watched, fillvalue=None)
+        )
+    ]
+    return _table(header, rows, left=set())
+
+
+def format_watched(watch: Sequence[FeatureRef], chunks: Sequence[Chunk]) -> str:
+    """One row per generated token: its index, id, text and the watched features' activations.
+
+    A chunk's text is shown on the row of its first token (the server decodes incrementally, so
+    a chunk of several tokens has one text); its other rows show none.
+    """
+    header = ["#", "id", "text", *(str(ref) for ref in watch)]
+    rows: list[list[str]] = []
+    for chunk in chunks:
+        for i, (token_id, values) in enumerate(
+            zip_longest(chunk.token_ids, chunk.watched, fillvalue=None)
+        ):
+            text = _escaped(chunk.text) if i == 0 else ""
+            shown = [_number(v) for v in values or ()]
+            rows.append([str(len(rows)), "" if token_id is None else str(token_id), text, *shown])
+    return _table(header, rows, left={2})
+
+
+def _table(header: list[str], rows: list[list[str]], *, left: set[int]) -> str:
+    """Columns padded to their widest cell: right-aligned, but left-aligned in `left`."""
+    widths = [len(cell) for cell in header]
+    for row in rows:
+        for i, cell in enumerate(row[: len(widths)]):
+            widths[i] = max(widths[i], len(cell))
+
+    def line(cells: list[str]) -> str:
+        padded = [
+            cell.ljust(width) if i in left else cell.rjust(width)
+            for i, (cell, width) in enumerate(zip(cells, widths, strict=False))
+        ]
+        return "  ".join(padded).rstrip()
+
+    return "\n".join([line(header), *(line(row) for row in rows)])
+
+
+def _escaped(text: str) -> str:
+    """A token's text quoted, with whitespace and control characters escaped (as repr does)."""
+    return repr(text)
+
+
+def _number(value: float) -> str:
+    return f"{value:.4g}"
+
+
+def format_inspected(tokens: Sequence[InspectedToken]) -> str:
+    """One line per token: position, text (escaped), `special` or not, the top features as
+    `sae:index value (label)`, then after '|' the named features as `sae:index=value`."""
+    texts = [_escaped(token.text) for token in tokens]
+    width = max((len(text) for text in texts), default=0)
+    lines = []
+    for pos, (token, text) in enumerate(zip(tokens, texts, strict=True)):
+        line = f"{pos:>4}  {text:<{width}}  {'special' if token.special else '':<7}"
+        top = ", ".join(
+            f"{a.sae}:{a.feature} {_number(a.activation)}" + (f" ({a.label})" if a.label else "")
+            for a in token.top
+        )
+        if top:
+            line += f"  {top}"
+        if token.features:
+            named = "  ".join(
+                f"{a.sae}:{a.feature}={_number(a.activation)}" for a in token.features
+            )
+            line += f"  | {named}"
+        lines.append(line.rstrip())
+    return "\n".join(lines)
+
+
+def format_matches(matches: Sequence[FeatureMatch]) -> str:
+    """One match per line, best first: score, `sae:index`, label."""
+    refs = [f"{m.sae}:{m.feature}" for m in matches]
+    width = max(len(ref) for ref in refs)
+    return "\n".join(
+        f"{m.score:8.3f}  {ref:<{width}}  {m.label}".rstrip()
+        for m, ref in zip(matches, refs, strict=True)
+    )
+
+
+def format_contrast(contrast: Contrast) -> str:
+    """Two sections, "toward a:" and "toward b:", of `sae:index mean_a mean_b label` lines."""
+    every = contrast.toward_a + contrast.toward_b
+    width = max((len(f"{c.sae}:{c.feature}") for c in every), default=0)
+
+    def section(title: str, features: tuple[FeatureContrast, ...]) -> list[str]:
+        lines = [f"{title}:"]
+        for c in features:
+            ref = f"{c.sae}:{c.feature}"
+            means = f"{_number(c.mean_a):>9}  {_number(c.mean_b):>9}"
+            lines.append(f"  {ref:<{width}}  {means}  {c.label}".rstrip())
+        return lines if features else [*lines, "  (none)"]
+
+    return "\n".join(
+        section("toward a", contrast.toward_a) + section("toward b", contrast.toward_b)
+    )
+
+
+def format_description(desc: ModelDescription) -> str:
+    """The model, SAEs (with kind and a short sha256), presets (one edit a line, in the CLI's
+    syntax) and limits as aligned plain text."""
+    m = desc.model
+    lines = [
+        f"model: {m.name}",
+        f"  layers {m.num_layers}, d_model {m.d_model}, vocab {m.vocab_size}, "
+        f"context {m.context_length}, chat {'yes' if m.chat else 'no'}",
+        "saes:" if desc.saes else "saes: none",
+    ]
+    for sae in desc.saes:
+        line = (
+            f"  {sae.name}: layer {sae.layer}, site {sae.site}, "
+            f"d_sae {sae.d_sae}, d_model {sae.d_model}, labels {sae.labels}"
+        )
+        if sae.kind:
+            line += f", kind {sae.kind}"
+        if sae.sha256:
+            line += f", sha256 {sae.sha256[:SHORT_SHA256]}"
+        lines.append(line)
+    lines.append("presets:" if desc.presets else "presets: none")
+    for preset in desc.presets:
+        lines.append(f"  {preset.name}: {preset.description}".rstrip())
+        lines.extend(f"    {edit}" for edit in preset.edits)
+    lines.append("limits:")
+    for name, value in vars(desc.limits).items():
+        shown = f"{value:g}" if isinstance(value, float) else str(value)
+        lines.append(f"  {name:<24}{shown}")
+    return "\n".join(lines)
