@@ -18,7 +18,7 @@ import os
 import shutil
 import sys
 from collections.abc import Callable, Sequence
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from steering_client.client import DEFAULT_TARGET, SteeringClient
 from steering_client.edits import (
@@ -95,22 +95,7 @@ def _generate(client: SteeringClient, args: argparse.Namespace) -> int:
     if args.compare:
         return _compare(client, args)
     prompt, chat = _input(args)
-    stream = client.generate(
-        prompt,
-        chat=chat,
-        edits=args.edit,
-        rules=args.rule,
-        preset=args.preset,
-        watch=args.watch,
-        max_new_tokens=args.max_new_tokens,
-        temperature=args.temperature,
-        top_k=args.top_k,
-        top_p=args.top_p,
-        seed=args.seed,
-        stop=args.stop,
-        ignore_eos=args.ignore_eos,
-        request_id=args.request_id,
-    )
+    stream = client.generate(prompt, chat=chat, **_generate_arguments(args))
     chunks: list[Chunk] = []
     try:
         for chunk in stream:
@@ -130,7 +115,17 @@ def _generate(client: SteeringClient, args: argparse.Namespace) -> int:
     return 0
 
 
-# At least this many columns show `--compare`'s runs side by side; fewer interleave their lines.
+def _generate_arguments(args: argparse.Namespace) -> dict[str, Any]:
+    """The keyword arguments `generate` and `compare` share, from the command line."""
+    names = ("max_new_tokens", "temperature", "top_k", "top_p", "seed", "stop", "ignore_eos")
+    return {
+        "edits": args.edit,
+        "rules": args.rule,
+        "preset": args.preset,
+        "watch": args.watch,
+        "request_id": args.request_id,
+        **{name: getattr(args, name) for name in names},
+    }
 
 
 def _compare(client: SteeringClient, args: argparse.Namespace) -> int:
@@ -138,22 +133,7 @@ def _compare(client: SteeringClient, args: argparse.Namespace) -> int:
         # A ValueError is a usage error in `main`.
         raise ValueError("--compare: nothing to compare: give --edit, --rule or --preset")
     prompt, chat = _input(args)
-    comparison = client.compare(
-        prompt,
-        chat=chat,
-        edits=args.edit,
-        rules=args.rule,
-        preset=args.preset,
-        watch=args.watch,
-        max_new_tokens=args.max_new_tokens,
-        temperature=args.temperature,
-        top_k=args.top_k,
-        top_p=args.top_p,
-        seed=args.seed,
-        stop=args.stop,
-        ignore_eos=args.ignore_eos,
-        request_id=args.request_id,
-    )
+    comparison = client.compare(prompt, chat=chat, **_generate_arguments(args))
     columns = shutil.get_terminal_size().columns
     print(format_comparison(comparison, columns))
     runs = dict(zip(COMPARED, (comparison.unsteered, comparison.steered), strict=True))
