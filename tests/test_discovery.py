@@ -14,9 +14,7 @@ from typing import Any
 import pytest
 import torch
 
-from steering import EditMode, FeatureEdit, SaeAttachment, load_model
-from steering.demo.toy import random_sae
-from steering.engine import Engine
+from steering import EditMode, FeatureEdit
 from steering.errors import InvalidRequestError
 from steering.frontend import FrontEnd, TextChunk
 from steering.model import special_token_ids
@@ -27,6 +25,7 @@ from steering.requests import (
     SamplingParams,
     TextRequest,
 )
+from tests.frontends import running_frontend
 from tests.reference import reference_forward
 
 # Several SAEs on two layers; "mid" and "mid2" share layer 2 and apply in this order.
@@ -43,15 +42,8 @@ PROMPT = "Tell me about the sea and the boats"
 
 @pytest.fixture(scope="module", params=["gemma2", "gemma3"])
 def front(request: pytest.FixtureRequest, model_folders: dict[str, Path]) -> Iterator[FrontEnd]:
-    loaded = load_model(model_folders[request.param], dtype=torch.float32)
-    attachments = [
-        SaeAttachment(name, random_sae(64, width, seed=seed, threshold=0.02), layer)
-        for name, layer, width, seed in SAES
-    ]
-    frontend = FrontEnd(Engine.from_loaded(loaded, attachments), loaded.tokenizer)
-    frontend.start()
-    yield frontend
-    frontend.stop()
+    with running_frontend(model_folders[request.param], SAES) as frontend:
+        yield frontend
 
 
 def _reference(

@@ -12,12 +12,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from steering import EditMode, FeatureEdit, SaeAttachment, load_model
-from steering.demo.toy import random_sae
-from steering.engine import Engine
+from steering import EditMode, FeatureEdit
 from steering.errors import InvalidRequestError
 from steering.frontend import FrontEnd, TextChunk
 from steering.requests import FeatureRef, FinishReason, Rule, SamplingParams, TextRequest
+from tests.frontends import running_frontend
 from tests.reference import reference_forward
 
 SAES = (("early", 1, 128, 1), ("late", 2, 96, 2))
@@ -28,15 +27,8 @@ EDITS = (FeatureEdit("early", 5, EditMode.SET, 6.0),)
 
 @pytest.fixture(scope="module", params=["gemma2", "gemma3"])
 def front(request: pytest.FixtureRequest, model_folders: dict[str, Path]) -> Iterator[FrontEnd]:
-    loaded = load_model(model_folders[request.param], dtype=torch.float32)
-    attachments = [
-        SaeAttachment(name, random_sae(64, width, seed=seed, threshold=0.02), layer)
-        for name, layer, width, seed in SAES
-    ]
-    frontend = FrontEnd(Engine.from_loaded(loaded, attachments), loaded.tokenizer)
-    frontend.start()
-    yield frontend
-    frontend.stop()
+    with running_frontend(model_folders[request.param], SAES) as frontend:
+        yield frontend
 
 
 def _forward(
