@@ -55,7 +55,6 @@ class RowResult:
 class Plan:
     edits: dict[str, EditTable]
     reads: dict[str, ReadTable]
-    receipt_slots: list[list[Slot]]  # per row, per edit
     watch_slots: list[list[Slot]]  # per row, per watched feature
     named_slots: list[list[Slot]]  # per row, per inspected feature
     full_slots: list[dict[str, int]]  # per row: SAE -> its row among the table's full rows
@@ -101,12 +100,10 @@ def build_plan(asks: Sequence[RowAsk], saes: Mapping[str, JumpReLUSAE]) -> Plan:
             reads[name] = read_table(sae, rows, features, full, top_k)
             named_at[name], full_at[name] = (rows, features), full
     rules, rule_slots, latch = _rules(asks, ids, named_at, saes)
-    receipt_slots = _slots(edits, _edit_layout(edits))
-    gather, at = _receipt_gather(receipt_slots, list(edit_tables), saes)
+    gather, at = _receipt_gather(_slots(edits, _edit_layout(edits)), list(edit_tables), saes)
     return Plan(
         edits=edit_tables,
         reads=reads,
-        receipt_slots=receipt_slots,
         watch_slots=_slots([ask.watch for ask in asks], named_at),
         named_slots=_slots([ask.inspect.features if ask.inspect else () for ask in asks], named_at),
         full_slots=[

@@ -65,5 +65,5 @@ class Row:
         (rows joined or left): then the old plan's counts are folded in first."""
         if self.view is not None and self.view[0] is not plan:
             self.folded, self.view = self.counts(), None
-        if plan.receipt_slots[b]:
+        if plan.receipt_at[b]:
             self.view = (plan, b, readback)
