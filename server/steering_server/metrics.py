@@ -86,6 +86,10 @@ class Metrics:
         self.waiting = Gauge(
             "steering_requests_waiting", "Requests waiting for a batch row.", registry=r
         )
+        self._discovery_and_policies(r)
+
+    def _discovery_and_policies(self, r: CollectorRegistry) -> None:
+        """The metrics of Inspect, SearchFeatures, Contrast, watch and rules."""
         self.discovery_requests = Counter(
             "steering_discovery_requests",
             "Inspect, SearchFeatures and Contrast calls, by RPC and outcome.",
