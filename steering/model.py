@@ -1,6 +1,7 @@
-"""Loading a local Hugging Face Gemma folder (model + tokenizer) for steering.
+"""Loading a local Gemma (model + tokenizer) for steering: a Hugging Face folder, or a GGUF
+file (or a folder holding one) dequantized at load.
 
-Only local folders: nothing is downloaded. Knows nothing about SAEs or edits.
+Only local files: nothing is downloaded. Knows nothing about SAEs or edits.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 from steering.errors import ModelError
+from steering.gguf import gguf_file, load_gguf
 
 # Gemma 2 soft-caps attention scores, which only the eager attention implements.
 EAGER_ONLY = {"gemma2"}
@@ -46,10 +48,17 @@ def special_token_ids(tokenizer: Any) -> list[int]:
 def load_model(
     path: str | Path, *, device: str | torch.device = "cpu", dtype: torch.dtype | None = None
 ) -> LoadedModel:
-    """Load a local Gemma 2 / Gemma 3 folder; `dtype=None` keeps the checkpoint's dtype."""
+    """Load a local Gemma 2 / Gemma 3 folder or GGUF file; `dtype=None` keeps the checkpoint's
+    dtype (float32 for a GGUF, whose quantized weights have no float dtype of their own)."""
     folder = Path(path)
+    gguf = gguf_file(folder)
+    if gguf is not None:
+        model, tokenizer = load_gguf(gguf, dtype=dtype)
+        return LoadedModel(model=model.to(device).eval(), tokenizer=tokenizer)
     if not folder.is_dir():
-        raise ModelError(f"{folder}: not a folder (expected a local Hugging Face model folder)")
+        raise ModelError(
+            f"{folder}: not a folder or a .gguf file (expected a local Hugging Face model folder)"
+        )
     try:
         config = AutoConfig.from_pretrained(folder, local_files_only=True)
         text_type = config.get_text_config().model_type

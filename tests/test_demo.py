@@ -1,5 +1,5 @@
-"""The demo build: its features visibly steer the real engine, builds are bit-identical and
-reused, and a half-written or foreign folder is never used."""
+"""The themed tiny demo build: its features visibly steer the real engine, builds are
+bit-identical and reused, and a half-written or foreign folder is never used."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from steering import SaeAttachment, load_model, load_sae, validate_edits
-from steering.demo import (
+from steering.demo import themes as demo_module
+from steering.demo.themes import (
     DEMO_FEATURES,
     DEMO_PROMPTS,
     DEMO_VERSION,
@@ -19,7 +20,6 @@ from steering.demo import (
     build_demo,
     default_demo_dir,
 )
-from steering.demo import themes as demo_module
 from steering.engine import Engine
 from steering.requests import GenerationRequest, SamplingParams
 

@@ -27,6 +27,8 @@ from prometheus_client import start_http_server
 
 from steering import LoadedModel, SaeAttachment, load_model, load_sae
 from steering.catalog import Catalog
+from steering.demo.gemma import MODEL_NAME as DEMO_MODEL_NAME
+from steering.demo.gemma import prepare_demo
 from steering.engine import Engine, EngineConfig
 from steering.frontend import FrontEnd
 from steering.labels import labels_beside, load_labels
@@ -73,11 +75,9 @@ def load(settings: Settings) -> Loaded:
     device = resolve_device(settings.device)
     dtype = resolve_dtype(settings.dtype, device)
     if settings.demo:
-        from steering.demo import build_demo, default_demo_dir
-
-        assets = build_demo(default_demo_dir())
+        assets = prepare_demo()
         specs = [(assets.sae_name, assets.sae_dir, assets.layer)]
-        model_dir, name = assets.model_dir, "demo"
+        model_dir, name = assets.model_dir, DEMO_MODEL_NAME
     else:
         assert settings.model is not None  # checked by preflight
         specs = [(s.name, s.path, s.layer) for s in settings.sae]

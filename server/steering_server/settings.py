@@ -75,7 +75,9 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="STEERING_", extra="forbid")
 
-    model: Path | None = Field(None, description="local Hugging Face model folder")
+    model: Path | None = Field(
+        None, description="local Hugging Face model folder, or a GGUF file (the `gguf` extra)"
+    )
     sae: Annotated[list[SaeSpec], NoDecode] = Field(
         default_factory=list,
         description="an SAE to serve, NAME=PATH@LAYER (repeatable)",
@@ -94,7 +96,10 @@ class Settings(BaseSettings):
         "explanations.json beside the SAE's file)",
         json_schema_extra=_flag("--labels"),
     )
-    demo: bool = Field(False, description="serve the built-in demo model and SAE")
+    demo: bool = Field(
+        False,
+        description="serve the demo: Gemma 3 270M with the SAE trained for it (the `demo` extra)",
+    )
     host: str = Field("0.0.0.0", description="address to bind")
     port: int = Field(50051, ge=0, le=65535, description="gRPC port (0 picks a free one)")
     metrics_port: int = Field(

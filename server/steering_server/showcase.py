@@ -1,5 +1,6 @@
-"""`make demo`: start `steering-server --demo`, show what its SAE reads in a sentence, a search
-of its labels, a prompt unsteered and steered with a feature watched rising, then stop it.
+"""`make demo`: start `steering-server --demo` (Gemma 3 270M with the SAE trained for it), show
+what its SAE reads in a sentence, a search of its labels, a prompt unsteered and steered with a
+feature watched rising, then stop it and print the commands to try it by hand.
 
 Everything a newcomer sees is real: the server runs as its own process on free ports, the text
 comes over gRPC through the light client, and the server is stopped with SIGTERM at the end.
@@ -15,11 +16,12 @@ import tempfile
 import time
 from pathlib import Path
 
-from steering.demo import DEMO_FEATURES, DEMO_PROMPTS
+from steering.demo.gemma import DEMO_FEATURES, DEMO_PROMPT
 from steering_client import Completion, Edit, FeatureRef, SteeringClient
 
-NEW_TOKENS = 40
-SENTENCE = "The boats sailed out to sea at night."
+NEW_TOKENS = 32
+SENTENCE = "The old sailors rowed their boat across the sea."
+SEARCH = "ocean"
 
 
 def _start(ready: Path, log: Path) -> tuple[subprocess.Popen[bytes], str]:
@@ -33,7 +35,10 @@ def _start(ready: Path, log: Path) -> tuple[subprocess.Popen[bytes], str]:
             stdout=out,
             stderr=subprocess.STDOUT,
         )  # fmt: skip
-    print("starting steering-server --demo (the first run builds the demo model: seconds) ...")
+    print(
+        "starting steering-server --demo (the first run converts Gemma 3 270M from its GGUF: "
+        "a minute or two) ..."
+    )
     deadline = time.monotonic() + 600
     while not ready.is_file():
         if proc.poll() is not None or time.monotonic() > deadline:
@@ -48,15 +53,15 @@ def _discover(client: SteeringClient) -> None:
     """What the SAE reads in a sentence (top features with their labels), and a search."""
     print(f"\nthe top features of {SENTENCE!r} (steering-client inspect):")
     for token in client.inspect(SENTENCE, top_k=2):
-        top = ", ".join(f"{f.sae}:{f.feature} {f.activation:.1f} ({f.label})" for f in token.top)
+        top = ", ".join(f"{f.sae}:{f.feature} {f.activation:.0f} ({f.label})" for f in token.top)
         print(f"  {token.text!r:>12}  {top or '-'}")
-    print("\nfeatures whose label mentions the sea (steering-client search sea):")
-    for match in client.search("sea", limit=3):
+    print(f"\nfeatures whose label mentions {SEARCH!r} (steering-client search {SEARCH}):")
+    for match in client.search(SEARCH, limit=3):
         print(f"  {match.sae}:{match.feature}  {match.label}")
 
 
 def _show(client: SteeringClient) -> bool:
-    prompt = DEMO_PROMPTS[0]
+    prompt = DEMO_PROMPT
     sea = DEMO_FEATURES["sea"]
     watch = [FeatureRef(sea.sae, sea.feature)]
     plain = Completion.from_chunks(client.generate(prompt, max_new_tokens=NEW_TOKENS, watch=watch))
@@ -95,7 +100,24 @@ def _run(folder: Path) -> int:
         start = time.monotonic()
         code = proc.wait(60)
     print(f"\nserver stopped with SIGTERM: exit code {code} after {time.monotonic() - start:.1f} s")
+    _by_hand()
     return 0 if differs and code == 0 else 1
+
+
+def _by_hand() -> None:
+    sea = DEMO_FEATURES["sea"]
+    edit = f"{sea.sae}:{sea.feature}={sea.mode.value}:{sea.value:g}"
+    print(
+        "\ntry it by hand: in one terminal\n"
+        "  .venv/bin/steering-server --demo --port 50051\n"
+        "and in another\n"
+        f"  .venv/bin/steering-client search {SEARCH}\n"
+        f"  .venv/bin/steering-client inspect {SENTENCE!r} --top-k 3\n"
+        f"  .venv/bin/steering-client generate {DEMO_PROMPT!r} --edit {edit} --compare\n"
+        "  .venv/bin/steering-client generate 'Tell me about your weekend.' --chat-role user "
+        f"--edit {edit}\n"
+        "(steering-client --help lists the rest; the server stops with Ctrl-C)"
+    )
 
 
 if __name__ == "__main__":

@@ -1,29 +1,26 @@
-"""What the demo and the tests build locally, kept out of the core's API (`steering`).
+"""The demo, and what the tests build locally, kept out of the core's API (`steering`).
 
-`toy`: tiny random Gemma models, tokenizers and SAEs in the real on-disk formats, for tests and
-benchmarks. `themes`: the built-in demo, a tiny Gemma trained on themed sentences with an SAE
-whose features steer it. Both are shipped (the server's `--demo` and `python -m bench` use them)
-but neither is part of the steering library a user programs against.
+`gemma`: the demo itself, Gemma 3 270M (from the package index's GGUF) with the JumpReLU SAE
+this project trained for it (`train_sae`, with `corpus`, `harvest` and `jumprelu`); the SAE and
+its labels ship in `sae/`. `toy`: tiny random Gemma models, tokenizers and SAEs in the real
+on-disk formats, for tests and benchmarks. `themes`: a tiny Gemma trained on themed sentences
+with an SAE whose features steer it, for tests of steering that must run in seconds.
 """
 
-from steering.demo.themes import (
+from steering.demo.gemma import (
     DEMO_FEATURES,
-    DEMO_PROMPTS,
-    DEMO_VERSION,
-    THEMES,
+    DEMO_PROMPT,
     DemoAssets,
     DemoFeature,
-    build_demo,
     default_demo_dir,
+    prepare_demo,
 )
 
 __all__ = [
     "DEMO_FEATURES",
-    "DEMO_PROMPTS",
-    "DEMO_VERSION",
-    "THEMES",
+    "DEMO_PROMPT",
     "DemoAssets",
     "DemoFeature",
-    "build_demo",
     "default_demo_dir",
+    "prepare_demo",
 ]

@@ -14,13 +14,14 @@ import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import torch
 from transformers import GenerationConfig
 
+from steering.demo.gemma import DemoFeature
 from steering.demo.toy import BOS_ID, EOS_ID, PAD_ID, build_model, build_tokenizer
-from steering.edits import EditMode, FeatureEdit
+from steering.edits import EditMode
 from steering.model import special_token_ids
 from steering.sae import JumpReLUSAE
 from steering.sae_formats import save_sae
@@ -87,19 +88,6 @@ QUESTIONS: dict[str, tuple[str, ...]] = {
     "city": ("Tell me about the city.", "Tell me about the streets."),
     "snow": ("Tell me about the snow.", "Tell me about the mountains."),
 }
-
-
-class DemoFeature(NamedTuple):
-    """A demo SAE feature worth trying, with the edit that shows it off."""
-
-    sae: str
-    feature: int
-    mode: EditMode
-    value: float
-    description: str
-
-    def edit(self) -> FeatureEdit:
-        return FeatureEdit(self.sae, self.feature, self.mode, self.value)
 
 
 # Theme features sit at scattered indices (not 0, a client's default); token features fill the rest.

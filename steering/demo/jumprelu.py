@@ -1,0 +1,206 @@
+"""Training a JumpReLU SAE, after Rajamanoharan et al. (2024), "Jumping Ahead: Improving
+Reconstruction Fidelity with JumpReLU Sparse Autoencoders".
+
+    f(x) = JumpReLU_θ(x W_enc + b_enc)        JumpReLU_θ(z) = z · H(z − θ)
+    x̂(x) = f(x) W_dec + b_dec
+    L(x) = ‖x − x̂(x)‖² + λ ‖f(x)‖₀            ‖f‖₀ = Σ_i H(z_i − θ_i)
+
+H has no useful gradient, so the paper's straight-through estimators give θ pseudo-derivatives
+through a rectangle kernel K(u) = 1{|u| < ½} of bandwidth ε:
+
+    ∂JumpReLU_θ(z)/∂θ := −(θ/ε) K((z − θ)/ε)      ∂H(z − θ)/∂θ := −(1/ε) K((z − θ)/ε)
+
+(and no gradient reaches z through H). As in the paper: inputs are scaled by one fixed scalar
+(so that E‖x‖² = 1) which is folded into the parameters afterwards; W_dec's rows
+start as random unit vectors and W_enc as its transpose, b_enc at 0, θ at 0.001, ε = 0.001;
+Adam with β₁ = 0; λ warms up linearly, the learning rate warms up and decays at the end; W_dec's
+rows are kept at unit norm. One departure, for a short CPU run: b_dec starts at the data mean
+(Gemma's residual stream has a large mean that zero-initialised b_dec would take many thousands
+of steps to learn).
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from steering.sae import JumpReLUSAE
+
+
+def _rectangle(u: torch.Tensor) -> torch.Tensor:
+    return ((u > -0.5) & (u < 0.5)).to(u.dtype)
+
+
+class _JumpReLU(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, z: torch.Tensor, theta: torch.Tensor, eps: float) -> torch.Tensor:
+        ctx.save_for_backward(z, theta)
+        ctx.eps = eps
+        return z * (z > theta).to(z.dtype)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, None]:
+        z, theta = ctx.saved_tensors
+        grad_z = grad * (z > theta).to(z.dtype)
+        pseudo = -(theta / ctx.eps) * _rectangle((z - theta) / ctx.eps)
+        return grad_z, (grad * pseudo).sum(dim=0), None
+
+
+class _Step(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, z: torch.Tensor, theta: torch.Tensor, eps: float) -> torch.Tensor:
+        ctx.save_for_backward(z, theta)
+        ctx.eps = eps
+        return (z > theta).to(z.dtype)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[None, torch.Tensor, None]:
+        z, theta = ctx.saved_tensors
+        pseudo = -(1.0 / ctx.eps) * _rectangle((z - theta) / ctx.eps)
+        return None, (grad * pseudo).sum(dim=0), None
+
+
+def jumprelu(z: torch.Tensor, theta: torch.Tensor, eps: float) -> torch.Tensor:
+    out: torch.Tensor = _JumpReLU.apply(z, theta, eps)  # type: ignore[no-untyped-call]
+    return out
+
+
+def step(z: torch.Tensor, theta: torch.Tensor, eps: float) -> torch.Tensor:
+    out: torch.Tensor = _Step.apply(z, theta, eps)  # type: ignore[no-untyped-call]
+    return out
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    width: int = 2048
+    steps: int = 3000
+    batch: int = 2048
+    lr: float = 7e-4
+    sparsity: float = 1e-3  # λ, in the units of the scaled inputs (E‖x‖² = 1)
+    bandwidth: float = 0.001
+    init_threshold: float = 0.001
+    lr_warmup: float = 0.05  # fractions of `steps`
+    sparsity_warmup: float = 0.2
+    lr_decay: float = 0.2
+    seed: int = 0
+
+
+class TrainingSAE(nn.Module):
+    def __init__(self, d_model: int, width: int, init_threshold: float, mean: torch.Tensor):
+        super().__init__()
+        w_dec = torch.empty(width, d_model)
+        nn.init.kaiming_uniform_(w_dec)
+        w_dec = w_dec / w_dec.norm(dim=1, keepdim=True)
+        self.w_dec = nn.Parameter(w_dec)
+        self.w_enc = nn.Parameter(w_dec.T.clone())
+        self.b_enc = nn.Parameter(torch.zeros(width))
+        self.b_dec = nn.Parameter(mean.clone().float())
+        self.threshold = nn.Parameter(torch.full((width,), init_threshold))
+
+    def forward(self, x: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """(reconstruction, ‖f‖₀ per row with the estimator's gradient)."""
+        z = x @ self.w_enc + self.b_enc
+        f = jumprelu(z, self.threshold, eps)
+        return f @ self.w_dec + self.b_dec, step(z, self.threshold, eps).sum(dim=-1)
+
+    @torch.no_grad()
+    def constrain(self) -> None:
+        """Unit-norm decoder rows, positive thresholds."""
+        self.w_dec.div_(self.w_dec.norm(dim=1, keepdim=True).clamp_min(1e-8))
+        self.threshold.clamp_(min=1e-6)
+
+    @torch.no_grad()
+    def unit_row_gradient(self) -> None:
+        """Drop the part of W_dec's gradient that would only change its rows' norms."""
+        if self.w_dec.grad is not None:
+            along = (self.w_dec.grad * self.w_dec).sum(dim=1, keepdim=True)
+            self.w_dec.grad -= along * self.w_dec
+
+    @torch.no_grad()
+    def folded(self, scale: float) -> JumpReLUSAE:
+        """The SAE for unscaled inputs x (it was trained on scale·x): activations in the
+        residual stream's own units, decoder rows still unit vectors."""
+        return JumpReLUSAE(
+            W_enc=self.w_enc.detach().clone(),
+            W_dec=self.w_dec.detach().clone(),
+            b_enc=self.b_enc.detach() / scale,
+            b_dec=self.b_dec.detach() / scale,
+            threshold=self.threshold.detach() / scale,
+        )
+
+
+def input_scale(acts: torch.Tensor, sample: int = 65536) -> float:
+    """The scalar s with E‖s·x‖² = 1."""
+    x = acts[:sample].float()
+    return 1.0 / math.sqrt(x.pow(2).sum(dim=-1).mean().item())
+
+
+def _schedule(cfg: TrainConfig, i: int) -> tuple[float, float]:
+    """(learning-rate factor, λ) at step i."""
+    warm = max(1, round(cfg.lr_warmup * cfg.steps))
+    decay_from = cfg.steps - round(cfg.lr_decay * cfg.steps)
+    lr = min(1.0, (i + 1) / warm)
+    if i >= decay_from:
+        lr *= max(0.0, (cfg.steps - i) / max(1, cfg.steps - decay_from))
+    sparsity = cfg.sparsity * min(1.0, (i + 1) / max(1, round(cfg.sparsity_warmup * cfg.steps)))
+    return lr, sparsity
+
+
+def train(
+    acts: torch.Tensor,
+    cfg: TrainConfig,
+    *,
+    checkpoint: Path | None = None,
+    every: int = 250,
+    log: Callable[[str], object] = lambda line: sys.stderr.write(line + "\n"),
+) -> tuple[TrainingSAE, float]:
+    """Train on rows of `acts` (N, d_model), unscaled; (the trained SAE, the input scale).
+
+    With `checkpoint`, the state is saved every `every` steps and a run resumes from it."""
+    gen = torch.Generator().manual_seed(cfg.seed)
+    scale = input_scale(acts)
+    torch.manual_seed(cfg.seed)
+    mean = acts[:65536].float().mean(dim=0) * scale
+    sae = TrainingSAE(acts.shape[-1], cfg.width, cfg.init_threshold, mean)
+    opt = torch.optim.Adam(sae.parameters(), lr=cfg.lr, betas=(0.0, 0.999))
+    first = 0
+    if checkpoint is not None and checkpoint.is_file():
+        state = torch.load(checkpoint)
+        sae.load_state_dict(state["sae"])
+        opt.load_state_dict(state["opt"])
+        gen.set_state(state["gen"])
+        first = state["step"]
+    start, seen_l0, seen_mse = time.monotonic(), 0.0, 0.0
+    for i in range(first, cfg.steps):
+        lr, sparsity = _schedule(cfg, i)
+        for group in opt.param_groups:
+            group["lr"] = cfg.lr * lr
+        x = acts[torch.randint(len(acts), (cfg.batch,), generator=gen)].float() * scale
+        recon, l0 = sae(x, cfg.bandwidth)
+        mse = (recon - x).pow(2).sum(dim=-1).mean()
+        loss = mse + sparsity * l0.mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        sae.unit_row_gradient()
+        opt.step()
+        sae.constrain()
+        seen_l0, seen_mse = seen_l0 + l0.mean().item(), seen_mse + mse.item()
+        if (i + 1) % 50 == 0 or i + 1 == cfg.steps:
+            rate = (i + 1 - first) / (time.monotonic() - start)
+            log(f"step {i + 1}/{cfg.steps}  mse {seen_mse / 50:.3f}  L0 {seen_l0 / 50:.1f}  "
+                f"λ {sparsity:.3g}  eta {(cfg.steps - i - 1) / rate:.0f} s")  # fmt: skip
+            seen_l0 = seen_mse = 0.0
+        if checkpoint is not None and ((i + 1) % every == 0 or i + 1 == cfg.steps):
+            state = {"sae": sae.state_dict(), "opt": opt.state_dict(), "gen": gen.get_state(),
+                     "step": i + 1}  # fmt: skip
+            torch.save(state, checkpoint.with_suffix(".tmp"))
+            checkpoint.with_suffix(".tmp").rename(checkpoint)
+    return sae, scale

