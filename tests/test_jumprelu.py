@@ -118,3 +118,14 @@ def test_the_trained_sae_saves_as_gemma_scope_2_and_loads_back(tmp_path: Path) -
     loaded = load_sae(save_sae(folded, tmp_path / "sae"))
     assert (tmp_path / "sae" / "params.safetensors").is_file()
     assert torch.equal(loaded.encode(x), folded.encode(x))
+
+
+def test_lambda_tuned_for_a_target_l0_settles_near_it() -> None:
+    x = _planted()
+    for target in (4.0, 12.0):
+        tuned = {"sparsity": 0.01, "target_l0": target, "steps": 600, "tune_gain": 0.02}
+        cfg = TrainConfig(**{**CFG.__dict__, **tuned})
+        sae, scale = train(x[:10000], cfg, log=lambda line: None)
+        _, l0 = _fve(sae.folded(scale), x[10000:])
+        assert 0.6 * target < l0 < 1.5 * target, (target, l0)
+        assert sae.sparsity > 0

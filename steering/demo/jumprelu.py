@@ -90,6 +90,12 @@ class TrainConfig:
     lr_warmup: float = 0.05  # fractions of `steps`
     sparsity_warmup: float = 0.2
     lr_decay: float = 0.2
+    # When set, λ is tuned while training runs so that L0 settles near this target: over the
+    # first `tune_for` of the steps, log λ moves by `tune_gain` × log(L0 / target) per step
+    # (L0 averaged over recent steps); then λ stays fixed at the value reached.
+    target_l0: float | None = None
+    tune_for: float = 0.8
+    tune_gain: float = 0.003
     seed: int = 0
 
 
@@ -104,6 +110,7 @@ class TrainingSAE(nn.Module):
         self.b_enc = nn.Parameter(torch.zeros(width))
         self.b_dec = nn.Parameter(mean.clone().float())
         self.threshold = nn.Parameter(torch.full((width,), init_threshold))
+        self.sparsity = 0.0  # the λ training ended with (set by `train`)
 
     def forward(self, x: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
         """(reconstruction, ‖f‖₀ per row with the estimator's gradient)."""
@@ -171,16 +178,17 @@ def train(
     mean = acts[:65536].float().mean(dim=0) * scale
     sae = TrainingSAE(acts.shape[-1], cfg.width, cfg.init_threshold, mean)
     opt = torch.optim.Adam(sae.parameters(), lr=cfg.lr, betas=(0.0, 0.999))
-    first = 0
+    first, log_tuning, recent_l0 = 0, 0.0, None
     if checkpoint is not None and checkpoint.is_file():
         state = torch.load(checkpoint)
         sae.load_state_dict(state["sae"])
         opt.load_state_dict(state["opt"])
         gen.set_state(state["gen"])
-        first = state["step"]
+        first, (log_tuning, recent_l0) = state["step"], state["tuning"]
     start, seen_l0, seen_mse = time.monotonic(), 0.0, 0.0
     for i in range(first, cfg.steps):
         lr, sparsity = _schedule(cfg, i)
+        sparsity *= math.exp(log_tuning)
         for group in opt.param_groups:
             group["lr"] = cfg.lr * lr
         x = acts[torch.randint(len(acts), (cfg.batch,), generator=gen)].float() * scale
@@ -192,7 +200,11 @@ def train(
         sae.unit_row_gradient()
         opt.step()
         sae.constrain()
-        seen_l0, seen_mse = seen_l0 + l0.mean().item(), seen_mse + mse.item()
+        batch_l0 = l0.mean().item()
+        seen_l0, seen_mse = seen_l0 + batch_l0, seen_mse + mse.item()
+        recent_l0 = batch_l0 if recent_l0 is None else 0.95 * recent_l0 + 0.05 * batch_l0
+        if cfg.target_l0 is not None and i < cfg.tune_for * cfg.steps:
+            log_tuning += cfg.tune_gain * math.log(max(recent_l0, 1e-3) / cfg.target_l0)
         if (i + 1) % 50 == 0 or i + 1 == cfg.steps:
             rate = (i + 1 - first) / (time.monotonic() - start)
             log(f"step {i + 1}/{cfg.steps}  mse {seen_mse / 50:.3f}  L0 {seen_l0 / 50:.1f}  "
@@ -200,7 +212,8 @@ def train(
             seen_l0 = seen_mse = 0.0
         if checkpoint is not None and ((i + 1) % every == 0 or i + 1 == cfg.steps):
             state = {"sae": sae.state_dict(), "opt": opt.state_dict(), "gen": gen.get_state(),
-                     "step": i + 1}  # fmt: skip
+                     "step": i + 1, "tuning": (log_tuning, recent_l0)}  # fmt: skip
             torch.save(state, checkpoint.with_suffix(".tmp"))
             checkpoint.with_suffix(".tmp").rename(checkpoint)
+    sae.sparsity = cfg.sparsity * math.exp(log_tuning)  # λ as it ended
     return sae, scale

@@ -56,10 +56,10 @@ class Recipe:
     )
     train_windows: int = 3072  # the first windows of the shuffled training set: ~390k tokens
     seed: int = 0
-    ce_windows: int = 128  # held-out windows scored with the full model (×3: clean, SAE, zero)
+    ce_windows: int = 32  # held-out windows scored with the full model (×3: clean, SAE, zero)
     train: TrainConfig = field(
         default_factory=lambda: TrainConfig(
-            width=2048, steps=3000, batch=512, lr=1e-3, sparsity=1.5e-3, seed=0
+            width=2048, steps=2400, batch=512, lr=1e-3, sparsity=5e-4, target_l0=40.0, seed=0
         )
     )
 
@@ -114,6 +114,9 @@ def stage_train(work: Path, acts: torch.Tensor, cfg: TrainConfig) -> JumpReLUSAE
     if not file.is_file():
         trained, scale = train(acts, cfg, checkpoint=work / "checkpoint.pt")
         torch.save(trained.folded(scale).params(), file)
+        (work / "train.json").write_text(
+            json.dumps({"input_scale": scale, "final_sparsity": trained.sparsity}, indent=1)
+        )
     params = torch.load(file)
     for key in ("W_enc", "W_dec"):
         params[key] = params[key].to(torch.bfloat16)
@@ -278,13 +281,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.stop_after == "evaluate":
         return 0
     explanations = stage_label(recipe, lm.tokenizer, sae, split["held_out"], held_acts)
-    write(args.out, recipe, sae, explanations, metrics)
+    write(work, args.out, recipe, sae, explanations, metrics)
     sys.stdout.write(json.dumps(metrics, indent=1) + "\n")
     return 0
 
 
 def write(
-    out: Path, recipe: Recipe, sae: JumpReLUSAE, explanations: list[dict[str, Any]],
+    work: Path, out: Path, recipe: Recipe, sae: JumpReLUSAE, explanations: list[dict[str, Any]],
     metrics: dict[str, float],
 ) -> None:  # fmt: skip
     """The shipped SAE: Gemma Scope 2 parameters (weights in bfloat16, biases and thresholds in
@@ -298,6 +301,7 @@ def write(
         "site": f"resid_post, output of decoder layer {recipe.layer}",
         "params_sha256": file_sha256(out / "params.safetensors"),
         "recipe": dataclasses.asdict(recipe),
+        "training": json.loads((work / "train.json").read_text()),
         "metrics": metrics,
         "labels": len(explanations),
     }
