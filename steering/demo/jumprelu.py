@@ -90,12 +90,12 @@ class TrainConfig:
     lr_warmup: float = 0.05  # fractions of `steps`
     sparsity_warmup: float = 0.2
     lr_decay: float = 0.2
-    # When set, λ is tuned while training runs so that L0 settles near this target: over the
-    # first `tune_for` of the steps, log λ moves by `tune_gain` × log(L0 / target) per step
-    # (L0 averaged over recent steps); then λ stays fixed at the value reached.
+    # When set, λ is tuned while training runs so that L0 settles near this target: after λ's
+    # warm-up and until `tune_until` of the steps, log λ moves by `tune_gain` × log(L0 / target)
+    # per step (L0 averaged over recent steps); then λ stays fixed at the value reached.
     target_l0: float | None = None
-    tune_for: float = 0.8
-    tune_gain: float = 0.003
+    tune_until: float = 0.8
+    tune_gain: float = 0.002
     seed: int = 0
 
 
@@ -203,7 +203,8 @@ def train(
         batch_l0 = l0.mean().item()
         seen_l0, seen_mse = seen_l0 + batch_l0, seen_mse + mse.item()
         recent_l0 = batch_l0 if recent_l0 is None else 0.95 * recent_l0 + 0.05 * batch_l0
-        if cfg.target_l0 is not None and i < cfg.tune_for * cfg.steps:
+        tuning = cfg.sparsity_warmup * cfg.steps <= i < cfg.tune_until * cfg.steps
+        if cfg.target_l0 is not None and tuning:
             log_tuning += cfg.tune_gain * math.log(max(recent_l0, 1e-3) / cfg.target_l0)
         if (i + 1) % 50 == 0 or i + 1 == cfg.steps:
             rate = (i + 1 - first) / (time.monotonic() - start)

@@ -59,7 +59,7 @@ class Recipe:
     ce_windows: int = 32  # held-out windows scored with the full model (×3: clean, SAE, zero)
     train: TrainConfig = field(
         default_factory=lambda: TrainConfig(
-            width=2048, steps=2400, batch=512, lr=1e-3, sparsity=5e-4, target_l0=40.0, seed=0
+            width=2048, steps=2400, batch=512, lr=5e-4, sparsity=5e-4, target_l0=60.0, seed=0
         )
     )
 

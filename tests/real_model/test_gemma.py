@@ -71,6 +71,9 @@ def test_the_converted_tokenizer_chats_like_gemma(gemma: LoadedModel) -> None:
 
 
 def test_chat_has_one_bos_and_stops_at_end_of_turn(engine: Engine, gemma: LoadedModel) -> None:
+    """One BOS, and `<end_of_turn>` ends a generation. The base 270M never writes the marker
+    itself (its logit sits near -14 after an answer), so the head is nudged toward it on the
+    third decode step, as a chat-tuned model would choose it."""
     tok = gemma.tokenizer
     chat = [
         {"role": "user", "content": "Answer with one word: what colour is the sky?"},
@@ -80,9 +83,25 @@ def test_chat_has_one_bos_and_stops_at_end_of_turn(engine: Engine, gemma: Loaded
     ids = tok.apply_chat_template(chat, add_generation_prompt=True, return_dict=True)["input_ids"]
     assert ids.count(tok.bos_token_id) == 1 and ids[0] == tok.bos_token_id
     end_of_turn = tok.convert_tokens_to_ids("<end_of_turn>")
-    assert end_of_turn in engine.eos_ids
-    [(tokens, finish)] = greedy(engine, [ids], 40, ignore_eos=False)
-    assert finish is FinishReason.EOS and tokens[-1] == end_of_turn, tok.decode(tokens)
+    assert {end_of_turn, tok.eos_token_id} <= engine.eos_ids
+    [(free, finish)] = greedy(engine, [ids], 6, ignore_eos=False)
+    assert end_of_turn not in free and finish is FinishReason.LENGTH
+    decode_steps = []
+
+    def nudge(module: object, args: object, logits: torch.Tensor) -> torch.Tensor:
+        if logits.shape[1] == 1:  # a decode step, not the prefill
+            decode_steps.append(1)
+            if len(decode_steps) == 2:
+                logits = logits.clone()
+                logits[..., end_of_turn] += 1e4
+        return logits
+
+    handle = gemma.model.get_output_embeddings().register_forward_hook(nudge)
+    try:
+        [(tokens, finish)] = greedy(engine, [ids], 40, ignore_eos=False)
+    finally:
+        handle.remove()
+    assert tokens == [*free[:2], end_of_turn] and finish is FinishReason.EOS
 
 
 def test_the_sea_feature_is_found_by_search_and_steers_to_the_sea(
