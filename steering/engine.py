@@ -4,7 +4,8 @@ Synchronous: it owns the model, its steering hooks and the running batch, and sp
 only. `add`, `abort` and `finish` may be called from any thread; `step` (or `run`) from one
 engine thread. A step applies aborts, decodes the running batch by one token, then admits
 waiting requests into it (prefilled together, in one left-padded forward); rows that finish
-leave at once.
+leave at once. Each running request holds one slot of a static KV cache, allocated at startup
+for `max_active_rows` requests of the longest prompt and generation the limits allow.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from steering.plan import Readback, RowResult
 from steering.requests import FinishReason, GenerationRequest, Limits, validate_request
 from steering.row import Row
 from steering.sampling import RowSampler
+from steering.slots import CacheShape, SlotCache
 from steering.stats import EngineSnapshot, FinishedRequest, StepStats
 
 log = logging.getLogger(__name__)
@@ -68,6 +70,18 @@ class Engine:
         self._steering = Steering(self.hooks, ids)
         self.eos_ids = frozenset(eos_ids)
         self.context_length = int(model.config.get_text_config().max_position_embeddings)
+        limits = config.limits
+        # Every request the limits admit fits its slot: a prompt and all it may generate.
+        most_new = max(limits.max_new_tokens, limits.default_max_new_tokens)
+        self.slot_context = min(self.context_length, limits.max_prompt_tokens + most_new)
+        self._cache = SlotCache(CacheShape.of(model, limits.max_active_rows, self.slot_context))
+        log.info(
+            "KV cache: %d slots of %d positions, %.1f MiB (%s)",
+            limits.max_active_rows,
+            self.slot_context,
+            self._cache.shape.nbytes / 2**20,
+            self._cache.shape.dtype,
+        )
         self.vocab_size = int(model.get_input_embeddings().num_embeddings)
         self.d_sae_of = {a.name: a.sae.d_sae for a in attachments}
         self._cond = threading.Condition()
@@ -114,7 +128,7 @@ class Engine:
         validate_request(request, limits, self.d_sae_of)
         self._check_prompt(request.prompt_ids)
         wanted = request.sampling.max_new_tokens or limits.default_max_new_tokens
-        budget = min(wanted, self.context_length - len(request.prompt_ids))
+        budget = min(wanted, self.slot_context - len(request.prompt_ids))
         row = Row(next(self._keys), request, OutputChannel(notify), budget, time.monotonic())
         with self._cond:
             if self._closed:
@@ -245,7 +259,7 @@ class Engine:
         rows = [self._running[key] for key in self._batch.keys]
         try:
             logits, done = self._batch.decode(
-                self.model, self._steering, [row.generated[-1] for row in rows]
+                self.model, self._steering, self._cache, [row.generated[-1] for row in rows]
             )
         except Exception:
             log.exception("decode step failed; failing its %d requests", len(rows))
@@ -274,10 +288,14 @@ class Engine:
             row.sampler = RowSampler.create(row.request.sampling, self.device)
         if not rows:
             return 0, 0, 0
+        held = set(self._batch.slots) if self._batch is not None else set()
+        free = [slot for slot in range(self._cache.shape.slots) if slot not in held]
         try:
             prefilled, logits, done = Batch.prefill(
                 self.model,
                 self._steering,
+                self._cache,
+                free[: len(rows)],  # the lowest free slots: decode steps run over slots 0..n-1
                 [row.key for row in rows],
                 [row.request.prompt_ids for row in rows],
                 [row.ask for row in rows],
@@ -333,7 +351,7 @@ class Engine:
                 )
                 continue
             result = results[b]
-            row.seen(done.plan, b, readback)
+            row.seen(done.plan, done.at[b], readback)
             if row.request.inspect is not None:
                 self._finish(row, FinishReason.PREFILLED, finished, readings=result)
                 continue
