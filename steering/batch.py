@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -120,10 +121,11 @@ def forward(
             use_cache=True,
             logits_to_keep=1,
         )
-    return out.logits[:, -1].float()
+    logits: torch.Tensor = out.logits[:, -1].float()
+    return logits
 
 
-def eager_attention(model: torch.nn.Module) -> bool:
+def eager_attention(model: Any) -> bool:
     """Whether the model adds its masks to the scores (eager) rather than taking booleans."""
     config = model.config.get_text_config()
     return getattr(config, "_attn_implementation", None) == "eager"

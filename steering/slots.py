@@ -12,6 +12,7 @@ empty), so a prompt longer than the window attends over its own keys and leaves 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from transformers.cache_utils import Cache
@@ -33,7 +34,7 @@ class CacheShape:
     device: torch.device
 
     @classmethod
-    def of(cls, model: torch.nn.Module, slots: int, context: int) -> CacheShape:
+    def of(cls, model: Any, slots: int, context: int) -> CacheShape:
         config = model.config.get_text_config()
         n_layers = int(config.num_hidden_layers)
         types = tuple(getattr(config, "layer_types", None) or [FULL] * n_layers)[:n_layers]
@@ -78,7 +79,7 @@ class _Writes:
     positions: torch.Tensor  # (N,) long: in the layer's buffer (ring positions for a ring)
 
 
-class SlotCache(Cache):
+class SlotCache(Cache):  # type: ignore[misc]  # transformers is untyped
     """The model's cache for every forward: `prefill(...)` or `decode(...)` first says where the
     forward's rows live, then each layer's `update` writes its keys in place."""
 
