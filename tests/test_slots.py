@@ -80,9 +80,9 @@ def test_the_cache_size_is_known_before_any_request() -> None:
     cache = _cache(slots=4, context=100, window=10)
     # Per slot and position: keys and values of one head of width 1, float32.
     assert cache.shape.nbytes == 4 * (100 + 10) * 2 * 4
-    assert sum(k.numel() * 4 + v.numel() * 4 for k, v in zip(cache.keys, cache.values)) == (
-        cache.shape.nbytes
-    )
+    assert sum(
+        k.numel() * 4 + v.numel() * 4 for k, v in zip(cache.keys, cache.values, strict=True)
+    ) == (cache.shape.nbytes)
     assert _cache(slots=1, context=8, window=16).shape.length(SLIDING) == 8  # no ring needed
 
 
