@@ -29,6 +29,7 @@ from steering.plan import (
     fired_rules,
     row_result,
 )
+from steering.slot_tables import SlotStep, SlotTables
 from steering.slots import SlotCache
 
 PAD_ID = 0  # fills left padding; any id serves, since padding is masked and never steered
@@ -36,9 +37,9 @@ PAD_ID = 0  # fills left padding; any id serves, since padding is masked and nev
 
 @dataclass(frozen=True, eq=False)
 class Forward:
-    """One forward's plan and what its hooks left; each row's own positions among its T."""
+    """One forward's tables and what its hooks left; each row's own positions among its T."""
 
-    plan: Plan
+    source: Plan | SlotTables  # where the rows' tables are: a prefill's plan, or the slots
     tables: StepTables | None  # None: nothing was steered or read
     positions: list[range]  # per row of the batch
     at: list[int]  # per row of the batch, its row in the forward (its slot in a decode)
@@ -48,13 +49,18 @@ class Forward:
         forward), and add what the hooks left to the step's one copy to the host."""
         if self.tables is None:
             return
-        latch, totals = self.plan.latch, self.plan.totals
-        for sae, table in self.plan.rules.items():
+        if isinstance(self.source, SlotTables):
+            assert self.tables.slots is not None
+            self.source.queue(self.tables.slots.n, self.tables.out, readback)
+            return
+        plan = self.source
+        latch, totals = plan.latch, plan.totals
+        for sae, table in plan.rules.items():
             fired = self.tables.out[f"fired.{sae}"]
             assert isinstance(fired, torch.Tensor) and latch is not None
             latch[table.ids] |= fired
         gathered = []
-        for sae, (rows, columns) in self.plan.receipt_gather.items():
+        for sae, (rows, columns) in plan.receipt_gather.items():
             counts = self.tables.out.get(f"counts.{sae}")
             if isinstance(counts, torch.Tensor):
                 totals[sae] = totals[sae] + counts if sae in totals else counts
@@ -68,19 +74,25 @@ class Forward:
         """Each row's results from the step's readback (None: the row asked for nothing)."""
         if self.tables is None:
             return [None] * len(self.positions)
-        out, fired = self.tables.out, fired_rules(self.plan, readback)
+        if isinstance(self.source, SlotTables):
+            slots = self.source
+            return [slots.result(readback, b) for b in self.at]
+        plan, out = self.source, self.tables.out
+        fired = fired_rules(plan, readback)
         return [
-            row_result(self.plan, readback, out, b, p, fired.get(b, ()))
+            row_result(plan, readback, out, b, p, fired.get(b, ()))
             for b, p in zip(self.at, self.positions, strict=True)
         ]
 
 
 @dataclass(frozen=True, eq=False)
 class Steering:
-    """What a forward needs to steer: the hooks, and which token ids are never steered."""
+    """What a forward needs to steer: the hooks, which token ids are never steered, and the
+    running rows' per-slot tables."""
 
     hooks: SteeringHooks
     special_ids: torch.Tensor  # (S,) long, on the model's device
+    slots: SlotTables
 
     def plan(self, asks: Sequence[RowAsk]) -> Plan:
         return build_plan(asks, self.hooks.saes)
@@ -97,6 +109,16 @@ class Steering:
         steerable = steerable_positions(ids, self.special_ids)
         steerable = steerable if mask is None else steerable & mask.bool()
         return StepTables(plan.edits, steerable, plan.reads, rules=plan.rules, latch=plan.latch)
+
+    def slot_tables(self, ids: torch.Tensor) -> StepTables | None:
+        """What the hooks apply in a decode over slots 0..n-1 feeding `ids` (n, 1); None:
+        nothing to steer or read."""
+        n = ids.shape[0]
+        widths = self.slots.widths(n)
+        if not widths and not any(a.reconstruct for a in self.hooks.attachments):
+            return None
+        step = SlotStep(self.slots, n, widths, self.slots.latch[:n])
+        return StepTables(steerable=steerable_positions(ids, self.special_ids), slots=step)
 
 
 def forward(
@@ -146,7 +168,6 @@ class Batch:
         self.slots = slots
         self.positions = positions
         self.steered_rows = sum(1 for ask in asks if ask.edits)
-        self._plan: Plan | None = None  # built once per set of rows
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -203,16 +224,11 @@ class Batch:
         length = max(self.positions) + 1
         cache.decode(positions, length)
         masks = cache.decode_masks(positions, length, eager_attention(model))
-        if self._plan is None:
-            by_slot = [RowAsk()] * n
-            for slot, ask in zip(self.slots, self.asks, strict=True):
-                by_slot[slot] = ask
-            self._plan = steering.plan(by_slot)
-        tables = steering.step_tables(self._plan, ids)
+        tables = steering.slot_tables(ids)
         logits = forward(model, steering, tables, ids, masks, positions[:, None], cache)
         self.positions = [p + 1 for p in self.positions]
         rows = torch.tensor(self.slots, dtype=torch.long, device=device)
-        done = Forward(self._plan, tables, [range(1)] * len(self.keys), list(self.slots))
+        done = Forward(steering.slots, tables, [range(1)] * len(self.keys), list(self.slots))
         return logits.index_select(0, rows), done
 
     @classmethod

@@ -26,10 +26,11 @@ from steering.channel import OutputChannel
 from steering.errors import EngineClosedError, InvalidRequestError, QueueFullError
 from steering.hooks import SaeAttachment, install_steering
 from steering.model import LoadedModel
-from steering.plan import Readback, RowResult
+from steering.plan import Readback, RowAsk, RowResult
 from steering.requests import FinishReason, GenerationRequest, Limits, validate_request
 from steering.row import Row
 from steering.sampling import RowSampler
+from steering.slot_tables import SlotTables
 from steering.slots import CacheShape, SlotCache
 from steering.stats import EngineSnapshot, FinishedRequest, StepStats
 
@@ -42,6 +43,9 @@ class EngineConfig:
     # Waiting requests are admitted in a step until their prompts reach this many tokens
     # (at least one request per step), bounding how long a step's prefills stall decoding.
     prefill_tokens_per_step: int = 4096
+    # Per running request and SAE: the edits its slot holds, the request's and its rules'
+    # together (a request asking more is refused); the width of the per-slot edit tables.
+    features_per_row: int = 64
 
 
 @dataclass(frozen=True)
@@ -67,10 +71,17 @@ class Engine:
         self.device = next(model.parameters()).device
         self.hooks = install_steering(model, attachments)
         ids = torch.tensor(sorted(set(special_ids)), dtype=torch.long, device=self.device)
-        self._steering = Steering(self.hooks, ids)
+        limits = config.limits
+        self._slots = SlotTables(
+            self.hooks.saes,
+            limits.max_active_rows,
+            features=config.features_per_row,
+            reads=limits.max_watched_features + limits.max_rules_per_request,
+            rules=limits.max_rules_per_request,
+        )
+        self._steering = Steering(self.hooks, ids, self._slots)
         self.eos_ids = frozenset(eos_ids)
         self.context_length = int(model.config.get_text_config().max_position_embeddings)
-        limits = config.limits
         # Every request the limits admit fits its slot: a prompt and all it may generate.
         most_new = max(limits.max_new_tokens, limits.default_max_new_tokens)
         self.slot_context = min(self.context_length, limits.max_prompt_tokens + most_new)
@@ -127,6 +138,7 @@ class Engine:
         limits = self.config.limits
         validate_request(request, limits, self.d_sae_of)
         self._check_prompt(request.prompt_ids)
+        self._slots.check(RowAsk(request.edits, request.watch, request.inspect, request.rules))
         wanted = request.sampling.max_new_tokens or limits.default_max_new_tokens
         budget = min(wanted, self.slot_context - len(request.prompt_ids))
         row = Row(next(self._keys), request, OutputChannel(notify), budget, time.monotonic())
@@ -200,7 +212,7 @@ class Engine:
             self._waiting.clear()
         for row in rows:
             self._finish(row, reason, [], error)
-        self._batch = None
+        self._set_batch(None)
 
     def step(self) -> StepStats:
         """One iteration: aborts, one decode step of the running batch, then admissions."""
@@ -267,7 +279,7 @@ class Engine:
                 self._finish(
                     row, FinishReason.ERROR, finished, "internal error in the model's forward pass"
                 )
-            self._batch = None
+            self._set_batch(None)
             return 0
         generated = self._emit(rows, logits, done, finished)
         self._retire()
@@ -309,8 +321,11 @@ class Engine:
             return len(rows), tokens, 0
         generated = self._emit(rows, logits, done, finished)
         joined = prefilled.filter(set(self._running))
+        if joined is not None:
+            for key, slot in zip(joined.keys, joined.slots, strict=True):
+                self._slots.write(slot, self._running[key].ask)
         parts = [b for b in (self._batch, joined) if b is not None]
-        self._batch = Batch.concatenate(parts) if parts else None
+        self._set_batch(Batch.concatenate(parts) if parts else None)
         return len(rows), tokens, generated
 
     def _next_admission(self, admitted: int, tokens: int) -> Row | None:
@@ -351,7 +366,7 @@ class Engine:
                 )
                 continue
             result = results[b]
-            row.seen(done.plan, done.at[b], readback)
+            row.seen(done.source, done.at[b], readback)
             if row.request.inspect is not None:
                 self._finish(row, FinishReason.PREFILLED, finished, readings=result)
                 continue
@@ -437,4 +452,12 @@ class Engine:
     def _retire(self) -> None:
         """Drop finished rows from the batch (and the padding only they needed)."""
         if self._batch is not None:
-            self._batch = self._batch.filter(set(self._running))
+            self._set_batch(self._batch.filter(set(self._running)))
+
+    def _set_batch(self, batch: Batch | None) -> None:
+        """Make `batch` the running one; the slots it no longer holds are cleared."""
+        kept = set(batch.slots) if batch is not None else set()
+        for slot in self._batch.slots if self._batch is not None else ():
+            if slot not in kept:
+                self._slots.clear(slot)
+        self._batch = batch

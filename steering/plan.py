@@ -73,6 +73,10 @@ class Plan:
     def empty(self) -> bool:
         return not self.edits and not self.reads
 
+    def counts(self, readback: Readback, b: int) -> list[tuple[int, int]]:
+        """Row b's edit counts over the forwards run with this plan (see `row_counts`)."""
+        return row_counts(self, readback, b)
+
 
 def build_plan(asks: Sequence[RowAsk], saes: Mapping[str, JumpReLUSAE]) -> Plan:
     edits = [ask.all_edits for ask in asks]
