@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -31,6 +31,9 @@ from steering.plan import (
 )
 from steering.slot_tables import SlotStep, SlotTables
 from steering.slots import SlotCache
+
+if TYPE_CHECKING:
+    from steering.decoder import Decoder
 
 PAD_ID = 0  # fills left padding; any id serves, since padding is masked and never steered
 
@@ -208,27 +211,22 @@ class Batch:
         )
         return cls(keys, asks, slots, [len(p) for p in prompts]), logits, done
 
-    def decode(
-        self, model: torch.nn.Module, steering: Steering, cache: SlotCache, tokens: Sequence[int]
-    ) -> tuple[torch.Tensor, Forward]:
+    def decode(self, decoder: Decoder, tokens: Sequence[int]) -> tuple[torch.Tensor, Forward]:
         """Feed each row its last sampled token; the logits (B, V) of the next one, and what the
         forward read. The forward runs over slots 0..n-1 (row b of it is slot b); free slots
         among them feed padding at position 0 and are never read."""
-        device = steering.special_ids.device
+        device = decoder.cache.shape.device
         n = max(self.slots) + 1
         fed, at = [PAD_ID] * n, [0] * n
         for slot, token, position in zip(self.slots, tokens, self.positions, strict=True):
             fed[slot], at[slot] = token, position
         ids = torch.tensor(fed, dtype=torch.long, device=device)[:, None]  # (n, 1)
         positions = torch.tensor(at, dtype=torch.long, device=device)  # (n,)
-        length = max(self.positions) + 1
-        cache.decode(positions, length)
-        masks = cache.decode_masks(positions, length, eager_attention(model))
-        tables = steering.slot_tables(ids)
-        logits = forward(model, steering, tables, ids, masks, positions[:, None], cache)
+        logits, tables = decoder(ids, positions, max(self.positions) + 1)
         self.positions = [p + 1 for p in self.positions]
         rows = torch.tensor(self.slots, dtype=torch.long, device=device)
-        done = Forward(steering.slots, tables, [range(1)] * len(self.keys), list(self.slots))
+        slots = decoder.steering.slots
+        done = Forward(slots, tables, [range(1)] * len(self.keys), list(self.slots))
         return logits.index_select(0, rows), done
 
     @classmethod

@@ -23,6 +23,7 @@ import torch
 
 from steering.batch import Batch, Forward, Steering
 from steering.channel import OutputChannel
+from steering.decoder import Decoder, GraphedDecoder
 from steering.errors import EngineClosedError, InvalidRequestError, QueueFullError
 from steering.hooks import SaeAttachment, install_steering
 from steering.model import LoadedModel
@@ -46,6 +47,8 @@ class EngineConfig:
     # Per running request and SAE: the edits its slot holds, the request's and its rules'
     # together (a request asking more is refused); the width of the per-slot edit tables.
     features_per_row: int = 64
+    # Replay decode steps from CUDA graphs (a CUDA model only); see steering.decoder.
+    cuda_graphs: bool = False
 
 
 @dataclass(frozen=True)
@@ -86,6 +89,11 @@ class Engine:
         most_new = max(limits.max_new_tokens, limits.default_max_new_tokens)
         self.slot_context = min(self.context_length, limits.max_prompt_tokens + most_new)
         self._cache = SlotCache(CacheShape.of(model, limits.max_active_rows, self.slot_context))
+        self._decoder = (
+            GraphedDecoder(model, self._steering, self._cache)
+            if config.cuda_graphs
+            else Decoder(model, self._steering, self._cache)
+        )
         log.info(
             "KV cache: %d slots of %d positions, %.1f MiB (%s)",
             limits.max_active_rows,
@@ -270,9 +278,7 @@ class Engine:
             return 0
         rows = [self._running[key] for key in self._batch.keys]
         try:
-            logits, done = self._batch.decode(
-                self.model, self._steering, self._cache, [row.generated[-1] for row in rows]
-            )
+            logits, done = self._batch.decode(self._decoder, [row.generated[-1] for row in rows])
         except Exception:
             log.exception("decode step failed; failing its %d requests", len(rows))
             for row in rows:
