@@ -27,7 +27,7 @@ from steering.decoder import Decoder, GraphedDecoder
 from steering.errors import EngineClosedError, InvalidRequestError, QueueFullError
 from steering.hooks import SaeAttachment, install_steering
 from steering.model import LoadedModel
-from steering.plan import Readback, RowAsk, RowResult
+from steering.plan import Readback, RowResult
 from steering.requests import FinishReason, GenerationRequest, Limits, validate_request
 from steering.row import Row
 from steering.sampling import RowSampler
@@ -44,9 +44,6 @@ class EngineConfig:
     # Waiting requests are admitted in a step until their prompts reach this many tokens
     # (at least one request per step), bounding how long a step's prefills stall decoding.
     prefill_tokens_per_step: int = 4096
-    # Per running request and SAE: the edits its slot holds, the request's and its rules'
-    # together (a request asking more is refused); the width of the per-slot edit tables.
-    features_per_row: int = 64
     # Replay decode steps from CUDA graphs (a CUDA model only); see steering.decoder.
     cuda_graphs: bool = False
 
@@ -78,7 +75,7 @@ class Engine:
         self._slots = SlotTables(
             self.hooks.saes,
             limits.max_active_rows,
-            features=config.features_per_row,
+            features=limits.max_edits_per_sae,
             reads=limits.max_watched_features + limits.max_rules_per_request,
             rules=limits.max_rules_per_request,
         )
@@ -146,7 +143,6 @@ class Engine:
         limits = self.config.limits
         validate_request(request, limits, self.d_sae_of)
         self._check_prompt(request.prompt_ids)
-        self._slots.check(RowAsk(request.edits, request.watch, request.inspect, request.rules))
         wanted = request.sampling.max_new_tokens or limits.default_max_new_tokens
         budget = min(wanted, self.slot_context - len(request.prompt_ids))
         row = Row(next(self._keys), request, OutputChannel(notify), budget, time.monotonic())

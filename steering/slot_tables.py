@@ -18,7 +18,6 @@ from dataclasses import dataclass, field
 import torch
 
 from steering.edits import AFFINE_OF_MODE, edit_features
-from steering.errors import InvalidRequestError
 from steering.plan import Readback, RowAsk, RowResult
 from steering.sae import JumpReLUSAE
 
@@ -112,20 +111,6 @@ class SlotTables:
         device = next((sae.device for sae in saes.values()), torch.device("cpu"))
         self.latch = torch.zeros(slots, max(rules, 1), dtype=torch.bool, device=device)
         self.layouts: list[SlotLayout | None] = [None] * slots
-
-    def check(self, ask: RowAsk) -> None:
-        """Raise InvalidRequestError if a row asking `ask` would not fit its slot."""
-        for name in self.saes:
-            edits = sum(1 for e in ask.all_edits if e.sae == name)
-            if edits > self.features:
-                raise InvalidRequestError(
-                    "edits",
-                    f"{edits} edits of SAE {name!r} with those of the rules, more than the "
-                    f"{self.features} a request may hold per SAE",
-                )
-        reads = [r.sae for r in ask.watch] + [rule.when.sae for rule in ask.rules]
-        if any(reads.count(name) > self.reads for name in self.saes):
-            raise InvalidRequestError("watch", f"more than {self.reads} features read of one SAE")
 
     def write(self, slot: int, ask: RowAsk) -> None:
         """Write a joining row's edits, reads, rules and latch (the rules fired so far)."""

@@ -16,7 +16,7 @@ from steering.engine import Engine, EngineConfig
 from steering.errors import InvalidRequestError
 from steering.plan import Readback, RowAsk
 from steering.readings import read, read_table
-from steering.requests import FeatureRef, GenerationRequest, Rule, SamplingParams
+from steering.requests import FeatureRef, GenerationRequest, Limits, Rule, SamplingParams
 from steering.slot_tables import SlotStep, SlotTables, read_slots, steer_slots
 from tests.reference import reference_row, rel_error
 from tests.test_engine import EDITS, PROMPTS, _attachments, _collect, _greedy
@@ -107,9 +107,6 @@ def test_writing_over_a_slot_forgets_its_last_row_and_clearing_empties_it(sae) -
     slots.clear(0)
     assert slots.empty and not t.used.any() and not slots.latch.any() and not t.rule_used.any()
     assert slots.widths(2) == {}
-    with pytest.raises(InvalidRequestError, match="more than the 3"):
-        slots.check(RowAsk(tuple(FeatureEdit("s", f, EditMode.SET, 1.0) for f in range(4))))
-    slots.check(RowAsk(tuple(FeatureEdit("s", f, EditMode.SET, 1.0) for f in range(3))))
 
 
 def test_receipts_of_a_slot_read_back_in_one_copy(sae) -> None:
@@ -126,7 +123,7 @@ def test_receipts_of_a_slot_read_back_in_one_copy(sae) -> None:
 @pytest.fixture(params=["gemma2", "gemma3"])
 def engine(request: pytest.FixtureRequest, model_folders: dict[str, Path]) -> Engine:
     lm = load_model(model_folders[request.param], dtype=torch.float32)
-    engine = Engine.from_loaded(lm, _attachments(lm), EngineConfig(features_per_row=2))
+    engine = Engine.from_loaded(lm, _attachments(lm), EngineConfig(Limits(max_edits_per_sae=2)))
     engine.tokenizer = lm.tokenizer  # type: ignore[attr-defined]
     return engine
 
@@ -171,9 +168,16 @@ def test_whole_tables_give_what_trimmed_ones_give_and_idle_leaves_them_clear(
 
 def test_a_request_with_more_edits_than_a_slot_holds_is_refused(engine: Engine) -> None:
     three = tuple(FeatureEdit("early", f, EditMode.SET, 1.0) for f in (1, 2, 3))
-    with pytest.raises(InvalidRequestError, match="more than the 2"):
+    with pytest.raises(InvalidRequestError, match=r"3 edits of SAE 'early'.*limit of 2"):
         engine.add(GenerationRequest((2, 5, 6), SamplingParams(max_new_tokens=2), three))
-    assert engine.idle
+    rule = Rule(FeatureRef("late", 1), 0.5, apply=three[1:])  # the rules' edits count too
+    with pytest.raises(InvalidRequestError, match="the rules' included"):
+        engine.add(
+            GenerationRequest((2, 5), SamplingParams(max_new_tokens=2), three[:1], rules=(rule,))
+        )
+    engine.add(GenerationRequest((2, 5), SamplingParams(max_new_tokens=2), three[:2]))
+    while not engine.idle:
+        engine.step()
 
 
 def test_a_slot_reused_by_another_request_carries_nothing_over(engine: Engine) -> None:
