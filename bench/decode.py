@@ -82,7 +82,9 @@ def main() -> None:
     p.add_argument("--join-prompt-tokens", type=int, default=256)
     args = p.parse_args()
     torch.set_num_threads(1)
-    setup = Setup(args.preset, None, torch.device("cpu"), getattr(torch, args.dtype), args.reps, 16384)
+    setup = Setup(
+        args.preset, None, torch.device("cpu"), getattr(torch, args.dtype), args.reps, 16384
+    )
     model = build(setup)
     print(setup.describe(model))
     tables = decode_rates(model, setup, args.batches, 32, 32)

@@ -10,6 +10,7 @@ import ssl
 from collections import Counter
 from pathlib import Path
 
+import torch
 from transformers import AutoConfig
 
 from steering.demo.themes import SAE_NAME as DEMO_SAE
@@ -24,6 +25,7 @@ class StartupError(Exception):
 
 def check(settings: Settings) -> None:
     _check_mode(settings)
+    _check_cuda_graphs(settings)
     if settings.model is not None:
         _check_saes(settings, _model_layers(settings.model))
     _check_labels(settings)
@@ -35,6 +37,11 @@ def _check_mode(s: Settings) -> None:
         raise StartupError("--demo serves its own model and SAE: drop --model, --sae and --vector")
     if not s.demo and s.model is None:
         raise StartupError("name a model folder with --model (or run --demo)")
+
+
+def _check_cuda_graphs(s: Settings) -> None:
+    if s.cuda_graphs == "on" and (s.device == "cpu" or not torch.cuda.is_available()):
+        raise StartupError("--cuda-graphs on needs a CUDA device (none here): use auto or off")
 
 
 def _model_layers(folder: Path) -> int:

@@ -112,6 +112,10 @@ CASES = {
         "more than one SAE",
     ),
     "presets file missing": (["--model", "{model}", "--presets", "{root}/nope.toml"], "--presets"),
+    "CUDA graphs on a CPU": (
+        ["--model", "{model}", "--device", "cpu", "--cuda-graphs", "on"],
+        "--cuda-graphs on needs a CUDA device",
+    ),
 }
 
 
