@@ -186,6 +186,11 @@ class Engine:
             )
 
     @property
+    def kv_cache_bytes(self) -> int:
+        """The static KV cache's size, fixed at startup."""
+        return self._cache.shape.nbytes
+
+    @property
     def idle(self) -> bool:
         """Nothing queued, running, or held: no rows, no cache."""
         with self._cond:

@@ -9,8 +9,10 @@ import torch
 
 from steering import LoadedModel, load_model
 from steering.engine import Engine, EngineConfig
+from steering.errors import InvalidRequestError
 from steering.requests import FinishReason, Limits
 from steering.slots import FULL, SLIDING, CacheShape, SlotCache
+from tests.mock_model import MockModel, mock_reference
 from tests.test_engine import EDITS, PROMPTS, _attachments, _collect, _greedy, _ids, _reference
 
 LONG = " ".join(PROMPTS) + " and the sea was wide and the ship sailed on"
@@ -190,3 +192,18 @@ def test_a_row_in_a_high_slot_equals_the_row_alone(lm: LoadedModel) -> None:
         assert _collect(handles[i].channel)[0] == _reference(
             lm, engine.hooks, prompts[i], EDITS[i], 16
         )
+
+
+def test_the_longest_request_the_limits_admit_fits_its_slot_exactly() -> None:
+    limits = Limits(max_prompt_tokens=8, max_new_tokens=5, default_max_new_tokens=2)
+    engine = Engine(MockModel(), special_ids=[0], eos_ids=[], config=EngineConfig(limits))
+    assert engine._cache.shape.context == 8 + 5  # the slot holds the prompt and all it may add
+    assert engine.kv_cache_bytes == 2 * 16 * 13 * 4  # 16 slots, one layer of one value wide
+    prompt = [3, 4, 5, 6, 7, 8, 9, 10]
+    handles = [engine.add(_greedy(prompt, (), 5)) for _ in range(16)]  # every slot, in full
+    with pytest.raises(InvalidRequestError, match="max_new_tokens"):
+        engine.add(_greedy(prompt, (), 6))
+    while not engine.idle:
+        engine.step()
+    for handle in handles:
+        assert _collect(handle.channel) == (mock_reference(prompt, 5), FinishReason.LENGTH)
