@@ -41,7 +41,13 @@ def make_engine(model: Any, setup: Setup, max_rows: int) -> Engine:
         )
         for i, (name, layer) in enumerate(zip(SAES, layers, strict=True))
     ]
-    limits = Limits(max_active_rows=max_rows, max_queued_requests=max_rows, max_new_tokens=4096)
+    # The static KV cache is sized from these limits: what the scenarios use, not the defaults.
+    limits = Limits(
+        max_active_rows=max_rows,
+        max_queued_requests=max_rows,
+        max_prompt_tokens=1024,
+        max_new_tokens=1024,
+    )
     return Engine(
         model,
         special_ids=[0, 1, 2],
