@@ -79,6 +79,7 @@ def main() -> None:
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     p.add_argument("--reps", type=int, default=3)
     p.add_argument("--batches", type=int, nargs="+", default=[1, 8, 32])
+    p.add_argument("--new-tokens", type=int, default=32)
     p.add_argument("--join-prompt-tokens", type=int, default=256)
     args = p.parse_args()
     torch.set_num_threads(1)
@@ -87,7 +88,7 @@ def main() -> None:
     )
     model = build(setup)
     print(setup.describe(model))
-    tables = decode_rates(model, setup, args.batches, 32, 32)
+    tables = decode_rates(model, setup, args.batches, 32, args.new_tokens)
     tables += join_cost(model, setup, 32, args.join_prompt_tokens, 5)
     for table in tables:
         print("\n" + table.markdown())
