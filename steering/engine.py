@@ -71,33 +71,9 @@ class Engine:
         self.device = next(model.parameters()).device
         self.hooks = install_steering(model, attachments)
         ids = torch.tensor(sorted(set(special_ids)), dtype=torch.long, device=self.device)
-        limits = config.limits
-        self._slots = SlotTables(
-            self.hooks.saes,
-            limits.max_active_rows,
-            features=limits.max_edits_per_sae,
-            reads=limits.max_watched_features + limits.max_rules_per_request,
-            rules=limits.max_rules_per_request,
-        )
-        self._steering = Steering(self.hooks, ids, self._slots)
         self.eos_ids = frozenset(eos_ids)
         self.context_length = int(model.config.get_text_config().max_position_embeddings)
-        # Every request the limits admit fits its slot: a prompt and all it may generate.
-        most_new = max(limits.max_new_tokens, limits.default_max_new_tokens)
-        self.slot_context = min(self.context_length, limits.max_prompt_tokens + most_new)
-        self._cache = SlotCache(CacheShape.of(model, limits.max_active_rows, self.slot_context))
-        self._decoder = (
-            GraphedDecoder(model, self._steering, self._cache)
-            if config.cuda_graphs
-            else Decoder(model, self._steering, self._cache)
-        )
-        log.info(
-            "KV cache: %d slots of %d positions, %.1f MiB (%s)",
-            limits.max_active_rows,
-            self.slot_context,
-            self._cache.shape.nbytes / 2**20,
-            self._cache.shape.dtype,
-        )
+        self._static_decode(ids)
         self.vocab_size = int(model.get_input_embeddings().num_embeddings)
         self.d_sae_of = {a.name: a.sae.d_sae for a in attachments}
         self._cond = threading.Condition()
@@ -110,6 +86,34 @@ class Engine:
         self._stopping = False
         self._steps = 0
         self._rules_fired = {"apply": 0, "stop": 0}  # in the current step, by action
+
+    def _static_decode(self, special_ids: torch.Tensor) -> None:
+        """Allocate what decoding keeps for the engine's life: the per-slot steering tables,
+        the slot KV cache (every request the limits admit fits its slot: a prompt and all it
+        may generate), and the decoder over them."""
+        limits = self.config.limits
+        self._slots = SlotTables(
+            self.hooks.saes,
+            limits.max_active_rows,
+            features=limits.max_edits_per_sae,
+            reads=limits.max_watched_features + limits.max_rules_per_request,
+            rules=limits.max_rules_per_request,
+        )
+        self._steering = Steering(self.hooks, special_ids, self._slots)
+        most_new = max(limits.max_new_tokens, limits.default_max_new_tokens)
+        self.slot_context = min(self.context_length, limits.max_prompt_tokens + most_new)
+        shape = CacheShape.of(self.model, limits.max_active_rows, self.slot_context)
+        self._cache = SlotCache(shape)
+        decoder = GraphedDecoder if self.config.cuda_graphs else Decoder
+        self._decoder = decoder(self.model, self._steering, self._cache)
+        log.info(
+            "KV cache: %d slots of %d positions (sliding layers: %s), %.1f MiB of %s",
+            shape.slots,
+            shape.context,
+            shape.ring or "no ring",
+            shape.nbytes / 2**20,
+            shape.dtype,
+        )
 
     @classmethod
     def from_loaded(
