@@ -61,7 +61,7 @@ def build(shape: str) -> Any:
 def engine_for(model: Any, graphs: bool) -> Engine:
     d = model.config.get_text_config().hidden_size
     layer = model.config.get_text_config().num_hidden_layers // 2
-    sae = random_sae(d, D_SAE, seed=1).to("cuda")
+    sae = random_sae(d, D_SAE, seed=1).to(model.device)
     limits = Limits(max_active_rows=max(BATCHES), max_prompt_tokens=PROMPT, max_new_tokens=NEW)
     config = EngineConfig(limits, cuda_graphs=graphs)
     return Engine(
@@ -82,27 +82,32 @@ def decode_rate(engine: Engine, n: int, steered: bool, vocab: int) -> float:
         edits = tuple(FeatureEdit("s", f, EditMode.SET, 4.0) for f in features)
         engine.add(GenerationRequest(prompt, sampling, edits))
     engine.step()  # the prefill
-    torch.cuda.synchronize()
+    _sync()
     start, steps = time.perf_counter(), 0
     while not engine.idle:
         engine.step()
         steps += 1
-    torch.cuda.synchronize()
+    _sync()
     return n * (NEW - 1) / (time.perf_counter() - start)
 
 
 def hf_compiled_rate(model: Any, n: int, vocab: int) -> float:
-    ids = torch.randint(10, vocab, (n, PROMPT), device="cuda")
+    ids = torch.randint(10, vocab, (n, PROMPT), device=model.device)
     kwargs = dict(max_new_tokens=NEW, min_new_tokens=NEW, do_sample=False,
                   cache_implementation="static", eos_token_id=None)  # fmt: skip
     # On CUDA with a static cache, `generate` compiles the forward itself (its auto-compile).
     for _ in range(2):  # compile and warm up
         model.generate(ids, **kwargs)
-    torch.cuda.synchronize()
+    _sync()
     start = time.perf_counter()
     model.generate(ids, **kwargs)
-    torch.cuda.synchronize()
+    _sync()
     return n * NEW / (time.perf_counter() - start)
+
+
+def _sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
 
 
 def main() -> None:
