@@ -207,3 +207,16 @@ def test_the_longest_request_the_limits_admit_fits_its_slot_exactly() -> None:
         engine.step()
     for handle in handles:
         assert _collect(handle.channel) == (mock_reference(prompt, 5), FinishReason.LENGTH)
+
+
+def test_a_bfloat16_model_decodes_from_a_bfloat16_cache(model_folders: dict[str, Path]) -> None:
+    """What `--dtype auto` picks on a CPU with native bf16: the cache and masks follow the model."""
+    lm = load_model(model_folders["gemma3"], dtype=torch.bfloat16)
+    engine = Engine.from_loaded(lm, _attachments(lm))
+    assert all(k.dtype == torch.bfloat16 for k in engine._cache.keys)
+    handles = [engine.add(_greedy(_ids(lm, p), EDITS[i], 6)) for i, p in enumerate(PROMPTS[:3])]
+    while not engine.idle:
+        engine.step()
+    for handle in handles:
+        tokens, reason = _collect(handle.channel)
+        assert reason is FinishReason.LENGTH and len(tokens) == 6
