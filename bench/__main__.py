@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from bench.common import PRESETS, Setup, Table, build
+from bench.decode import decode_rates, join_cost
 from bench.discovery import inspect_cost, watch_overhead
 from bench.policies import rules_overhead, vector_batch
 from bench.scenarios import heterogeneous, overhead, sparse_vs_full
@@ -33,6 +34,8 @@ SCENARIOS = (
     "inspect",
     "rules",
     "vectors",
+    "decode",
+    "join",
 )
 
 
@@ -89,6 +92,10 @@ def main() -> None:
         "watch": lambda: watch_overhead(model, setup, (1, 16), args.prompt_tokens, args.new_tokens),
         "inspect": lambda: inspect_cost(model, setup),
         "rules": lambda: rules_overhead(model, setup, 16, args.prompt_tokens, args.new_tokens),
+        "decode": lambda: decode_rates(
+            model, setup, args.batches, args.prompt_tokens, args.new_tokens
+        ),
+        "join": lambda: join_cost(model, setup, 32, 256, setup.reps),
         "vectors": lambda: vector_batch(
             model, setup, 16, args.prompt_tokens, args.new_tokens, Path(tempfile.mkdtemp())
         ),

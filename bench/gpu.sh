@@ -1,14 +1,18 @@
 #!/usr/bin/env bash
-# The benchmarks on a CUDA machine, bf16, the real Gemma 2 2B shape (random weights): one
-# command that prints the Markdown tables and writes bench/results/gpu.json. Needs a Python
-# with a CUDA build of torch; installs the project into it. Extra arguments go to `python -m bench`.
+# The fast decode path on a CUDA machine (no network there): Gemma 2 2B and Gemma 3 1B shapes
+# with random bf16 weights, batch 1/8/32/64, unsteered vs steered (8 distinct features per row)
+# with and without CUDA graphs, vs Hugging Face `generate` with a static cache and
+# torch.compile. Needs a Python with CUDA torch and transformers 5 already installed (nothing is
+# installed here); writes $OUT/gpu.json (or bench/results/gpu.json) as it goes, in < 8 minutes.
+# Extra arguments: the JSON path, then the measuring budget in seconds (default 420).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
+export PYTHONPATH="$PWD:$PWD/server:$PWD/clients/python${PYTHONPATH:+:$PYTHONPATH}"
+export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 "$PYTHON" -c 'import torch, sys; sys.exit(0 if torch.cuda.is_available() else "no CUDA device")'
-"$PYTHON" -m pip install -q --no-deps -e .
-"$PYTHON" -m pip install -q "grpcio>=1.85.1" "protobuf>=7.35.1" grpcio-health-checking grpcio-reflection \
-    pydantic pydantic-settings prometheus-client "transformers>=5,<6" safetensors tokenizers
-nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
-"$PYTHON" -m bench --device cuda --dtype bfloat16 --preset gemma-2-2b \
-    --batches 1 64 --rows 64 --clients 1 4 8 16 32 64 --reps 5 --json bench/results/gpu.json "$@"
+"$PYTHON" -c 'import transformers, sys; sys.exit(0 if transformers.__version__.startswith("5.") else "transformers 5 is needed")'
+nvidia-smi --query-gpu=name,memory.total --format=csv,noheader || true
+DEST=${OUT:-bench/results}
+mkdir -p "$DEST"
+timeout 460 "$PYTHON" -m bench.gpu_decode "${1:-$DEST/gpu.json}" "${2:-420}"

@@ -49,7 +49,10 @@ def vector_batch(
     path = tmp / "vectors.npy"
     np.save(path, vectors.numpy())
     sae = load_vectors(path, device=setup.device)
-    limits = Limits(max_active_rows=n, max_queued_requests=n, max_new_tokens=4096)
+    # The static KV cache is sized from these limits: what the scenario uses, not the defaults.
+    limits = Limits(
+        max_active_rows=n, max_queued_requests=n, max_prompt_tokens=1024, max_new_tokens=1024
+    )
     engine = Engine(
         model,
         special_ids=[0, 1, 2],

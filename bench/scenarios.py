@@ -24,6 +24,7 @@ from steering.demo.toy import random_sae
 from steering.edits import edit_counts, table_activations
 from steering.engine import Engine, EngineConfig
 from steering.requests import FeatureRef, GenerationRequest, Limits, Rule, SamplingParams
+from steering.slot_tables import reconstruct_slots
 
 Edits = tuple[FeatureEdit, ...]
 SAES = ("a", "b", "c")
@@ -41,7 +42,13 @@ def make_engine(model: Any, setup: Setup, max_rows: int) -> Engine:
         )
         for i, (name, layer) in enumerate(zip(SAES, layers, strict=True))
     ]
-    limits = Limits(max_active_rows=max_rows, max_queued_requests=max_rows, max_new_tokens=4096)
+    # The static KV cache is sized from these limits: what the scenarios use, not the defaults.
+    limits = Limits(
+        max_active_rows=max_rows,
+        max_queued_requests=max_rows,
+        max_prompt_tokens=1024,
+        max_new_tokens=1024,
+    )
     return Engine(
         model,
         special_ids=[0, 1, 2],
@@ -151,19 +158,29 @@ def heterogeneous(model: Any, setup: Setup, n: int, prompt_len: int, new: int) -
 @contextmanager
 def naive_full_hooks(sae: Any) -> Iterator[None]:
     """Make the hooks run the full encode/decode with the error term (what a naive hook does)."""
-    original = hooks_module.steer_rows
+    original, original_slots = hooks_module.steer_rows, hooks_module.steer_slots
 
     def full(
-        x: torch.Tensor, table: Any, steerable: torch.Tensor | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+        x: torch.Tensor, table: Any, steerable: torch.Tensor | None = None, latch: Any = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:  # a prefill
         counts = edit_counts(table_activations(x, table), table, steerable)  # receipts, as before
         return apply_full(x, sae, table, steerable), counts
 
-    hooks_module.steer_rows = full
+    def full_slots(
+        x: torch.Tensor, sae_: Any, table: Any, step: Any, k: int, steerable: torch.Tensor | None
+    ) -> torch.Tensor:  # a decode step: x̂' + (x - x̂) over every row's own edits
+        xf = x.float()
+        edited = reconstruct_slots(x, sae_, table, step, k, None).float()
+        out = edited + (xf - sae_.decode(sae_.encode(xf)))
+        if steerable is not None:
+            out = torch.where(steerable[..., None], out, xf)
+        return out.to(x.dtype)
+
+    hooks_module.steer_rows, hooks_module.steer_slots = full, full_slots
     try:
         yield
     finally:
-        hooks_module.steer_rows = original
+        hooks_module.steer_rows, hooks_module.steer_slots = original, original_slots
 
 
 def sparse_vs_full(model: Any, setup: Setup, n: int, prompt_len: int, new: int) -> list[Table]:

@@ -1,10 +1,10 @@
-"""The running batch: its rows' KV cache, attention mask and positions, and the model forward.
+"""The running batch: which slot of the static KV cache each row holds, its positions, and the
+model forward.
 
 A small contract in the manner of TGI: `prefill` makes a batch from prompts (one left-padded
-forward), `concatenate` joins batches (left-padding the shorter KV), `filter` keeps some rows and
-drops padding no row needs any more, `decode` runs one step. The KV cache is a `DynamicCache` of
-plain full-length layers: sliding windows are enforced by the attention mask rather than by
-truncating the cache, so caches of different lengths can be joined. Knows nothing of sampling or
+forward that writes each prompt into its own slot), `concatenate` joins batches, `filter` keeps
+some rows (a row that leaves frees its slot), `decode` runs one step over the slots. Joining and
+leaving move no cache: only the small per-row lists change. Knows nothing of sampling or
 requests.
 """
 
@@ -13,9 +13,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import torch
-from transformers import DynamicCache
 
 from steering.edits import steerable_positions
 from steering.hooks import SteeringHooks, StepTables
@@ -29,30 +29,41 @@ from steering.plan import (
     fired_rules,
     row_result,
 )
+from steering.slot_tables import SlotStep, SlotTables
+from steering.slots import SlotCache
+
+if TYPE_CHECKING:
+    from steering.decoder import Decoder
 
 PAD_ID = 0  # fills left padding; any id serves, since padding is masked and never steered
 
 
 @dataclass(frozen=True, eq=False)
 class Forward:
-    """One forward's plan and what its hooks left; each row's own positions among its T."""
+    """One forward's tables and what its hooks left; each row's own positions among its T."""
 
-    plan: Plan
+    source: Plan | SlotTables  # where the rows' tables are: a prefill's plan, or the slots
     tables: StepTables | None  # None: nothing was steered or read
-    positions: list[range]
+    positions: list[range]  # per row of the batch
+    at: list[int]  # per row of the batch, its row in the forward (its slot in a decode)
 
     def queue(self, readback: Readback) -> None:
         """Set the latch of the rules that fired (on the device: they take effect from the next
         forward), and add what the hooks left to the step's one copy to the host."""
         if self.tables is None:
             return
-        latch, totals = self.plan.latch, self.plan.totals
-        for sae, table in self.plan.rules.items():
+        if isinstance(self.source, SlotTables):
+            assert self.tables.slots is not None
+            self.source.queue(self.tables.slots.n, self.tables.out, readback)
+            return
+        plan = self.source
+        latch, totals = plan.latch, plan.totals
+        for sae, table in plan.rules.items():
             fired = self.tables.out[f"fired.{sae}"]
             assert isinstance(fired, torch.Tensor) and latch is not None
             latch[table.ids] |= fired
         gathered = []
-        for sae, (rows, columns) in self.plan.receipt_gather.items():
+        for sae, (rows, columns) in plan.receipt_gather.items():
             counts = self.tables.out.get(f"counts.{sae}")
             if isinstance(counts, torch.Tensor):
                 totals[sae] = totals[sae] + counts if sae in totals else counts
@@ -66,19 +77,25 @@ class Forward:
         """Each row's results from the step's readback (None: the row asked for nothing)."""
         if self.tables is None:
             return [None] * len(self.positions)
-        out, fired = self.tables.out, fired_rules(self.plan, readback)
+        if isinstance(self.source, SlotTables):
+            slots = self.source
+            return [slots.result(readback, b) for b in self.at]
+        plan, out = self.source, self.tables.out
+        fired = fired_rules(plan, readback)
         return [
-            row_result(self.plan, readback, out, b, p, fired.get(b, ()))
-            for b, p in enumerate(self.positions)
+            row_result(plan, readback, out, b, p, fired.get(b, ()))
+            for b, p in zip(self.at, self.positions, strict=True)
         ]
 
 
 @dataclass(frozen=True, eq=False)
 class Steering:
-    """What a forward needs to steer: the hooks, and which token ids are never steered."""
+    """What a forward needs to steer: the hooks, which token ids are never steered, and the
+    running rows' per-slot tables."""
 
     hooks: SteeringHooks
     special_ids: torch.Tensor  # (S,) long, on the model's device
+    slots: SlotTables
 
     def plan(self, asks: Sequence[RowAsk]) -> Plan:
         return build_plan(asks, self.hooks.saes)
@@ -96,152 +113,144 @@ class Steering:
         steerable = steerable if mask is None else steerable & mask.bool()
         return StepTables(plan.edits, steerable, plan.reads, rules=plan.rules, latch=plan.latch)
 
+    def slot_tables(self, ids: torch.Tensor) -> StepTables | None:
+        """What the hooks apply in a decode over slots 0..n-1 feeding `ids` (n, 1); None:
+        nothing to steer or read."""
+        n = ids.shape[0]
+        widths = self.slots.widths(n)
+        if not widths and not any(a.reconstruct for a in self.hooks.attachments):
+            return None
+        step = SlotStep(self.slots, n, widths, self.slots.latch[:n])
+        return StepTables(steerable=steerable_positions(ids, self.special_ids), slots=step)
+
 
 def forward(
     model: torch.nn.Module,
     steering: Steering,
     tables: StepTables | None,
     ids: torch.Tensor,  # (B, T)
-    attention_mask: torch.Tensor,  # (B, L + T): 1 for real tokens, 0 for padding
+    masks: dict[str, torch.Tensor],  # per layer type, (B, 1, T, L)
     positions: torch.Tensor,  # (B, T)
-    cache: DynamicCache,
-) -> tuple[torch.Tensor, DynamicCache]:
-    """One forward with steering; the last position's logits (B, V) in float32, and the cache."""
+    cache: SlotCache,
+) -> torch.Tensor:
+    """One forward with steering; the last position's logits (B, V) in float32."""
     with (
         torch.inference_mode(),
         steering.hooks.step(tables) if tables is not None else nullcontext(),
     ):
         out = model(
             input_ids=ids,
-            attention_mask=attention_mask,
+            attention_mask=masks,
             position_ids=positions,
             cache=cache,
             use_cache=True,
             logits_to_keep=1,
         )
-    return out.logits[:, -1].float(), out.cache
+    logits: torch.Tensor = out.logits[:, -1].float()
+    return logits
+
+
+def eager_attention(model: Any) -> bool:
+    """Whether the model adds its masks to the scores (eager) rather than taking booleans."""
+    config = model.config.get_text_config()
+    return getattr(config, "_attn_implementation", None) == "eager"
 
 
 class Batch:
-    """Rows decoding together. Row i of every tensor belongs to `keys[i]`."""
+    """Rows decoding together. Row i of `keys`, `asks`, `slots` and `positions` is one request."""
 
     def __init__(
         self,
         keys: list[int],
         asks: list[RowAsk],
-        cache: DynamicCache,
-        attention_mask: torch.Tensor,  # (B, L)
-        next_positions: torch.Tensor,  # (B,) position id of the next token fed
+        slots: list[int],
+        positions: list[int],  # position id of the next token each row feeds (= tokens held)
     ) -> None:
         self.keys = keys
         self.asks = asks
-        self.cache = cache
-        self.attention_mask = attention_mask
-        self.next_positions = next_positions
+        self.slots = slots
+        self.positions = positions
         self.steered_rows = sum(1 for ask in asks if ask.edits)
-        self._plan: Plan | None = None  # built once per set of rows
 
     def __len__(self) -> int:
         return len(self.keys)
+
+    @property
+    def attention_mask(self) -> torch.Tensor:
+        """(B, L): 1 where a row's slot holds a position, L the most any row holds."""
+        length = max(self.positions)
+        return torch.tensor([[1] * p + [0] * (length - p) for p in self.positions])
 
     @classmethod
     def prefill(
         cls,
         model: torch.nn.Module,
         steering: Steering,
+        cache: SlotCache,
+        slots: list[int],
         keys: list[int],
         prompts: Sequence[Sequence[int]],
         asks: list[RowAsk],
     ) -> tuple[Batch, torch.Tensor, Forward]:
-        """A batch of `prompts` (left-padded, one forward), their next-token logits (B, V), and
-        what the forward read."""
+        """A batch of `prompts` (left-padded, one forward) written into `slots` of the cache,
+        their next-token logits (B, V), and what the forward read."""
         device = steering.special_ids.device
-        length = max(len(p) for p in prompts)
-        padded = [[PAD_ID] * (length - len(p)) + list(p) for p in prompts]
+        width = max(len(p) for p in prompts)
+        padded = [[PAD_ID] * (width - len(p)) + list(p) for p in prompts]
         ids = torch.tensor(padded, dtype=torch.long, device=device)  # (B, T)
-        mask = torch.tensor(
-            [[0] * (length - len(p)) + [1] * len(p) for p in prompts],
-            dtype=torch.long,
-            device=device,
-        )
-        positions = (mask.cumsum(dim=1) - 1).clamp_min(0)
+        lengths = torch.tensor([len(p) for p in prompts], dtype=torch.long, device=device)
+        mask = torch.arange(width, device=device)[None, :] >= (width - lengths[:, None])
+        positions = (mask.long().cumsum(dim=1) - 1).clamp_min(0)
+        cache.prefill(torch.tensor(slots, dtype=torch.long, device=device), lengths, width)
+        masks = cache.prefill_masks(lengths, width, eager_attention(model))
         plan = steering.plan(asks)
         tables = steering.step_tables(plan, ids, mask)
-        logits, cache = forward(model, steering, tables, ids, mask, positions, DynamicCache())
-        done = Forward(plan, tables, [range(length - len(p), length) for p in prompts])
-        return cls(keys, asks, cache, mask, mask.sum(dim=1)), logits, done
-
-    def decode(
-        self, model: torch.nn.Module, steering: Steering, tokens: Sequence[int]
-    ) -> tuple[torch.Tensor, Forward]:
-        """Feed each row its last sampled token; the logits (B, V) of the next one, and what the
-        forward read."""
-        device = self.attention_mask.device
-        ids = torch.tensor(tokens, dtype=torch.long, device=device)[:, None]  # (B, 1)
-        mask = torch.cat([self.attention_mask, torch.ones_like(ids)], dim=1)  # (B, L + 1)
-        if self._plan is None:
-            self._plan = steering.plan(self.asks)
-        tables = steering.step_tables(self._plan, ids)
-        logits, self.cache = forward(
-            model, steering, tables, ids, mask, self.next_positions[:, None], self.cache
+        logits = forward(model, steering, tables, ids, masks, positions, cache)
+        done = Forward(
+            plan, tables, [range(width - len(p), width) for p in prompts], list(range(len(keys)))
         )
-        self.attention_mask = mask
-        self.next_positions = self.next_positions + 1
-        return logits, Forward(self._plan, tables, [range(1)] * len(self.keys))
+        return cls(keys, asks, slots, [len(p) for p in prompts]), logits, done
+
+    def decode(self, decoder: Decoder, tokens: Sequence[int]) -> tuple[torch.Tensor, Forward]:
+        """Feed each row its last sampled token; the logits (B, V) of the next one, and what the
+        forward read. The forward runs over slots 0..n-1 (row b of it is slot b); free slots
+        among them feed padding at position 0 and are never read."""
+        device = decoder.cache.shape.device
+        n = max(self.slots) + 1
+        fed, at = [PAD_ID] * n, [0] * n
+        for slot, token, position in zip(self.slots, tokens, self.positions, strict=True):
+            fed[slot], at[slot] = token, position
+        ids = torch.tensor(fed, dtype=torch.long, device=device)[:, None]  # (n, 1)
+        positions = torch.tensor(at, dtype=torch.long, device=device)  # (n,)
+        logits, tables = decoder(ids, positions, max(self.positions) + 1)
+        self.positions = [p + 1 for p in self.positions]
+        rows = torch.tensor(self.slots, dtype=torch.long, device=device)
+        slots = decoder.steering.slots
+        done = Forward(slots, tables, [range(1)] * len(self.keys), list(self.slots))
+        return logits.index_select(0, rows), done
 
     @classmethod
     def concatenate(cls, batches: Sequence[Batch]) -> Batch:
-        """One batch of all rows; shorter caches are left-padded with masked zeros."""
+        """One batch of all rows; their slots stay where they are."""
         if len(batches) == 1:
             return batches[0]
-        length = max(b.attention_mask.shape[1] for b in batches)
-        n_layers = len(batches[0].cache.layers)
-        layers = [
-            tuple(
-                torch.cat(
-                    [_pad_left(getattr(b.cache.layers[i], kv), length, dim=2) for b in batches]
-                )
-                for kv in ("keys", "values")
-            )
-            for i in range(n_layers)
-        ]
         return cls(
             keys=[k for b in batches for k in b.keys],
             asks=[a for b in batches for a in b.asks],
-            cache=DynamicCache(ddp_cache_data=layers),
-            attention_mask=torch.cat([_pad_left(b.attention_mask, length, dim=1) for b in batches]),
-            next_positions=torch.cat([b.next_positions for b in batches]),
+            slots=[s for b in batches for s in b.slots],
+            positions=[p for b in batches for p in b.positions],
         )
 
     def filter(self, keep: set[int]) -> Batch | None:
-        """The rows whose key is in `keep` (None if none is), without padding no row needs."""
+        """The rows whose key is in `keep` (None if none is); the others' slots are free."""
         rows = [i for i, key in enumerate(self.keys) if key in keep]
         if not rows:
             return None
         if len(rows) == len(self.keys):
             return self
-        index = torch.tensor(rows, device=self.attention_mask.device)
-        mask = self.attention_mask[index]
-        start = int(
-            mask.any(dim=0).int().argmax()
-        )  # leading columns that are padding for every row
-        layers = [
-            (layer.keys[index, :, start:], layer.values[index, :, start:])
-            for layer in self.cache.layers
-        ]
         return Batch(
             keys=[self.keys[i] for i in rows],
             asks=[self.asks[i] for i in rows],
-            cache=DynamicCache(ddp_cache_data=layers),
-            attention_mask=mask[:, start:],
-            next_positions=self.next_positions[index],
+            slots=[self.slots[i] for i in rows],
+            positions=[self.positions[i] for i in rows],
         )
-
-
-def _pad_left(t: torch.Tensor, length: int, dim: int) -> torch.Tensor:
-    missing = length - t.shape[dim]
-    if missing == 0:
-        return t
-    shape = list(t.shape)
-    shape[dim] = missing
-    return torch.cat([t.new_zeros(shape), t], dim=dim)

@@ -4,7 +4,8 @@ Synchronous: it owns the model, its steering hooks and the running batch, and sp
 only. `add`, `abort` and `finish` may be called from any thread; `step` (or `run`) from one
 engine thread. A step applies aborts, decodes the running batch by one token, then admits
 waiting requests into it (prefilled together, in one left-padded forward); rows that finish
-leave at once.
+leave at once. Each running request holds one slot of a static KV cache, allocated at startup
+for `max_active_rows` requests of the longest prompt and generation the limits allow.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import torch
 
 from steering.batch import Batch, Forward, Steering
 from steering.channel import OutputChannel
+from steering.decoder import Decoder, GraphedDecoder
 from steering.errors import EngineClosedError, InvalidRequestError, QueueFullError
 from steering.hooks import SaeAttachment, install_steering
 from steering.model import LoadedModel
@@ -29,6 +31,8 @@ from steering.plan import Readback, RowResult
 from steering.requests import FinishReason, GenerationRequest, Limits, validate_request
 from steering.row import Row
 from steering.sampling import RowSampler
+from steering.slot_tables import SlotTables
+from steering.slots import CacheShape, SlotCache
 from steering.stats import EngineSnapshot, FinishedRequest, StepStats
 
 log = logging.getLogger(__name__)
@@ -40,6 +44,8 @@ class EngineConfig:
     # Waiting requests are admitted in a step until their prompts reach this many tokens
     # (at least one request per step), bounding how long a step's prefills stall decoding.
     prefill_tokens_per_step: int = 4096
+    # Replay decode steps from CUDA graphs (a CUDA model only); see steering.decoder.
+    cuda_graphs: bool = False
 
 
 @dataclass(frozen=True)
@@ -65,9 +71,9 @@ class Engine:
         self.device = next(model.parameters()).device
         self.hooks = install_steering(model, attachments)
         ids = torch.tensor(sorted(set(special_ids)), dtype=torch.long, device=self.device)
-        self._steering = Steering(self.hooks, ids)
         self.eos_ids = frozenset(eos_ids)
         self.context_length = int(model.config.get_text_config().max_position_embeddings)
+        self._static_decode(ids)
         self.vocab_size = int(model.get_input_embeddings().num_embeddings)
         self.d_sae_of = {a.name: a.sae.d_sae for a in attachments}
         self._cond = threading.Condition()
@@ -80,6 +86,34 @@ class Engine:
         self._stopping = False
         self._steps = 0
         self._rules_fired = {"apply": 0, "stop": 0}  # in the current step, by action
+
+    def _static_decode(self, special_ids: torch.Tensor) -> None:
+        """Allocate what decoding keeps for the engine's life: the per-slot steering tables,
+        the slot KV cache (every request the limits admit fits its slot: a prompt and all it
+        may generate), and the decoder over them."""
+        limits = self.config.limits
+        self._slots = SlotTables(
+            self.hooks.saes,
+            limits.max_active_rows,
+            features=limits.max_edits_per_sae,
+            reads=limits.max_watched_features + limits.max_rules_per_request,
+            rules=limits.max_rules_per_request,
+        )
+        self._steering = Steering(self.hooks, special_ids, self._slots)
+        most_new = max(limits.max_new_tokens, limits.default_max_new_tokens)
+        self.slot_context = min(self.context_length, limits.max_prompt_tokens + most_new)
+        shape = CacheShape.of(self.model, limits.max_active_rows, self.slot_context)
+        self._cache = SlotCache(shape)
+        decoder = GraphedDecoder if self.config.cuda_graphs else Decoder
+        self._decoder = decoder(self.model, self._steering, self._cache)
+        log.info(
+            "KV cache: %d slots of %d positions (sliding layers: %s), %.1f MiB of %s",
+            shape.slots,
+            shape.context,
+            shape.ring or "no ring",
+            shape.nbytes / 2**20,
+            shape.dtype,
+        )
 
     @classmethod
     def from_loaded(
@@ -114,7 +148,7 @@ class Engine:
         validate_request(request, limits, self.d_sae_of)
         self._check_prompt(request.prompt_ids)
         wanted = request.sampling.max_new_tokens or limits.default_max_new_tokens
-        budget = min(wanted, self.context_length - len(request.prompt_ids))
+        budget = min(wanted, self.slot_context - len(request.prompt_ids))
         row = Row(next(self._keys), request, OutputChannel(notify), budget, time.monotonic())
         with self._cond:
             if self._closed:
@@ -156,6 +190,11 @@ class Engine:
             )
 
     @property
+    def kv_cache_bytes(self) -> int:
+        """The static KV cache's size, fixed at startup."""
+        return self._cache.shape.nbytes
+
+    @property
     def idle(self) -> bool:
         """Nothing queued, running, or held: no rows, no cache."""
         with self._cond:
@@ -186,7 +225,7 @@ class Engine:
             self._waiting.clear()
         for row in rows:
             self._finish(row, reason, [], error)
-        self._batch = None
+        self._set_batch(None)
 
     def step(self) -> StepStats:
         """One iteration: aborts, one decode step of the running batch, then admissions."""
@@ -244,16 +283,14 @@ class Engine:
             return 0
         rows = [self._running[key] for key in self._batch.keys]
         try:
-            logits, done = self._batch.decode(
-                self.model, self._steering, [row.generated[-1] for row in rows]
-            )
+            logits, done = self._batch.decode(self._decoder, [row.generated[-1] for row in rows])
         except Exception:
             log.exception("decode step failed; failing its %d requests", len(rows))
             for row in rows:
                 self._finish(
                     row, FinishReason.ERROR, finished, "internal error in the model's forward pass"
                 )
-            self._batch = None
+            self._set_batch(None)
             return 0
         generated = self._emit(rows, logits, done, finished)
         self._retire()
@@ -274,10 +311,14 @@ class Engine:
             row.sampler = RowSampler.create(row.request.sampling, self.device)
         if not rows:
             return 0, 0, 0
+        held = set(self._batch.slots) if self._batch is not None else set()
+        free = [slot for slot in range(self._cache.shape.slots) if slot not in held]
         try:
             prefilled, logits, done = Batch.prefill(
                 self.model,
                 self._steering,
+                self._cache,
+                free[: len(rows)],  # the lowest free slots: decode steps run over slots 0..n-1
                 [row.key for row in rows],
                 [row.request.prompt_ids for row in rows],
                 [row.ask for row in rows],
@@ -291,8 +332,11 @@ class Engine:
             return len(rows), tokens, 0
         generated = self._emit(rows, logits, done, finished)
         joined = prefilled.filter(set(self._running))
+        if joined is not None:
+            for key, slot in zip(joined.keys, joined.slots, strict=True):
+                self._slots.write(slot, self._running[key].ask)
         parts = [b for b in (self._batch, joined) if b is not None]
-        self._batch = Batch.concatenate(parts) if parts else None
+        self._set_batch(Batch.concatenate(parts) if parts else None)
         return len(rows), tokens, generated
 
     def _next_admission(self, admitted: int, tokens: int) -> Row | None:
@@ -333,7 +377,7 @@ class Engine:
                 )
                 continue
             result = results[b]
-            row.seen(done.plan, b, readback)
+            row.seen(done.source, done.at[b], readback)
             if row.request.inspect is not None:
                 self._finish(row, FinishReason.PREFILLED, finished, readings=result)
                 continue
@@ -419,4 +463,12 @@ class Engine:
     def _retire(self) -> None:
         """Drop finished rows from the batch (and the padding only they needed)."""
         if self._batch is not None:
-            self._batch = self._batch.filter(set(self._running))
+            self._set_batch(self._batch.filter(set(self._running)))
+
+    def _set_batch(self, batch: Batch | None) -> None:
+        """Make `batch` the running one; the slots it no longer holds are cleared."""
+        kept = set(batch.slots) if batch is not None else set()
+        for slot in self._batch.slots if self._batch is not None else ():
+            if slot not in kept:
+                self._slots.clear(slot)
+        self._batch = batch

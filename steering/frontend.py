@@ -80,6 +80,7 @@ class ServedModel:
     limits: Limits  # as in force
     labels: dict[str, int]  # SAE name -> labelled features
     presets: tuple[Preset, ...]
+    kv_cache_bytes: int = 0  # allocated at startup for every request the limits admit
 
 
 class FrontEnd:
@@ -132,6 +133,7 @@ class FrontEnd:
             limits=self.limits,
             labels={a.name: self.catalog.count(a.name) for a in self.engine.hooks.attachments},
             presets=tuple(self.presets.values()),
+            kv_cache_bytes=self.engine.kv_cache_bytes,
         )
 
     @property

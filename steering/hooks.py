@@ -23,6 +23,7 @@ from steering.errors import ModelError
 from steering.readings import ReadTable, read
 from steering.rules import RuleTable, fired
 from steering.sae import JumpReLUSAE
+from steering.slot_tables import SlotStep, fired_slots, read_slots, reconstruct_slots, steer_slots
 
 SITES = ("resid_post",)  # the hook sites served; attn_out / mlp_out use the same math later
 
@@ -53,6 +54,8 @@ class StepTables:
     out: dict[str, object] = field(default_factory=dict)
     rules: Mapping[str, RuleTable] = field(default_factory=dict)
     latch: torch.Tensor | None = None  # (rules + 1,) bool: which rules fired before this forward
+    # A decode over the slots: the per-slot tables instead of `tables`, `reads` and `rules`.
+    slots: SlotStep | None = None
 
 
 def decoder_layers(model: nn.Module) -> nn.ModuleList:
@@ -129,6 +132,8 @@ def steer(
 ) -> torch.Tensor:
     """One layer's steering; SAEs sharing a layer apply in order, each reading (for watch and
     Inspect) what the ones before it left. Returns `hidden` if unchanged."""
+    if tables.slots is not None:
+        return steer_by_slot(hidden, attachments, tables.slots, tables)
     for attachment in attachments:
         name, steerable = attachment.name, tables.steerable
         reads = tables.reads.get(name)
@@ -147,6 +152,27 @@ def steer(
             hidden, tables.out[f"counts.{name}"] = steer_rows(
                 hidden, table, steerable, tables.latch
             )
+    return hidden
+
+
+def steer_by_slot(
+    hidden: torch.Tensor, attachments: Sequence[SaeAttachment], step: SlotStep, tables: StepTables
+) -> torch.Tensor:
+    """`steer` for a forward over slots 0..n-1 (row b is slot b), from the per-slot tables."""
+    steerable = tables.steerable
+    for attachment in attachments:
+        name, sae = attachment.name, attachment.sae
+        table = step.tables.tables[name]
+        k, kr, r = step.widths.get(name, (0, 0, 0))
+        if kr:
+            named = read_slots(hidden, sae, table, step.n, kr, steerable)
+            tables.out[f"read.{name}.named"] = named
+            if r:
+                tables.out[f"fired.{name}"] = fired_slots(named, table, step, r, steerable)
+        if attachment.reconstruct:
+            hidden = reconstruct_slots(hidden, sae, table, step, k, steerable)
+        elif k:
+            hidden = steer_slots(hidden, sae, table, step, k, steerable)
     return hidden
 
 

@@ -1,8 +1,8 @@
-"""A batch's plan for its forwards: the edit and read tables of its rows, and where each row's
+"""A prefill's plan: the edit and read tables of the rows it reads, and where each row's
 results lie in what the hooks leave behind; then one device-to-host copy per step for them all.
 
-Built once per set of rows (like the edit tables) and reused by every decode step until rows
-join or leave. Knows nothing of sampling or of the engine's requests beyond what rows ask.
+Built for each prefill forward (decode steps read the per-slot tables of `slot_tables.py`
+instead). Knows nothing of sampling or of the engine's requests beyond what rows ask.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ class RowAsk:
     inspect: InspectSpec | None = None
     rules: tuple[Rule, ...] = ()
     # The rules of this row that fired so far: the engine's own set, which it adds to as rules
-    # fire, so that a plan rebuilt when rows join or leave starts from the latch as it is.
+    # fire, so that its slot's latch is written as it is when the row joins the batch.
     fired: AbstractSet[int] = frozenset()
 
     @property
@@ -72,6 +72,10 @@ class Plan:
     @property
     def empty(self) -> bool:
         return not self.edits and not self.reads
+
+    def counts(self, readback: Readback, b: int) -> list[tuple[int, int]]:
+        """Row b's edit counts over the forwards run with this plan (see `row_counts`)."""
+        return row_counts(self, readback, b)
 
 
 def build_plan(asks: Sequence[RowAsk], saes: Mapping[str, JumpReLUSAE]) -> Plan:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import enum
 import math
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -152,6 +153,8 @@ class Limits:
     max_contrast_texts: int = 256
     max_search_results: int = 100
     max_rules_per_request: int = 16
+    # Edits a request holds on one SAE, its rules' included: the width of the per-slot tables.
+    max_edits_per_sae: int = 64
 
 
 def validate_text(
@@ -226,6 +229,14 @@ def validate_rules(
                     "request, its preset or another rule",
                 )
             edited.add((edit.sae, edit.feature))
+    on_sae = Counter(sae for sae, _ in edited)
+    for sae, count in sorted(on_sae.items()):
+        if count > limits.max_edits_per_sae:
+            raise InvalidRequestError(
+                "edits",
+                f"{count} edits of SAE {sae!r}, the rules' included, more than the limit of "
+                f"{limits.max_edits_per_sae}",
+            )
 
 
 def validate_contrast(

@@ -6,11 +6,18 @@ Owned by the engine thread; the request itself stays frozen (`GenerationRequest`
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from steering.channel import OutputChannel
-from steering.plan import Plan, Readback, RowAsk, row_counts
+from steering.plan import Readback, RowAsk
 from steering.requests import GenerationRequest, Receipt
 from steering.sampling import RowSampler
+
+
+class Counted(Protocol):
+    """Where a row's edit counts are read: a prefill's plan, or the slot tables of decode."""
+
+    def counts(self, readback: Readback, b: int) -> list[tuple[int, int]]: ...
 
 
 @dataclass(eq=False)
@@ -26,10 +33,11 @@ class Row:
     generated: list[int] = field(default_factory=list)
     admitted_at: float | None = None
     first_token_at: float | None = None
-    # Edit counts (per all_edits entry, [applied, active]) of the plans it left, and where to
-    # read those of its current plan: (plan, its row there, the latest readback).
+    # Edit counts (per all_edits entry, [applied, active]) of the tables it left (its prefill's
+    # plan), and where to read those of its current tables: (tables, its row there, the latest
+    # readback).
     folded: list[list[int]] = field(default_factory=list)
-    view: tuple[Plan, int, Readback] | None = None
+    view: tuple[Counted, int, Readback] | None = None
     fired: set[int] = field(default_factory=set)  # its rules that fired
 
     @property
@@ -54,16 +62,16 @@ class Row:
         """[applied, active] per all_edits entry, over every forward so far."""
         totals = [list(c) for c in self.folded] or [[0, 0] for _ in self.ask.all_edits]
         if self.view is not None:
-            plan, b, readback = self.view
-            for total, (applied, active) in zip(totals, row_counts(plan, readback, b), strict=True):
+            source, b, readback = self.view
+            for total, (applied, active) in zip(totals, source.counts(readback, b), strict=True):
                 total[0] += applied
                 total[1] += active
         return totals
 
-    def seen(self, plan: Plan, b: int, readback: Readback) -> None:
-        """After a step: its counts under `plan` are in `readback`. O(1) unless the plan is new
-        (rows joined or left): then the old plan's counts are folded in first."""
-        if self.view is not None and self.view[0] is not plan:
+    def seen(self, source: Counted, b: int, readback: Readback) -> None:
+        """After a step: its counts under `source` are in `readback`. O(1) unless the source is
+        new (its first decode after the prefill): then the old one's counts are folded first."""
+        if self.view is not None and self.view[0] is not source:
             self.folded, self.view = self.counts(), None
-        if plan.receipt_at[b]:
-            self.view = (plan, b, readback)
+        if self.ask.all_edits:
+            self.view = (source, b, readback)

@@ -7,6 +7,9 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+# Servers started by tests (in process or not) run float32 even where `--dtype auto` would pick
+# bfloat16 (a CPU with native bf16): their outputs are compared with float32 references.
+os.environ.setdefault("STEERING_DTYPE", "float32")
 
 from pathlib import Path
 

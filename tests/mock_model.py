@@ -1,8 +1,9 @@
 """A model that stands in for Gemma in engine logic tests: same call signature, no weights.
 
-It stores each fed token id as its 'key' in the cache, and predicts
-`(sum of the row's unmasked cached ids + position + 1) % vocab`, so any misalignment of cache,
-attention mask or positions when rows join and leave changes its output.
+It stores each fed token id as its 'key' in the cache (one layer, one head of width 1), and
+predicts `(sum of the ids its last position attends to + position + 1) % vocab`, so any
+misalignment of cache slots, attention masks or positions when rows join and leave changes its
+output.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from typing import Any
 
 import torch
 from torch import nn
-from transformers import DynamicCache
+from transformers.cache_utils import Cache
 
 VOCAB = 50
 
@@ -23,7 +24,15 @@ class MockModel(nn.Module):
         self.embed = nn.Embedding(vocab, 1)
         self.layers = nn.ModuleList()
         self.vocab = vocab
-        text = SimpleNamespace(max_position_embeddings=context_length, hidden_size=1)
+        text = SimpleNamespace(
+            max_position_embeddings=context_length,
+            hidden_size=1,
+            num_hidden_layers=1,
+            num_attention_heads=1,
+            num_key_value_heads=1,
+            head_dim=1,
+            layer_types=["full_attention"],
+        )
         self.config = SimpleNamespace(get_text_config=lambda: text)
         self.generation_config = SimpleNamespace(eos_token_id=[1])
         self.forwards = 0
@@ -38,9 +47,9 @@ class MockModel(nn.Module):
     def forward(
         self,
         input_ids: torch.Tensor,
-        attention_mask: torch.Tensor,
+        attention_mask: dict[str, torch.Tensor],  # per layer type, (B, 1, T, L) bool
         position_ids: torch.Tensor,
-        cache: DynamicCache,
+        cache: Cache,
         **_: Any,
     ) -> SimpleNamespace:
         self.forwards += 1
@@ -49,8 +58,9 @@ class MockModel(nn.Module):
             raise RuntimeError("injected failure")
         keys = input_ids[:, None, :, None].float()  # (B, 1, T, 1)
         all_keys, _ = cache.update(keys, keys, 0)
-        assert all_keys.shape[2] == attention_mask.shape[1], "cache and mask disagree"
-        total = (all_keys[:, 0, :, 0] * attention_mask).sum(dim=1)  # (B,)
+        mask = attention_mask["full_attention"]
+        assert all_keys.shape[2] == mask.shape[-1], "cache and mask disagree"
+        total = (all_keys[:, 0, :, 0] * mask[:, 0, -1, :]).sum(dim=1)  # (B,)
         nxt = (total + position_ids[:, -1] + 1).long() % self.vocab
         logits = torch.full((input_ids.shape[0], 1, self.vocab), -1.0)
         logits[torch.arange(input_ids.shape[0]), 0, nxt] = 1.0

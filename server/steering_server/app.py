@@ -37,6 +37,7 @@ from steering.sae_formats import file_sha256, sae_file
 from steering.vectors import load_vectors
 from steering_proto.v1 import steering_pb2 as pb
 from steering_proto.v1 import steering_pb2_grpc as pb_grpc
+from steering_server import hardware
 from steering_server.errors import AuthInterceptor, ErrorInterceptor
 from steering_server.metrics import Metrics
 from steering_server.preflight import StartupError
@@ -65,8 +66,9 @@ def resolve_device(setting: str) -> torch.device:
 
 
 def resolve_dtype(setting: str, device: torch.device) -> torch.dtype:
-    if setting == "auto":  # bf16 where it is fast, float32 on CPU
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    if setting == "auto":  # bf16 where it is fast: CUDA, or a CPU with native bf16
+        fast = device.type == "cuda" or hardware.cpu_has_native_bf16()
+        return torch.bfloat16 if fast else torch.float32
     return {"float32": torch.float32, "bfloat16": torch.bfloat16}[setting]
 
 
@@ -143,7 +145,8 @@ class SteeringApp:
         await self.server.start()
         log.info("gRPC listening on %s:%d (health NOT_SERVING while loading)", s.host, self.port)
         loaded = await asyncio.to_thread(load, s)
-        config = EngineConfig(s.limits(), s.prefill_tokens_per_step)
+        graphs = hardware.cuda_graphs_wanted(s.cuda_graphs, resolve_device(s.device))
+        config = EngineConfig(s.limits(), s.prefill_tokens_per_step, cuda_graphs=graphs)
         engine = Engine.from_loaded(loaded.model, loaded.attachments, config)
         self.frontend = FrontEnd(
             engine,

@@ -196,8 +196,10 @@ def search_response(matches: Sequence[FeatureMatch]) -> pb.SearchFeaturesRespons
     )
 
 
-def limits_message(limits: Limits) -> pb.Limits:
+def limits_message(limits: Limits, kv_cache_bytes: int = 0) -> pb.Limits:
     return pb.Limits(
+        max_edits_per_sae=limits.max_edits_per_sae,
+        kv_cache_bytes=kv_cache_bytes,
         max_prompt_tokens=limits.max_prompt_tokens,
         max_new_tokens=limits.max_new_tokens,
         default_max_new_tokens=limits.default_max_new_tokens,
@@ -240,7 +242,7 @@ def description(served: ServedModel) -> pb.DescribeModelResponse:
             )
             for a in served.saes
         ],
-        limits=limits_message(served.limits),
+        limits=limits_message(served.limits, served.kv_cache_bytes),
         presets=[
             pb.Preset(
                 name=p.name,

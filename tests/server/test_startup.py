@@ -135,6 +135,10 @@ CASES = {
         ["--model", "{root}/tiny.gguf", "--sae", "a={sae}@4"],
         "layer 4 is out of range (the model has layers 0 to 3)",
     ),
+    "CUDA graphs on a CPU": (
+        ["--model", "{model}", "--device", "cpu", "--cuda-graphs", "on"],
+        "--cuda-graphs on needs a CUDA device",
+    ),
 }
 
 

@@ -211,6 +211,8 @@ class Limits:
     max_contrast_texts: int
     max_search_results: int
     max_rules_per_request: int = 0
+    max_edits_per_sae: int = 0
+    kv_cache_bytes: int = 0
 
 
 @dataclass(frozen=True)

@@ -840,6 +840,8 @@ class Limits(_message.Message):
     MAX_CONTRAST_TEXTS_FIELD_NUMBER: _builtins.int
     MAX_SEARCH_RESULTS_FIELD_NUMBER: _builtins.int
     MAX_RULES_PER_REQUEST_FIELD_NUMBER: _builtins.int
+    MAX_EDITS_PER_SAE_FIELD_NUMBER: _builtins.int
+    KV_CACHE_BYTES_FIELD_NUMBER: _builtins.int
     max_prompt_tokens: _builtins.int
     """Most tokens a prompt (or rendered chat) may hold, BOS included."""
     max_new_tokens: _builtins.int
@@ -880,6 +882,14 @@ class Limits(_message.Message):
     """Largest SearchFeaturesRequest.limit."""
     max_rules_per_request: _builtins.int
     """Most entries in GenerateRequest.rules."""
+    max_edits_per_sae: _builtins.int
+    """Most FeatureEdits one request holds on one SAE, those of its rules included (0: an older
+    server without this limit).
+    """
+    kv_cache_bytes: _builtins.int
+    """Bytes of the KV cache the server allocated at startup: max_active_rows slots, each holding a
+    prompt of max_prompt_tokens and max_new_tokens more. Every admitted request fits.
+    """
     def __init__(
         self,
         *,
@@ -899,10 +909,12 @@ class Limits(_message.Message):
         max_contrast_texts: _builtins.int = ...,
         max_search_results: _builtins.int = ...,
         max_rules_per_request: _builtins.int = ...,
+        max_edits_per_sae: _builtins.int = ...,
+        kv_cache_bytes: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["default_max_new_tokens", b"default_max_new_tokens", "max_abs_edit_value", b"max_abs_edit_value", "max_active_rows", b"max_active_rows", "max_batch_size", b"max_batch_size", "max_contrast_texts", b"max_contrast_texts", "max_edits_per_request", b"max_edits_per_request", "max_inspect_features", b"max_inspect_features", "max_new_tokens", b"max_new_tokens", "max_prompt_tokens", b"max_prompt_tokens", "max_queued_requests", b"max_queued_requests", "max_rules_per_request", b"max_rules_per_request", "max_search_results", b"max_search_results", "max_stop_string_chars", b"max_stop_string_chars", "max_stop_strings", b"max_stop_strings", "max_top_k", b"max_top_k", "max_watched_features", b"max_watched_features"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["default_max_new_tokens", b"default_max_new_tokens", "kv_cache_bytes", b"kv_cache_bytes", "max_abs_edit_value", b"max_abs_edit_value", "max_active_rows", b"max_active_rows", "max_batch_size", b"max_batch_size", "max_contrast_texts", b"max_contrast_texts", "max_edits_per_request", b"max_edits_per_request", "max_edits_per_sae", b"max_edits_per_sae", "max_inspect_features", b"max_inspect_features", "max_new_tokens", b"max_new_tokens", "max_prompt_tokens", b"max_prompt_tokens", "max_queued_requests", b"max_queued_requests", "max_rules_per_request", b"max_rules_per_request", "max_search_results", b"max_search_results", "max_stop_string_chars", b"max_stop_string_chars", "max_stop_strings", b"max_stop_strings", "max_top_k", b"max_top_k", "max_watched_features", b"max_watched_features"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
