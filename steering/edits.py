@@ -151,9 +151,9 @@ def _table(
     shape = (len(edits_of_row), len(features))
     where = (torch.tensor(at_row, device=device), torch.tensor(at_col, device=device))
     alpha_table = torch.ones(shape, device=device)
-    alpha_table[where] = torch.tensor(alphas, device=device)
+    alpha_table[where] = torch.tensor(alphas, dtype=torch.float32, device=device)
     beta_table = torch.zeros(shape, device=device)
-    beta_table[where] = torch.tensor(betas, device=device)
+    beta_table[where] = torch.tensor(betas, dtype=torch.float32, device=device)
     gate_table = torch.zeros(shape, dtype=torch.bool, device=device)
     gate_table[where] = torch.tensor(gates, device=device)
     switch_table = None

@@ -74,10 +74,17 @@ def test_the_shipped_sae_matches_its_recorded_sha256_and_labels() -> None:
     assert (sae.d_model, sae.d_sae) == (640, record["recipe"]["train"]["width"])
     assert sae.d_sae >= 2048
     labels = load_labels(gemma.SHIPPED_SAE / "explanations.json", sae.d_sae)
-    assert len(labels) == record["labels"] >= 0.9 * sae.d_sae
-    sea = gemma.DEMO_FEATURES["sea"]
-    assert "sea" in labels[sea.feature].split(", ")
-    assert sea.value > 0 and torch.isfinite(sae.threshold).all()
+    live = round((1 - record["metrics"]["dead_fraction"]) * sae.d_sae)
+    assert len(labels) == record["labels"] == live  # every feature that fires has a label
+    for feature in gemma.DEMO_FEATURES.values():
+        assert labels[feature.feature] == feature.description  # its label, as the SAE ships it
+        typical = next(
+            e["maxActivation"]
+            for e in json.loads((gemma.SHIPPED_SAE / "explanations.json").read_text())
+            if e["index"] == str(feature.feature)
+        )
+        assert 1.5 * typical < feature.value < 3 * typical
+    assert torch.isfinite(sae.threshold).all()
 
 
 def test_the_demo_sae_part_is_copied_once_and_replaced_when_it_changes(tmp_path: Path) -> None:

@@ -21,7 +21,8 @@ from steering_client import Completion, Edit, FeatureRef, SteeringClient
 
 NEW_TOKENS = 32
 SENTENCE = "The old sailors rowed their boat across the sea."
-SEARCH = "ocean"
+SEARCH = "sea"
+FEATURE = next(iter(DEMO_FEATURES))  # the feature the demo steers with
 
 
 def _start(ready: Path, log: Path) -> tuple[subprocess.Popen[bytes], str]:
@@ -62,8 +63,8 @@ def _discover(client: SteeringClient) -> None:
 
 def _show(client: SteeringClient) -> bool:
     prompt = DEMO_PROMPT
-    sea = DEMO_FEATURES["sea"]
-    watch = [FeatureRef(sea.sae, sea.feature)]
+    chosen = DEMO_FEATURES[FEATURE]
+    watch = [FeatureRef(chosen.sae, chosen.feature)]
     plain = Completion.from_chunks(client.generate(prompt, max_new_tokens=NEW_TOKENS, watch=watch))
     print(f"\nprompt: {prompt!r}\n\nunsteered:\n  {plain.text.strip()}")
     print(f"  (watching {watch[0]}: mean {_mean(plain):.2f})")
@@ -105,8 +106,8 @@ def _run(folder: Path) -> int:
 
 
 def _by_hand() -> None:
-    sea = DEMO_FEATURES["sea"]
-    edit = f"{sea.sae}:{sea.feature}={sea.mode.value}:{sea.value:g}"
+    chosen = DEMO_FEATURES[FEATURE]
+    edit = f"{chosen.sae}:{chosen.feature}={chosen.mode.value}:{chosen.value:g}"
     print(
         "\ntry it by hand: in one terminal\n"
         "  .venv/bin/steering-server --demo --port 50051\n"

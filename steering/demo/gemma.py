@@ -36,6 +36,8 @@ MODEL_NAME = "gemma-3-270m"
 SAE_NAME = "demo"
 LAYER = 6
 SHIPPED_SAE = Path(__file__).parent / "sae"
+# params.safetensors, as metrics.json records it
+SAE_SHA256 = "12ffeed99261a354ccf215d83a74f19d94b22b79d2c04ebc24e72a060f86f717"
 SAE_FILES = ("params.safetensors", "explanations.json", "metrics.json")
 MARKER = "demo.json"
 
@@ -53,10 +55,12 @@ class DemoFeature(NamedTuple):
         return FeatureEdit(self.sae, self.feature, self.mode, self.value)
 
 
-# The SAE's "sea" feature (its label: its top tokens on held-out text), set to about four times
-# its typical maximum activation: enough to turn most neutral prompts toward the sea.
+# A feature of the demo SAE worth steering (its label: the words it fires on in held-out text),
+# set to twice its typical maximum activation: the text turns to knowing and sameness while
+# staying fluent. The SAE has no feature yet that turns text to a topic such as the sea (see
+# the README's "The demo").
 DEMO_FEATURES: dict[str, DemoFeature] = {
-    "sea": DemoFeature(SAE_NAME, 0, EditMode.SET, 0.0, "the sea: ships, whales, the ocean"),
+    "knowing": DemoFeature(SAE_NAME, 315, EditMode.SET, 260.0, "know, knows, knowing, knew"),
 }
 DEMO_PROMPT = "My favourite way to spend a Sunday afternoon is"
 

@@ -25,10 +25,11 @@ def test_the_demo_shows_steered_text_that_differs(demo: DemoAssets) -> None:
     )
     out = result.stdout
     assert result.returncode == 0, out + result.stderr  # 0: steered text differs, clean exit
-    sea = DEMO_FEATURES["sea"]
-    assert f"{sea.sae}:{sea.feature}  " in out.split("(steering-client search", 1)[1]
+    searched = out.split("(steering-client search sea):", 1)[1].split("\n\n", 1)[0]
+    assert searched.strip() and all("sea" in line for line in searched.strip().splitlines())
+    name, feature = next(iter(DEMO_FEATURES.items()))
     plain = out.split("unsteered:\n", 1)[1].split("\n", 1)[0].strip()
-    marker = f"steered with {sea.sae}:{sea.feature}=set:{sea.value:g} (sea"
+    marker = f"steered with {feature.sae}:{feature.feature}=set:{feature.value:g} ({name}"
     steered = out.split(marker, 1)[1].split("\n", 2)[1].strip()
     assert plain and steered and steered != plain
     assert "exit code 0" in out
