@@ -72,8 +72,8 @@ def test_the_converted_tokenizer_chats_like_gemma(gemma: LoadedModel) -> None:
 
 def test_chat_has_one_bos_and_stops_at_end_of_turn(engine: Engine, gemma: LoadedModel) -> None:
     """One BOS, and `<end_of_turn>` ends a generation. The base 270M never writes the marker
-    itself (its logit sits near -14 after an answer), so the head is nudged toward it on the
-    third decode step, as a chat-tuned model would choose it."""
+    itself (its logit sits near -14 after an answer), so the head is nudged toward it for the
+    third token, as a chat-tuned model would choose it."""
     tok = gemma.tokenizer
     chat = [
         {"role": "user", "content": "Answer with one word: what colour is the sky?"},
@@ -86,14 +86,13 @@ def test_chat_has_one_bos_and_stops_at_end_of_turn(engine: Engine, gemma: Loaded
     assert {end_of_turn, tok.eos_token_id} <= engine.eos_ids
     [(free, finish)] = greedy(engine, [ids], 6, ignore_eos=False)
     assert end_of_turn not in free and finish is FinishReason.LENGTH
-    decode_steps = []
+    heads = []  # one call per token: the prefill's, then each decode step's
 
     def nudge(module: object, args: object, logits: torch.Tensor) -> torch.Tensor:
-        if logits.shape[1] == 1:  # a decode step, not the prefill
-            decode_steps.append(1)
-            if len(decode_steps) == 2:
-                logits = logits.clone()
-                logits[..., end_of_turn] += 1e4
+        heads.append(1)
+        if len(heads) == 3:
+            logits = logits.clone()
+            logits[..., end_of_turn] += 1e4
         return logits
 
     handle = gemma.model.get_output_embeddings().register_forward_hook(nudge)
