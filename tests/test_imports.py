@@ -19,7 +19,8 @@ PACKAGES = {  # top-level package -> its folder
 }
 # What each package may import beyond the standard library and itself.
 ALLOWED = {
-    "steering": {"torch", "transformers", "tokenizers", "safetensors", "numpy"},
+    # gguf: the optional GGUF header reader (the `gguf` extra), imported only when asked for.
+    "steering": {"torch", "transformers", "tokenizers", "safetensors", "numpy", "gguf"},
     "steering_client": {"grpc", "google", "steering_proto"},
     "steering_proto": {"grpc", "google", "steering_proto"},
 }

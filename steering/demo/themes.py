@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from transformers import GenerationConfig
 
+from steering.demo import gemma
 from steering.demo.gemma import DemoFeature
 from steering.demo.toy import BOS_ID, EOS_ID, PAD_ID, build_model, build_tokenizer
 from steering.edits import EditMode
@@ -104,13 +105,9 @@ DEMO_PROMPTS = ("Tell me a story.", "Once upon a time")
 
 
 @dataclass(frozen=True)
-class DemoAssets:
-    """A complete demo build: serve `model_dir` with the SAE in `sae_dir` at decoder `layer`."""
+class DemoAssets(gemma.DemoAssets):
+    """A complete themed build: the demo's folders, with its features and prompts."""
 
-    folder: Path
-    model_dir: Path
-    sae_dir: Path
-    sae_name: str = SAE_NAME
     layer: int = LAYER
     features: Mapping[str, DemoFeature] = field(default_factory=lambda: dict(DEMO_FEATURES))
     prompts: tuple[str, ...] = DEMO_PROMPTS
