@@ -83,7 +83,7 @@ def test_the_shipped_sae_matches_its_recorded_sha256_and_labels() -> None:
             for e in json.loads((gemma.SHIPPED_SAE / "explanations.json").read_text())
             if e["index"] == str(feature.feature)
         )
-        assert 1.5 * typical < feature.value < 3 * typical
+        assert typical < feature.value < 3 * typical  # above its typical maximum, not wildly
     assert torch.isfinite(sae.threshold).all()
 
 

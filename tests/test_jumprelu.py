@@ -9,7 +9,14 @@ import pytest
 import torch
 
 from steering import load_sae, save_sae
-from steering.demo.jumprelu import TrainConfig, TrainingSAE, jumprelu, step, train
+from steering.demo.jumprelu import (
+    TrainConfig,
+    TrainingSAE,
+    input_scale,
+    jumprelu,
+    step,
+    train,
+)
 
 EPS = 0.1
 
@@ -72,18 +79,28 @@ def test_training_recovers_a_sparse_planted_dictionary() -> None:
     assert _fve(untrained, x[10000:])[0] < 0.5
 
 
-def test_folding_the_input_scale_changes_nothing_but_units() -> None:
+@pytest.mark.parametrize("per_dimension", [False, True])
+def test_folding_the_input_scale_changes_nothing_but_units(per_dimension: bool) -> None:
     x = _planted(n=64)
-    scale = 0.37
+    scale = torch.rand(64) + 0.1 if per_dimension else torch.tensor(0.37)
     sae = TrainingSAE(64, 128, 0.001, x.mean(dim=0) * scale)
     with torch.no_grad():
         sae.b_enc.normal_()
         sae.threshold.uniform_(0.0, 1.0)
-        recon, _ = sae(x * scale, EPS)
+        recon, _, z = sae(x * scale, EPS)
     folded = sae.folded(scale)
-    assert torch.allclose(folded.decode(folded.encode(x)), recon / scale, atol=1e-5)
+    assert torch.allclose(folded.decode(folded.encode(x)), recon / scale, atol=1e-4)
+    assert torch.equal(folded.encode(x) > 0, z > sae.threshold)  # the same features fire
     norms = folded.W_dec.norm(dim=1)
     assert torch.allclose(norms, torch.ones_like(norms), atol=1e-5)  # unit rows, raw units
+
+
+def test_standardized_inputs_have_unit_variance_per_dimension_in_sum() -> None:
+    x = _planted() * torch.linspace(0.1, 100.0, 64)  # dimensions of very different spread
+    scaled = x * input_scale(x, standardize=True)
+    variances = scaled.var(dim=0)
+    assert torch.allclose(variances, torch.full_like(variances, 1 / 64), rtol=1e-3)
+    assert abs((scaled - scaled.mean(dim=0)).pow(2).sum(dim=-1).mean().item() - 1.0) < 1e-2
 
 
 def test_an_interrupted_run_resumes_where_it_stopped(

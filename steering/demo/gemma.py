@@ -37,7 +37,7 @@ SAE_NAME = "demo"
 LAYER = 6
 SHIPPED_SAE = Path(__file__).parent / "sae"
 # params.safetensors, as metrics.json records it
-SAE_SHA256 = "12ffeed99261a354ccf215d83a74f19d94b22b79d2c04ebc24e72a060f86f717"
+SAE_SHA256 = "1d201246133c64856129706b471319938082431223cc53db68acd7b6d98fe444"
 SAE_FILES = ("params.safetensors", "explanations.json", "metrics.json")
 MARKER = "demo.json"
 
@@ -56,11 +56,12 @@ class DemoFeature(NamedTuple):
 
 
 # A feature of the demo SAE worth steering (its label: the words it fires on in held-out text),
-# set to twice its typical maximum activation: the text turns to knowing and sameness while
-# staying fluent. The SAE has no feature yet that turns text to a topic such as the sea (see
-# the README's "The demo").
+# set to about 1.5 times its typical maximum activation (622): the text turns to boats, coasts
+# and oceans while staying fluent. It is the feature closest to the difference of the mean
+# activations on sea words and on other words; it brings sea words to some neutral prompts,
+# not yet to most (see the README's "The demo").
 DEMO_FEATURES: dict[str, DemoFeature] = {
-    "knowing": DemoFeature(SAE_NAME, 315, EditMode.SET, 260.0, "know, knows, knowing, knew"),
+    "sea": DemoFeature(SAE_NAME, 938, EditMode.SET, 900.0, "sea, ship, naval, whaling"),
 }
 DEMO_PROMPT = "My favourite way to spend a Sunday afternoon is"
 

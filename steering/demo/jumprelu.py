@@ -10,13 +10,23 @@ through a rectangle kernel K(u) = 1{|u| < ½} of bandwidth ε:
 
     ∂JumpReLU_θ(z)/∂θ := −(θ/ε) K((z − θ)/ε)      ∂H(z − θ)/∂θ := −(1/ε) K((z − θ)/ε)
 
-(and no gradient reaches z through H). As in the paper: inputs are scaled by one fixed scalar
-(so that E‖x‖² = 1) which is folded into the parameters afterwards; W_dec's rows
-start as random unit vectors and W_enc as its transpose, b_enc at 0, θ at 0.001, ε = 0.001;
-Adam with β₁ = 0; λ warms up linearly, the learning rate warms up and decays at the end; W_dec's
-rows are kept at unit norm. One departure, for a short CPU run: b_dec starts at the data mean
-(Gemma's residual stream has a large mean that zero-initialised b_dec would take many thousands
-of steps to learn).
+(and no gradient reaches z through H). As in the paper: inputs are scaled by fixed factors
+folded into the parameters afterwards; W_dec's rows start as random unit vectors and W_enc as its
+transpose, b_enc at 0, θ at 0.001, ε = 0.001; Adam with β₁ = 0; λ warms up linearly, the
+learning rate warms up and decays at the end; W_dec's rows are kept at unit norm.
+
+Departures, for a short CPU run on a model with massive activations:
+- b_dec starts at the data mean (Gemma's residual stream has a large mean that a zero b_dec
+  would take many thousands of steps to learn).
+- With `standardize`, each input dimension is scaled by its own factor (1 / (σ_i √d)) instead
+  of one scalar (E‖x‖² = 1). Gemma 3 270M's layer-6 residual keeps ~60% of its variance in two
+  dimensions that the rest of the model barely reads; a plain L2 loss spends the dictionary on
+  them. Folding divides W_dec by the factors and rescales each feature so its decoder row is a
+  unit vector again: the folded SAE is an ordinary JumpReLU SAE in the residual's own units.
+- With `revive` > 0, features that have not fired for `dead_window` steps get the pre-activation
+  loss of Anthropic's JumpReLU recipe (January 2025 update; SAELens `pre_act_loss_coefficient`),
+  revive · Σ_i ReLU(θ_i − z_i) ‖W_dec,i‖ over those features only, which moves their
+  pre-activations up to their thresholds instead of leaving them dead for good.
 """
 
 from __future__ import annotations
@@ -96,6 +106,9 @@ class TrainConfig:
     target_l0: float | None = None
     tune_until: float = 0.8
     tune_gain: float = 0.002
+    standardize: bool = False  # one scale per input dimension instead of one scalar
+    revive: float = 0.0  # the pre-activation loss's coefficient for dead features
+    dead_window: int = 200  # steps without firing after which a feature counts as dead
     seed: int = 0
 
 
@@ -112,11 +125,18 @@ class TrainingSAE(nn.Module):
         self.threshold = nn.Parameter(torch.full((width,), init_threshold))
         self.sparsity = 0.0  # the λ training ended with (set by `train`)
 
-    def forward(self, x: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
-        """(reconstruction, ‖f‖₀ per row with the estimator's gradient)."""
+    def forward(
+        self, x: torch.Tensor, eps: float
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(reconstruction, L0 per row with the estimator's gradient, pre-activations z)."""
         z = x @ self.w_enc + self.b_enc
         f = jumprelu(z, self.threshold, eps)
-        return f @ self.w_dec + self.b_dec, step(z, self.threshold, eps).sum(dim=-1)
+        return f @ self.w_dec + self.b_dec, step(z, self.threshold, eps).sum(dim=-1), z
+
+    def revival_loss(self, z: torch.Tensor, dead: torch.Tensor) -> torch.Tensor:
+        """Σ over dead features of ReLU(θ − z) ‖W_dec‖, averaged over rows."""
+        gap = (self.threshold[dead] - z[:, dead]).relu()
+        return (gap * self.w_dec[dead].norm(dim=1)).sum(dim=-1).mean()
 
     @torch.no_grad()
     def constrain(self) -> None:
@@ -132,22 +152,32 @@ class TrainingSAE(nn.Module):
             self.w_dec.grad -= along * self.w_dec
 
     @torch.no_grad()
-    def folded(self, scale: float) -> JumpReLUSAE:
-        """The SAE for unscaled inputs x (it was trained on scale·x): activations in the
-        residual stream's own units, decoder rows still unit vectors."""
+    def folded(self, scale: torch.Tensor | float) -> JumpReLUSAE:
+        """The SAE for unscaled inputs x (it was trained on scale ⊙ x, `scale` a scalar or one
+        factor per dimension): activations in the residual stream's own units, decoder rows
+        unit vectors. Feature i's decoder row in raw units is W_dec,i / scale, of norm n_i;
+        scaling its encoder side by n_i and its row by 1 / n_i changes nothing but its units."""
+        s = torch.as_tensor(scale, dtype=torch.float32).expand(self.w_enc.shape[0])
+        w_dec = self.w_dec.detach() / s
+        n = w_dec.norm(dim=1)
         return JumpReLUSAE(
-            W_enc=self.w_enc.detach().clone(),
-            W_dec=self.w_dec.detach().clone(),
-            b_enc=self.b_enc.detach() / scale,
-            b_dec=self.b_dec.detach() / scale,
-            threshold=self.threshold.detach() / scale,
+            W_enc=s[:, None] * self.w_enc.detach() * n,
+            W_dec=w_dec / n[:, None],
+            b_enc=self.b_enc.detach() * n,
+            b_dec=self.b_dec.detach() / s,
+            threshold=self.threshold.detach() * n,
         )
 
 
-def input_scale(acts: torch.Tensor, sample: int = 65536) -> float:
-    """The scalar s with E‖s·x‖² = 1."""
+def input_scale(
+    acts: torch.Tensor, sample: int = 65536, *, standardize: bool = False
+) -> torch.Tensor:
+    """The scalar s with E‖s·x‖² = 1, or with `standardize` the factors 1 / (σ_i √d) that give
+    every dimension the same variance and the centred inputs E‖x − μ‖² = 1."""
     x = acts[:sample].float()
-    return 1.0 / math.sqrt(x.pow(2).sum(dim=-1).mean().item())
+    if standardize:
+        return 1.0 / (x.std(dim=0).clamp_min(1e-6) * math.sqrt(x.shape[-1]))
+    return torch.tensor(1.0 / math.sqrt(x.pow(2).sum(dim=-1).mean().item()))
 
 
 def _schedule(cfg: TrainConfig, i: int) -> tuple[float, float]:
@@ -168,23 +198,25 @@ def train(
     checkpoint: Path | None = None,
     every: int = 250,
     log: Callable[[str], object] = lambda line: sys.stderr.write(line + "\n"),
-) -> tuple[TrainingSAE, float]:
+) -> tuple[TrainingSAE, torch.Tensor]:
     """Train on rows of `acts` (N, d_model), unscaled; (the trained SAE, the input scale).
 
     With `checkpoint`, the state is saved every `every` steps and a run resumes from it."""
     gen = torch.Generator().manual_seed(cfg.seed)
-    scale = input_scale(acts)
+    scale = input_scale(acts, standardize=cfg.standardize)
     torch.manual_seed(cfg.seed)
     mean = acts[:65536].float().mean(dim=0) * scale
     sae = TrainingSAE(acts.shape[-1], cfg.width, cfg.init_threshold, mean)
     opt = torch.optim.Adam(sae.parameters(), lr=cfg.lr, betas=(0.0, 0.999))
     first, log_tuning, recent_l0 = 0, 0.0, None
+    last_fired = torch.zeros(cfg.width, dtype=torch.long)  # the step each feature last fired
     if checkpoint is not None and checkpoint.is_file():
         state = torch.load(checkpoint)
         sae.load_state_dict(state["sae"])
         opt.load_state_dict(state["opt"])
         gen.set_state(state["gen"])
         first, (log_tuning, recent_l0) = state["step"], state["tuning"]
+        last_fired = state.get("last_fired", last_fired)
     start, seen_l0, seen_mse = time.monotonic(), 0.0, 0.0
     for i in range(first, cfg.steps):
         lr, sparsity = _schedule(cfg, i)
@@ -192,9 +224,14 @@ def train(
         for group in opt.param_groups:
             group["lr"] = cfg.lr * lr
         x = acts[torch.randint(len(acts), (cfg.batch,), generator=gen)].float() * scale
-        recon, l0 = sae(x, cfg.bandwidth)
+        recon, l0, z = sae(x, cfg.bandwidth)
         mse = (recon - x).pow(2).sum(dim=-1).mean()
         loss = mse + sparsity * l0.mean()
+        with torch.no_grad():
+            last_fired[(z > sae.threshold).any(dim=0)] = i
+        dead = i - last_fired >= cfg.dead_window
+        if cfg.revive > 0 and dead.any():
+            loss = loss + cfg.revive * sae.revival_loss(z, dead)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         sae.unit_row_gradient()
@@ -209,11 +246,13 @@ def train(
         if (i + 1) % 50 == 0 or i + 1 == cfg.steps:
             rate = (i + 1 - first) / (time.monotonic() - start)
             log(f"step {i + 1}/{cfg.steps}  mse {seen_mse / 50:.3f}  L0 {seen_l0 / 50:.1f}  "
-                f"λ {sparsity:.3g}  eta {(cfg.steps - i - 1) / rate:.0f} s")  # fmt: skip
+                f"λ {sparsity:.3g}  dead {dead.float().mean().item():.1%}  "
+                f"eta {(cfg.steps - i - 1) / rate:.0f} s")  # fmt: skip
             seen_l0 = seen_mse = 0.0
         if checkpoint is not None and ((i + 1) % every == 0 or i + 1 == cfg.steps):
             state = {"sae": sae.state_dict(), "opt": opt.state_dict(), "gen": gen.get_state(),
-                     "step": i + 1, "tuning": (log_tuning, recent_l0)}  # fmt: skip
+                     "step": i + 1, "tuning": (log_tuning, recent_l0),
+                     "last_fired": last_fired}  # fmt: skip
             torch.save(state, checkpoint.with_suffix(".tmp"))
             checkpoint.with_suffix(".tmp").rename(checkpoint)
     sae.sparsity = cfg.sparsity * math.exp(log_tuning)  # λ as it ended

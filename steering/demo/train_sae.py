@@ -56,7 +56,7 @@ class Recipe:
         ("sotu", 25_000),
         ("wordnet", 25_000),
     )
-    train_windows: int = 3072  # the first windows of the shuffled training set: ~390k tokens
+    train_windows: int = 4724  # the whole shuffled training set: ~600k tokens
     # Training leaves out the rare tokens whose residual norm exceeds this multiple of the median
     # (Gemma's massive activations, ~0.03% of tokens at 10x the usual norm): in a squared loss
     # each would weigh as much as a hundred ordinary tokens.
@@ -65,7 +65,14 @@ class Recipe:
     ce_windows: int = 32  # held-out windows scored with the full model (×3: clean, SAE, zero)
     train: TrainConfig = field(
         default_factory=lambda: TrainConfig(
-            width=2048, steps=2400, batch=512, lr=1e-3, sparsity=5e-4, target_l0=40.0, seed=0
+            width=2048,
+            steps=4000,
+            batch=512,
+            lr=1e-3,
+            sparsity=5e-4,
+            target_l0=50.0,
+            standardize=True,
+            seed=0,
         )
     )
 
@@ -123,7 +130,8 @@ def stage_train(work: Path, acts: torch.Tensor, recipe: Recipe) -> JumpReLUSAE:
         trained, scale = train(acts[kept], recipe.train, checkpoint=work / "checkpoint.pt")
         torch.save(trained.folded(scale).params(), file)
         record = {
-            "input_scale": scale,
+            "input_scale": "per dimension" if scale.numel() > 1 else scale.item(),
+            "input_scale_range": [scale.min().item(), scale.max().item()],
             "final_sparsity": trained.sparsity,
             "tokens": int(kept.sum()),
             "outlier_tokens_left_out": int((~kept).sum()),

@@ -27,7 +27,8 @@ NEUTRAL = [
     "My favourite breakfast is",
     "The meeting tomorrow will cover",
     "When I opened the box, I found",
-    "The last time I went to the library,Yesterday my friend told me that",
+    "The last time I went to the library,",
+    "Yesterday my friend told me that",
 ]
 SEA_WORDS = {
     "sea", "seas", "ocean", "oceans", "wave", "waves", "ship", "ships", "boat", "boats", "sail",
@@ -124,8 +125,9 @@ def test_the_demo_feature_is_found_by_search_and_changes_every_prompt(
 
 @pytest.mark.xfail(
     strict=True,
-    reason="the demo SAE (2048 features, 390k training tokens) has a feature labelled 'sea' "
-    "but none that turns neutral text to the sea; a larger training run should fix this",
+    reason="the demo SAE (2048 features, 600k training tokens) labels several broad features "
+    "with 'sea' and search ranks one of them first; its sea feature (938) brings sea words to "
+    "2 of these 5 prompts at one or two times its typical maximum, not to most",
 )
 def test_the_sea_feature_is_found_by_search_and_steers_to_the_sea(
     engine: Engine, gemma: LoadedModel, demo: DemoAssets
