@@ -146,3 +146,28 @@ def test_lambda_tuned_for_a_target_l0_settles_near_it() -> None:
         _, l0 = _fve(sae.folded(scale), x[10000:])
         assert 0.6 * target < l0 < 1.5 * target, (target, l0)
         assert sae.sparsity > 0
+
+
+def test_the_revival_loss_brings_dead_features_back() -> None:
+    """A strong λ kills features for good; the pre-activation loss on features that stopped
+    firing moves them back up to their thresholds."""
+    x = _planted()
+    dead = {}
+    for revive in (0.0, 1.0):
+        cfg = TrainConfig(**{**CFG.__dict__, "sparsity": 0.05, "revive": revive, "dead_window": 20})
+        sae, scale = train(x[:10000], cfg, log=lambda line: None)
+        fired = (sae.folded(scale).encode(x[10000:]) > 0).sum(dim=0)
+        dead[revive] = (fired == 0).float().mean().item()
+    assert dead[0.0] > 0.1 and dead[1.0] < dead[0.0] / 2, dead
+
+
+def test_the_revival_loss_reaches_only_dead_features() -> None:
+    sae = TrainingSAE(64, 128, 0.5, torch.zeros(64))
+    z = torch.randn(32, 128)
+    dead = torch.zeros(128, dtype=torch.bool)
+    dead[[3, 70]] = True
+    sae.revival_loss(z, dead).backward()
+    assert sae.threshold.grad is not None and sae.w_dec.grad is not None
+    moved = sae.threshold.grad.nonzero().flatten().tolist()
+    assert moved == [3, 70] and (sae.threshold.grad[moved] > 0).all()  # thresholds pushed down
+    assert sae.w_dec.grad[~dead].abs().sum() == 0

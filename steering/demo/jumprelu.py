@@ -136,7 +136,8 @@ class TrainingSAE(nn.Module):
     def revival_loss(self, z: torch.Tensor, dead: torch.Tensor) -> torch.Tensor:
         """Σ over dead features of ReLU(θ − z) ‖W_dec‖, averaged over rows."""
         gap = (self.threshold[dead] - z[:, dead]).relu()
-        return (gap * self.w_dec[dead].norm(dim=1)).sum(dim=-1).mean()
+        loss: torch.Tensor = (gap * self.w_dec[dead].norm(dim=1)).sum(dim=-1).mean()
+        return loss
 
     @torch.no_grad()
     def constrain(self) -> None:
