@@ -192,7 +192,7 @@ case $pid1 in /usr/bin/tini*) ;; *) fail "PID 1 is not tini" ;; esac
 pod healthcheck run "$NAME" >/dev/null || fail "the image's HEALTHCHECK"
 echo "HEALTHCHECK: healthy"
 "$PY" -m steering_client --target "127.0.0.1:$grpc_port" describe
-"$PY" deploy/container_probe.py stream "127.0.0.1:$grpc_port" demo 938 900 || fail "stream"
+"$PY" deploy/container_probe.py stream "127.0.0.1:$grpc_port" demo 632 490 || fail "stream"
 "$PY" deploy/container_probe.py metrics "http://127.0.0.1:$metrics_port/metrics" || fail "metrics"
 stop_and_check_exit drain
 

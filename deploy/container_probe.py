@@ -113,7 +113,7 @@ def drain(target: str, stop_command: list[str]) -> None:
     def long_generation() -> None:
         try:
             with SteeringClient(target, timeout=120) as client:
-                edits = [Edit.set("demo", 938, 900.0)]
+                edits = [Edit.set("demo", 632, 490.0)]
                 for chunk in client.generate(
                     PROMPT, edits=edits, max_new_tokens=DRAIN_TOKENS, ignore_eos=True
                 ):

@@ -37,7 +37,7 @@ SAE_NAME = "demo"
 LAYER = 6
 SHIPPED_SAE = Path(__file__).parent / "sae"
 # params.safetensors, as metrics.json records it
-SAE_SHA256 = "1d201246133c64856129706b471319938082431223cc53db68acd7b6d98fe444"
+SAE_SHA256 = "d4981f03e1299810a2ca103b29155ff48b246debe607eb48ab1623a67b4f0707"
 SAE_FILES = ("params.safetensors", "explanations.json", "metrics.json")
 MARKER = "demo.json"
 
@@ -56,12 +56,11 @@ class DemoFeature(NamedTuple):
 
 
 # A feature of the demo SAE worth steering (its label: the words it fires on in held-out text),
-# set to about 1.5 times its typical maximum activation (622): the text turns to boats, coasts
-# and oceans while staying fluent. It is the feature closest to the difference of the mean
-# activations on sea words and on other words; it brings sea words to some neutral prompts,
-# not yet to most (see the README's "The demo").
+# set to 1.5 times its typical maximum activation (324.5): the text turns to beaches, boats and
+# the ocean while staying fluent. Set to twice that, it brings sea words to all five neutral
+# prompts of the real-model tests.
 DEMO_FEATURES: dict[str, DemoFeature] = {
-    "sea": DemoFeature(SAE_NAME, 938, EditMode.SET, 900.0, "sea, ship, naval, whaling"),
+    "sea": DemoFeature(SAE_NAME, 632, EditMode.SET, 490.0, "sea, water, waters, naval"),
 }
 DEMO_PROMPT = "My favourite way to spend a Sunday afternoon is"
 

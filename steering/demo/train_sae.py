@@ -44,7 +44,7 @@ from steering.sae_formats import file_sha256
 @dataclass(frozen=True)
 class Recipe:
     layer: int = 6
-    width: int = 2048
+    width: int = 4096
     context: int = 128
     train_tokens: tuple[tuple[str, int], ...] = (
         ("moby-dick", 220_000),
@@ -65,7 +65,7 @@ class Recipe:
     ce_windows: int = 32  # held-out windows scored with the full model (×3: clean, SAE, zero)
     train: TrainConfig = field(
         default_factory=lambda: TrainConfig(
-            width=2048,
+            width=4096,
             steps=4000,
             batch=512,
             lr=1e-3,
