@@ -66,7 +66,7 @@ def _show(client: SteeringClient) -> bool:
     chosen = DEMO_FEATURES[FEATURE]
     watch = [FeatureRef(chosen.sae, chosen.feature)]
     plain = Completion.from_chunks(client.generate(prompt, max_new_tokens=NEW_TOKENS, watch=watch))
-    print(f"\nprompt: {prompt!r}\n\nunsteered:\n  {plain.text.strip()}")
+    print(f"\nprompt: {prompt!r}\n\nunsteered:\n  {_one_line(plain.text)}")
     print(f"  (watching {watch[0]}: mean {_mean(plain):.2f})")
     differs = False
     for name, feature in DEMO_FEATURES.items():
@@ -75,9 +75,16 @@ def _show(client: SteeringClient) -> bool:
             client.generate(prompt, edits=[edit], max_new_tokens=NEW_TOKENS, watch=watch)
         )
         differs |= steered.text != plain.text
-        print(f"\nsteered with {edit} ({name}: {feature.description}):\n  {steered.text.strip()}")
+        print(
+            f"\nsteered with {edit} ({name}: {feature.description}):\n  {_one_line(steered.text)}"
+        )
         print(f"  (watching {watch[0]}: mean {_mean(steered):.2f}; {steered.receipts[0]})")
     return differs
+
+
+def _one_line(text: str) -> str:
+    """A completion on one indented line: its line breaks and runs of spaces as one space."""
+    return " ".join(text.split())
 
 
 def _mean(completion: Completion) -> float:
@@ -115,8 +122,8 @@ def _by_hand() -> None:
         f"  .venv/bin/steering-client search {SEARCH}\n"
         f"  .venv/bin/steering-client inspect {SENTENCE!r} --top-k 3\n"
         f"  .venv/bin/steering-client generate {DEMO_PROMPT!r} --edit {edit} --compare\n"
-        "  .venv/bin/steering-client generate 'Tell me about your weekend.' --chat-role user "
-        f"--edit {edit}\n"
+        f"  .venv/bin/steering-client generate 'Tell me a story.' --edit {edit} "
+        f"--watch {chosen.sae}:{chosen.feature}\n"
         "(steering-client --help lists the rest; the server stops with Ctrl-C)"
     )
 
