@@ -51,7 +51,7 @@ check: lint test
 demo: $(DEMO_STAMP)
 	$(PY) -m steering_server.showcase
 
-# Retrain the demo's SAE (steering/demo/sae/) from its corpus: about an hour on 2 cores.
+# Retrain the demo's SAE (steering/demo/sae/) from its corpus: about 45 minutes on 2 cores.
 # Resumable: its stages and checkpoints stay in build/demo-sae/.
 .PHONY: train-demo-sae
 train-demo-sae: $(DEMO_STAMP)
