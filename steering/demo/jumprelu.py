@@ -21,8 +21,9 @@ Departures, for a short CPU run on a model with massive activations:
 - With `standardize`, each input dimension is scaled by its own factor (1 / (σ_i √d)) instead
   of one scalar (E‖x‖² = 1). Gemma 3 270M's layer-6 residual keeps ~60% of its variance in two
   dimensions where reconstruction errors barely change the next-token loss; a plain L2 loss
-  spends the dictionary on them. Folding divides W_dec by the factors and rescales each feature so its decoder row is a
-  unit vector again: the folded SAE is an ordinary JumpReLU SAE in the residual's own units.
+  spends the dictionary on them. Folding divides W_dec by the factors and rescales each feature
+  so its decoder row is a unit vector again: the folded SAE is an ordinary JumpReLU SAE in the
+  residual's own units.
 - With `revive` > 0, features that have not fired for `dead_window` steps get the pre-activation
   loss of Anthropic's JumpReLU recipe (January 2025 update; SAELens `pre_act_loss_coefficient`),
   revive · Σ_i ReLU(θ_i − z_i) ‖W_dec,i‖ over those features only, which moves their
