@@ -182,6 +182,12 @@ def input_scale(
     return torch.tensor(1.0 / math.sqrt(x.pow(2).sum(dim=-1).mean().item()))
 
 
+def save_atomically(obj: object, file: Path) -> None:
+    """`torch.save` beside `file`, then renamed over it: an interrupted save leaves no half file."""
+    torch.save(obj, file.with_suffix(".tmp"))
+    file.with_suffix(".tmp").rename(file)
+
+
 def _schedule(cfg: TrainConfig, i: int) -> tuple[float, float]:
     """(learning-rate factor, λ) at step i."""
     warm = max(1, round(cfg.lr_warmup * cfg.steps))
@@ -255,7 +261,6 @@ def train(
             state = {"sae": sae.state_dict(), "opt": opt.state_dict(), "gen": gen.get_state(),
                      "step": i + 1, "tuning": (log_tuning, recent_l0),
                      "last_fired": last_fired}  # fmt: skip
-            torch.save(state, checkpoint.with_suffix(".tmp"))
-            checkpoint.with_suffix(".tmp").rename(checkpoint)
+            save_atomically(state, checkpoint)
     sae.sparsity = cfg.sparsity * math.exp(log_tuning)  # λ as it ended
     return sae, scale

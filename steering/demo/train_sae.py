@@ -34,7 +34,7 @@ from safetensors.torch import save_file
 from steering.demo import corpus
 from steering.demo.gemma import SHIPPED_SAE, default_demo_dir, prepare_model
 from steering.demo.harvest import layer_outputs, windows
-from steering.demo.jumprelu import TrainConfig, train
+from steering.demo.jumprelu import TrainConfig, save_atomically, train
 from steering.demo.labelling import label_features
 from steering.labels import EXPLANATIONS_FILE
 from steering.sae import JumpReLUSAE
@@ -114,8 +114,7 @@ def stage_activations(
         file = folder / f"{i // chunk:05d}.pt"
         if not file.is_file():
             acts = torch.cat(list(layer_outputs(model, recipe.layer, ids[i : i + chunk])))
-            torch.save(acts.to(torch.bfloat16), file.with_suffix(".tmp"))
-            file.with_suffix(".tmp").rename(file)
+            save_atomically(acts.to(torch.bfloat16), file)
         parts.append(torch.load(file))
         _progress(name, min(i + chunk, len(ids)), len(ids), start)
     return torch.cat(parts)
