@@ -55,7 +55,7 @@ demo: $(DEMO_STAMP)
 # Resumable: its stages and checkpoints stay in build/demo-sae/.
 .PHONY: train-demo-sae
 train-demo-sae: $(DEMO_STAMP)
-	$(PY) -m steering.demo.train_sae --work build/demo-sae --out steering/demo/sae
+	$(PY) -m steering.train.demo_sae --work build/demo-sae --out steering/demo/sae
 
 format: $(STAMP)
 	$(VENV)/bin/ruff format .

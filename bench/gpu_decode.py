@@ -23,8 +23,8 @@ from transformers import AutoModelForCausalLM
 from steering.demo.toy import FAMILIES, random_sae
 from steering.edits import EditMode
 from steering.engine import Engine, EngineConfig
-from steering.hooks import SaeAttachment
 from steering.requests import FeatureEdit, GenerationRequest, Limits, SamplingParams
+from steering.steer.hooks import SaeAttachment
 
 SHAPES: dict[str, tuple[str, dict[str, Any]]] = {
     "gemma-2-2b": ("gemma2", dict(

@@ -14,7 +14,7 @@ from bench.scenarios import engine_rates, make_engine, prompts
 from steering import EditMode, FeatureEdit, SaeAttachment
 from steering.engine import Engine, EngineConfig
 from steering.requests import FeatureRef, Limits, Rule
-from steering.vectors import load_vectors
+from steering.sae.vectors import load_vectors
 
 
 def rules_overhead(model: Any, setup: Setup, n: int, prompt_len: int, new: int) -> list[Table]:

@@ -21,10 +21,10 @@ from steering import (
 )
 from steering import hooks as hooks_module
 from steering.demo.toy import random_sae
-from steering.edits import edit_counts, table_activations
 from steering.engine import Engine, EngineConfig
 from steering.requests import FeatureRef, GenerationRequest, Limits, Rule, SamplingParams
-from steering.slot_tables import reconstruct_slots
+from steering.steer.slot_tables import reconstruct_slots
+from steering.steer.tables import edit_counts, table_activations
 
 Edits = tuple[FeatureEdit, ...]
 SAES = ("a", "b", "c")

@@ -20,7 +20,7 @@ import time
 import numpy as np
 import numpy.typing as npt
 
-from steering.catalog import Catalog
+from steering.discovery.catalog import Catalog
 
 # The head of the vocabulary, most frequent first: words feature labels really use a lot.
 COMMON = [

@@ -3,28 +3,19 @@
 Imports torch and transformers; never grpc, protobuf or prometheus (the server's job).
 """
 
-from steering.edits import (
-    DEFAULT_MAX_ABS_VALUE,
-    EditMode,
+from steering.edits import DEFAULT_MAX_ABS_VALUE, EditMode, FeatureEdit, validate_edits
+from steering.errors import InvalidEditError, ModelError, SaeFormatError, SteeringError
+from steering.models.gemma import LoadedModel, decoder_layers, load_model
+from steering.sae.formats import FORMATS, load_sae, save_sae
+from steering.sae.jumprelu import JumpReLUSAE
+from steering.steer.hooks import SaeAttachment, SteeringHooks, StepTables, install_steering
+from steering.steer.tables import (
     EditTable,
-    FeatureEdit,
     apply_full,
     apply_sparse_delta,
     build_tables,
     steerable_positions,
-    validate_edits,
 )
-from steering.errors import InvalidEditError, ModelError, SaeFormatError, SteeringError
-from steering.hooks import (
-    SaeAttachment,
-    SteeringHooks,
-    StepTables,
-    decoder_layers,
-    install_steering,
-)
-from steering.model import LoadedModel, load_model
-from steering.sae import JumpReLUSAE
-from steering.sae_formats import FORMATS, load_sae, save_sae
 
 __all__ = [
     "DEFAULT_MAX_ABS_VALUE",

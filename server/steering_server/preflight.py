@@ -17,8 +17,8 @@ from steering.demo.gemma import EXTRA_HINT as DEMO_EXTRA_HINT
 from steering.demo.gemma import SAE_NAME as DEMO_SAE
 from steering.demo.gemma import demo_available
 from steering.errors import ModelError, SaeFormatError
-from steering.gguf import gguf_file, gguf_layers
-from steering.sae_formats import sae_file
+from steering.models.gguf import gguf_file, gguf_layers
+from steering.sae.formats import sae_file
 from steering_server.settings import Settings
 
 

@@ -19,7 +19,7 @@ from safetensors.torch import save_file
 
 from steering import load_model
 from steering.errors import SteeringError
-from steering.vectors import difference_of_means
+from steering.train.vectors import difference_of_means
 
 
 def parser() -> argparse.ArgumentParser:

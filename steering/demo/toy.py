@@ -23,7 +23,7 @@ from transformers import (
     SiglipVisionConfig,
 )
 
-from steering.sae import JumpReLUSAE
+from steering.sae.jumprelu import JumpReLUSAE
 
 SPECIAL_TOKENS = ("<pad>", "<eos>", "<bos>", "<unk>", "<start_of_turn>", "<end_of_turn>")
 PAD_ID, EOS_ID, BOS_ID = 0, 1, 2

@@ -12,11 +12,11 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from steering import LoadedModel
-from steering.catalog import Catalog
 from steering.demo.gemma import DEMO_FEATURES, SAE_NAME, DemoAssets
+from steering.discovery.catalog import Catalog
+from steering.discovery.labels import load_labels
 from steering.edits import EditMode, FeatureEdit
 from steering.engine import Engine
-from steering.labels import load_labels
 from steering.requests import FinishReason
 from tests.real_model.conftest import gguf_path, greedy
 

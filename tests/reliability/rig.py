@@ -28,7 +28,7 @@ from typing import Any
 
 import grpc
 
-from steering.stats import FinishedRequest, StepStats
+from steering.engine.stats import FinishedRequest, StepStats
 from steering_proto.v1 import steering_pb2 as pb
 from tests.server.harness import ServerThread, request
 

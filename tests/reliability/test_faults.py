@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import torch
 
-import steering.hooks
+import steering.steer.hooks
 from tests.reliability.rig import SET, Result, Rig, gen
 from tests.server.harness import edit
 
@@ -48,14 +48,14 @@ class Once:
 def test_a_failing_steering_hook_fails_its_forward_only(
     rig: Rig, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    fault, steer = Once(), steering.hooks.steer
+    fault, steer = Once(), steering.steer.hooks.steer
 
     def failing_steer(*args: Any) -> Any:
         if fault.take():
             raise RuntimeError(f"injected hook fault {SECRET}")
         return steer(*args)
 
-    monkeypatch.setattr(steering.hooks, "steer", failing_steer)
+    monkeypatch.setattr(steering.steer.hooks, "steer", failing_steer)
     steered = gen("Steered", rid="hook-v", edits=[edit("res", 5, SET, 9.0)], max_new_tokens=400)
     plain = gen("Plain", rid="hook-u", max_new_tokens=400)
     queued = gen("Queued meanwhile", rid="hook-q", max_new_tokens=30, ignore_eos=True)

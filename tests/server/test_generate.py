@@ -11,7 +11,7 @@ from steering import FeatureEdit, SaeAttachment, load_model, load_sae
 from steering.engine import Engine
 from steering.requests import GenerationRequest, SamplingParams
 from steering_proto.v1 import steering_pb2 as pb
-from steering_server.convert import MODE_OF
+from steering_server.grpc_api.convert import MODE_OF
 from tests.server.harness import ServerThread, edit, request
 
 CASES = {

@@ -13,7 +13,7 @@ from safetensors.torch import save_file
 
 from steering import save_sae
 from steering.demo.toy import random_sae
-from steering.sae_formats import file_sha256, sae_file
+from steering.sae.formats import file_sha256, sae_file
 from steering_proto.v1 import steering_pb2 as pb
 from tests.server.harness import ServerThread, edit, request
 

@@ -4,98 +4,36 @@ contrast two sets of texts.
 
 Both speak the same API over one gRPC channel each; a failed call raises `SteeringClientError`.
 They hold no state beyond the channel, so one client may serve many threads (sync) or tasks
-(async, on one event loop). Requests are built in `request` and answers read in `responses` and
-`discovery`; the classes here only make the calls.
+(async, on one event loop). Each call is built once in `calls` (its request and how its answer
+is read); the classes here only run them, one blocking and one on asyncio.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
+from collections.abc import AsyncIterator, Iterable, Iterator
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from types import TracebackType
-from typing import TypeVar
+from typing import Any
 
 import grpc
 import grpc.aio
+from typing_extensions import Unpack
 
-from steering_client.discovery import (
-    Contrast,
-    FeatureMatch,
-    InspectedToken,
-    feature_matches,
-    inspected_tokens,
-)
+from steering_client import calls
+from steering_client.calls import Answer, ContrastOptions, GenerateOptions, InspectOptions, Unary
+from steering_client.discovery import Contrast, FeatureMatch, InspectedToken
 from steering_client.errors import SteeringClientError
-from steering_client.request import (
-    ChatMessage,
-    EditLike,
-    FeatureLike,
-    RuleLike,
-    auth_metadata,
-    build_comparison_requests,
-    build_contrast_request,
-    build_generate_request,
-    build_inspect_request,
-    build_search_request,
-    comparison_seed,
-    sampling_params,
-)
+from steering_client.request import auth_metadata
 from steering_client.responses import Chunk, Comparison, Completion, ModelDescription
 from steering_proto.v1 import steering_pb2 as pb
 from steering_proto.v1 import steering_pb2_grpc as pb_grpc
 
 DEFAULT_TARGET = "localhost:50051"
 
-_Request = TypeVar("_Request")
-_Response = TypeVar("_Response")
 
-
-def _generate_request(
-    prompt: str | None,
-    chat: Sequence[ChatMessage] | None,
-    *,
-    edits: Iterable[EditLike],
-    rules: Iterable[RuleLike],
-    preset: str,
-    watch: Iterable[FeatureLike],
-    max_new_tokens: int,
-    temperature: float,
-    top_k: int,
-    top_p: float,
-    seed: int | None,
-    stop: Iterable[str],
-    ignore_eos: bool,
-    request_id: str,
-) -> pb.GenerateRequest:
-    """The GenerateRequest of `generate`'s arguments (both clients')."""
-    sampling = sampling_params(
-        max_new_tokens=max_new_tokens,
-        temperature=temperature,
-        top_k=top_k,
-        top_p=top_p,
-        seed=seed,
-        stop=stop,
-        ignore_eos=ignore_eos,
-    )
-    return build_generate_request(
-        prompt, chat, edits, sampling, request_id, watch, rules=rules, preset=preset
-    )
-
-
-def _credentials(root_certificates: bytes | None, tls: bool) -> grpc.ChannelCredentials | None:
-    """TLS credentials when asked for (system roots unless `root_certificates` are given)."""
-    if root_certificates is None and not tls:
-        return None
-    return grpc.ssl_channel_credentials(root_certificates)
-
-
-class SteeringClient:
-    """Blocking client. `target` is "host:port"; `token` is sent as `authorization: Bearer ...`.
-
-    TLS is used when `tls` is true or `root_certificates` (PEM bytes) are given. `timeout` is the
-    default deadline of each call, in seconds (None: no deadline). Close it, or use `with`.
-    """
+class _Client:
+    """What both clients hold: a channel, its stub, the bearer token, the default deadline."""
 
     def __init__(
         self,
@@ -106,32 +44,40 @@ class SteeringClient:
         tls: bool = False,
         timeout: float | None = None,
     ) -> None:
-        creds = _credentials(root_certificates, tls)
-        self._channel = (
-            grpc.insecure_channel(target) if creds is None else grpc.secure_channel(target, creds)
-        )
+        creds = None
+        if root_certificates is not None or tls:  # system roots unless certificates are given
+            creds = grpc.ssl_channel_credentials(root_certificates)
+        self._channel = self._open(target, creds)
         self._stub = pb_grpc.SteeringServiceStub(self._channel)
         self._metadata = auth_metadata(token)
         self._timeout = timeout
 
+    def _open(self, target: str, creds: grpc.ChannelCredentials | None) -> Any:
+        raise NotImplementedError
+
+    def _deadline(self, timeout: float | None) -> float | None:
+        return self._timeout if timeout is None else timeout
+
+    def _call(self, call: Unary[Answer]) -> Any:
+        """Start a unary call; its response (sync) or an awaitable of it (asyncio)."""
+        method = getattr(self._stub, call.method)
+        return method(call.request, timeout=self._deadline(call.timeout), metadata=self._metadata)
+
+
+class SteeringClient(_Client):
+    """Blocking client. `target` is "host:port"; `token` is sent as `authorization: Bearer ...`.
+
+    TLS is used when `tls` is true or `root_certificates` (PEM bytes) are given. `timeout` is the
+    default deadline of each call, in seconds (None: no deadline). Close it, or use `with`.
+    """
+
+    def _open(self, target: str, creds: grpc.ChannelCredentials | None) -> grpc.Channel:
+        return (
+            grpc.insecure_channel(target) if creds is None else grpc.secure_channel(target, creds)
+        )
+
     def generate(
-        self,
-        prompt: str | None = None,
-        *,
-        chat: Sequence[ChatMessage] | None = None,
-        edits: Iterable[EditLike] = (),
-        rules: Iterable[RuleLike] = (),
-        preset: str = "",
-        watch: Iterable[FeatureLike] = (),
-        max_new_tokens: int = 0,
-        temperature: float = 0.0,
-        top_k: int = 0,
-        top_p: float = 0.0,
-        seed: int | None = None,
-        stop: Iterable[str] = (),
-        ignore_eos: bool = False,
-        request_id: str = "",
-        timeout: float | None = None,
+        self, prompt: str | None = None, **options: Unpack[GenerateOptions]
     ) -> Iterator[Chunk]:
         """Stream the chunks of one generation; the call starts when iteration does.
 
@@ -148,82 +94,14 @@ class SteeringClient:
         feature. Leaving the loop early cancels the call. Raises ValueError for a malformed
         request, SteeringClientError when the call fails.
         """
-        request = _generate_request(
-            prompt,
-            chat,
-            edits=edits,
-            rules=rules,
-            preset=preset,
-            watch=watch,
-            max_new_tokens=max_new_tokens,
-            temperature=temperature,
-            top_k=top_k,
-            top_p=top_p,
-            seed=seed,
-            stop=stop,
-            ignore_eos=ignore_eos,
-            request_id=request_id,
-        )
-        return self._stream(request, self._timeout if timeout is None else timeout)
+        request = calls.generate_request(prompt, options)
+        return self._stream(request, self._deadline(options.get("timeout")))
 
-    def generate_text(
-        self,
-        prompt: str | None = None,
-        *,
-        chat: Sequence[ChatMessage] | None = None,
-        edits: Iterable[EditLike] = (),
-        rules: Iterable[RuleLike] = (),
-        preset: str = "",
-        watch: Iterable[FeatureLike] = (),
-        max_new_tokens: int = 0,
-        temperature: float = 0.0,
-        top_k: int = 0,
-        top_p: float = 0.0,
-        seed: int | None = None,
-        stop: Iterable[str] = (),
-        ignore_eos: bool = False,
-        request_id: str = "",
-        timeout: float | None = None,
-    ) -> str:
+    def generate_text(self, prompt: str | None = None, **options: Unpack[GenerateOptions]) -> str:
         """The whole text of `generate(...)` (same arguments), once generation has finished."""
-        chunks = self.generate(
-            prompt,
-            chat=chat,
-            edits=edits,
-            rules=rules,
-            preset=preset,
-            watch=watch,
-            max_new_tokens=max_new_tokens,
-            temperature=temperature,
-            top_k=top_k,
-            top_p=top_p,
-            seed=seed,
-            stop=stop,
-            ignore_eos=ignore_eos,
-            request_id=request_id,
-            timeout=timeout,
-        )
-        return "".join(chunk.text for chunk in chunks)
+        return "".join(chunk.text for chunk in self.generate(prompt, **options))
 
-    def compare(
-        self,
-        prompt: str | None = None,
-        *,
-        chat: Sequence[ChatMessage] | None = None,
-        edits: Iterable[EditLike] = (),
-        rules: Iterable[RuleLike] = (),
-        preset: str = "",
-        watch: Iterable[FeatureLike] = (),
-        max_new_tokens: int = 0,
-        temperature: float = 0.0,
-        top_k: int = 0,
-        top_p: float = 0.0,
-        seed: int | None = None,
-        stop: Iterable[str] = (),
-        ignore_eos: bool = False,
-        request_id: str = "",
-        timeout: float | None = None,
-    ) -> Comparison:
+    def compare(self, prompt: str | None = None, **options: Unpack[GenerateOptions]) -> Comparison:
         """Run one request twice, concurrently: unsteered (without its edits, rules and preset;
         what it watches is kept) and steered (as given), and return both completions.
 
@@ -236,27 +114,11 @@ class SteeringClient:
         `preset` must be given (else ValueError). When one run fails, the other is cancelled
         and the failure raised as SteeringClientError.
         """
-        request = _generate_request(
-            prompt,
-            chat,
-            edits=edits,
-            rules=rules,
-            preset=preset,
-            watch=watch,
-            max_new_tokens=max_new_tokens,
-            temperature=temperature,
-            top_k=top_k,
-            top_p=top_p,
-            seed=comparison_seed(seed, temperature),
-            stop=stop,
-            ignore_eos=ignore_eos,
-            request_id=request_id,
-        )
-        pair = build_comparison_requests(request)
-        deadline = self._timeout if timeout is None else timeout
-        calls = [self._stub.Generate(r, timeout=deadline, metadata=self._metadata) for r in pair]
+        pair = calls.comparison(prompt, options)
+        deadline = self._deadline(options.get("timeout"))
+        streams = [self._stub.Generate(r, timeout=deadline, metadata=self._metadata) for r in pair]
         with ThreadPoolExecutor(max_workers=2, thread_name_prefix="steering-compare") as pool:
-            runs = [pool.submit(_complete, call) for call in calls]
+            runs = [pool.submit(_complete, stream) for stream in streams]
             try:
                 wait(runs, return_when=FIRST_EXCEPTION)
                 for run in runs:
@@ -264,25 +126,16 @@ class SteeringClient:
                         run.result()  # raises the first failure; the finally cancels the other
                 unsteered, steered = (run.result() for run in runs)
             finally:
-                for call in calls:
-                    call.cancel()  # a no-op on a finished call; ends one still streaming
+                for stream in streams:
+                    stream.cancel()  # a no-op on a finished call; ends one still streaming
         return Comparison(unsteered, steered)
 
     def describe(self, *, timeout: float | None = None) -> ModelDescription:
         """The served model, its SAEs, the server's limits and its presets."""
-        response = self._unary(self._stub.DescribeModel, pb.DescribeModelRequest(), timeout)
-        return ModelDescription.from_proto(response)
+        return self._unary(calls.describe(timeout))
 
     def inspect(
-        self,
-        prompt: str | None = None,
-        *,
-        chat: Sequence[ChatMessage] | None = None,
-        saes: Iterable[str] = (),
-        top_k: int = 0,
-        features: Iterable[FeatureLike] = (),
-        edits: Iterable[EditLike] = (),
-        timeout: float | None = None,
+        self, prompt: str | None = None, **options: Unpack[InspectOptions]
     ) -> tuple[InspectedToken, ...]:
         """Read a prompt or chat through the model and report what the SAEs read at every token.
 
@@ -291,33 +144,22 @@ class SteeringClient:
         `edits` steer the model while it reads. Raises ValueError for a malformed request,
         SteeringClientError when the call fails.
         """
-        request = build_inspect_request(
-            prompt, chat, saes=saes, top_k=top_k, features=features, edits=edits
-        )
-        return inspected_tokens(self._unary(self._stub.Inspect, request, timeout))
+        return self._unary(calls.inspect(prompt, **options))
 
     def search(
         self, query: str, *, sae: str = "", limit: int = 0, timeout: float | None = None
     ) -> tuple[FeatureMatch, ...]:
         """Features whose labels match `query`, best first (sae "": every SAE; limit 0: 10)."""
-        request = build_search_request(query, sae=sae, limit=limit)
-        return feature_matches(self._unary(self._stub.SearchFeatures, request, timeout))
+        return self._unary(calls.search(query, sae, limit, timeout))
 
     def contrast(
-        self,
-        a: Iterable[str],
-        b: Iterable[str],
-        *,
-        sae: str = "",
-        top_k: int = 0,
-        timeout: float | None = None,
+        self, a: Iterable[str], b: Iterable[str], **options: Unpack[ContrastOptions]
     ) -> Contrast:
         """The `top_k` features (0: 8) that most separate texts `a` from texts `b`, each way.
 
         `sae` "" ranks every SAE's features together.
         """
-        request = build_contrast_request(a, b, sae=sae, top_k=top_k)
-        return Contrast.from_proto(self._unary(self._stub.Contrast, request, timeout))
+        return self._unary(calls.contrast(a, b, **options))
 
     def close(self) -> None:
         self._channel.close()
@@ -333,20 +175,12 @@ class SteeringClient:
     ) -> None:
         self.close()
 
-    def _unary(
-        self,
-        method: grpc.UnaryUnaryMultiCallable[_Request, _Response],
-        request: _Request,
-        timeout: float | None,
-    ) -> _Response:
+    def _unary(self, call: Unary[Answer]) -> Answer:
         try:
-            return method(
-                request,
-                timeout=self._timeout if timeout is None else timeout,
-                metadata=self._metadata,
-            )
+            response = self._call(call)
         except grpc.RpcError as error:
             raise SteeringClientError.from_rpc_error(error) from error
+        return call.read(response)
 
     def _stream(self, request: pb.GenerateRequest, timeout: float | None) -> Iterator[Chunk]:
         call = self._stub.Generate(request, timeout=timeout, metadata=self._metadata)
@@ -370,7 +204,7 @@ def _complete(call: Iterator[pb.GenerateResponse]) -> Completion:
     return Completion.from_chunks(_chunks(call))
 
 
-class AsyncSteeringClient:
+class AsyncSteeringClient(_Client):
     """The asyncio twin of `SteeringClient` (grpc.aio): same arguments, same results.
 
     `async for chunk in client.generate(...)`, `await client.generate_text(...)`,
@@ -380,142 +214,32 @@ class AsyncSteeringClient:
     To stop a stream early and cancel the call at once, wrap it in `contextlib.aclosing`.
     """
 
-    def __init__(
-        self,
-        target: str = DEFAULT_TARGET,
-        *,
-        token: str | None = None,
-        root_certificates: bytes | None = None,
-        tls: bool = False,
-        timeout: float | None = None,
-    ) -> None:
-        creds = _credentials(root_certificates, tls)
-        self._channel = (
-            grpc.aio.insecure_channel(target)
-            if creds is None
-            else grpc.aio.secure_channel(target, creds)
-        )
-        self._stub = pb_grpc.SteeringServiceStub(self._channel)
-        self._metadata = auth_metadata(token)
-        self._timeout = timeout
+    def _open(self, target: str, creds: grpc.ChannelCredentials | None) -> grpc.aio.Channel:
+        if creds is None:
+            return grpc.aio.insecure_channel(target)
+        return grpc.aio.secure_channel(target, creds)
 
     def generate(
-        self,
-        prompt: str | None = None,
-        *,
-        chat: Sequence[ChatMessage] | None = None,
-        edits: Iterable[EditLike] = (),
-        rules: Iterable[RuleLike] = (),
-        preset: str = "",
-        watch: Iterable[FeatureLike] = (),
-        max_new_tokens: int = 0,
-        temperature: float = 0.0,
-        top_k: int = 0,
-        top_p: float = 0.0,
-        seed: int | None = None,
-        stop: Iterable[str] = (),
-        ignore_eos: bool = False,
-        request_id: str = "",
-        timeout: float | None = None,
+        self, prompt: str | None = None, **options: Unpack[GenerateOptions]
     ) -> AsyncIterator[Chunk]:
         """Stream the chunks of one generation (see `SteeringClient.generate`)."""
-        request = _generate_request(
-            prompt,
-            chat,
-            edits=edits,
-            rules=rules,
-            preset=preset,
-            watch=watch,
-            max_new_tokens=max_new_tokens,
-            temperature=temperature,
-            top_k=top_k,
-            top_p=top_p,
-            seed=seed,
-            stop=stop,
-            ignore_eos=ignore_eos,
-            request_id=request_id,
-        )
-        return self._stream(request, self._timeout if timeout is None else timeout)
+        request = calls.generate_request(prompt, options)
+        return self._stream(request, self._deadline(options.get("timeout")))
 
     async def generate_text(
-        self,
-        prompt: str | None = None,
-        *,
-        chat: Sequence[ChatMessage] | None = None,
-        edits: Iterable[EditLike] = (),
-        rules: Iterable[RuleLike] = (),
-        preset: str = "",
-        watch: Iterable[FeatureLike] = (),
-        max_new_tokens: int = 0,
-        temperature: float = 0.0,
-        top_k: int = 0,
-        top_p: float = 0.0,
-        seed: int | None = None,
-        stop: Iterable[str] = (),
-        ignore_eos: bool = False,
-        request_id: str = "",
-        timeout: float | None = None,
+        self, prompt: str | None = None, **options: Unpack[GenerateOptions]
     ) -> str:
         """The whole text of `generate(...)` (same arguments), once generation has finished."""
-        chunks = self.generate(
-            prompt,
-            chat=chat,
-            edits=edits,
-            rules=rules,
-            preset=preset,
-            watch=watch,
-            max_new_tokens=max_new_tokens,
-            temperature=temperature,
-            top_k=top_k,
-            top_p=top_p,
-            seed=seed,
-            stop=stop,
-            ignore_eos=ignore_eos,
-            request_id=request_id,
-            timeout=timeout,
-        )
-        return "".join([chunk.text async for chunk in chunks])
+        return "".join([chunk.text async for chunk in self.generate(prompt, **options)])
 
     async def compare(
-        self,
-        prompt: str | None = None,
-        *,
-        chat: Sequence[ChatMessage] | None = None,
-        edits: Iterable[EditLike] = (),
-        rules: Iterable[RuleLike] = (),
-        preset: str = "",
-        watch: Iterable[FeatureLike] = (),
-        max_new_tokens: int = 0,
-        temperature: float = 0.0,
-        top_k: int = 0,
-        top_p: float = 0.0,
-        seed: int | None = None,
-        stop: Iterable[str] = (),
-        ignore_eos: bool = False,
-        request_id: str = "",
-        timeout: float | None = None,
+        self, prompt: str | None = None, **options: Unpack[GenerateOptions]
     ) -> Comparison:
         """The request unsteered and steered, run concurrently with one seed (see
         `SteeringClient.compare`: greedy (temperature 0) output is the same whatever shares its
         batch, so greedy pairs are exact; with a seed, sampled pairs are a fair comparison)."""
-        request = _generate_request(
-            prompt,
-            chat,
-            edits=edits,
-            rules=rules,
-            preset=preset,
-            watch=watch,
-            max_new_tokens=max_new_tokens,
-            temperature=temperature,
-            top_k=top_k,
-            top_p=top_p,
-            seed=comparison_seed(seed, temperature),
-            stop=stop,
-            ignore_eos=ignore_eos,
-            request_id=request_id,
-        )
-        pair = build_comparison_requests(request)
-        deadline = self._timeout if timeout is None else timeout
+        pair = calls.comparison(prompt, options)
+        deadline = self._deadline(options.get("timeout"))
         runs = [asyncio.ensure_future(self._complete(r, deadline)) for r in pair]
         try:
             unsteered, steered = await asyncio.gather(*runs)
@@ -528,46 +252,25 @@ class AsyncSteeringClient:
 
     async def describe(self, *, timeout: float | None = None) -> ModelDescription:
         """The served model, its SAEs, the server's limits and its presets."""
-        request = pb.DescribeModelRequest()
-        response = await self._unary(self._stub.DescribeModel, request, timeout)
-        return ModelDescription.from_proto(response)
+        return await self._unary(calls.describe(timeout))
 
     async def inspect(
-        self,
-        prompt: str | None = None,
-        *,
-        chat: Sequence[ChatMessage] | None = None,
-        saes: Iterable[str] = (),
-        top_k: int = 0,
-        features: Iterable[FeatureLike] = (),
-        edits: Iterable[EditLike] = (),
-        timeout: float | None = None,
+        self, prompt: str | None = None, **options: Unpack[InspectOptions]
     ) -> tuple[InspectedToken, ...]:
         """What the SAEs read at every token (see `SteeringClient.inspect`)."""
-        request = build_inspect_request(
-            prompt, chat, saes=saes, top_k=top_k, features=features, edits=edits
-        )
-        return inspected_tokens(await self._unary(self._stub.Inspect, request, timeout))
+        return await self._unary(calls.inspect(prompt, **options))
 
     async def search(
         self, query: str, *, sae: str = "", limit: int = 0, timeout: float | None = None
     ) -> tuple[FeatureMatch, ...]:
         """Features whose labels match `query`, best first (see `SteeringClient.search`)."""
-        request = build_search_request(query, sae=sae, limit=limit)
-        return feature_matches(await self._unary(self._stub.SearchFeatures, request, timeout))
+        return await self._unary(calls.search(query, sae, limit, timeout))
 
     async def contrast(
-        self,
-        a: Iterable[str],
-        b: Iterable[str],
-        *,
-        sae: str = "",
-        top_k: int = 0,
-        timeout: float | None = None,
+        self, a: Iterable[str], b: Iterable[str], **options: Unpack[ContrastOptions]
     ) -> Contrast:
         """The features that most separate `a` from `b` (see `SteeringClient.contrast`)."""
-        request = build_contrast_request(a, b, sae=sae, top_k=top_k)
-        return Contrast.from_proto(await self._unary(self._stub.Contrast, request, timeout))
+        return await self._unary(calls.contrast(a, b, **options))
 
     async def close(self) -> None:
         await self._channel.close()
@@ -583,20 +286,12 @@ class AsyncSteeringClient:
     ) -> None:
         await self.close()
 
-    async def _unary(
-        self,
-        method: grpc.aio.UnaryUnaryMultiCallable[_Request, _Response],
-        request: _Request,
-        timeout: float | None,
-    ) -> _Response:
+    async def _unary(self, call: Unary[Answer]) -> Answer:
         try:
-            return await method(
-                request,
-                timeout=self._timeout if timeout is None else timeout,
-                metadata=self._metadata,
-            )
+            response = await self._call(call)
         except grpc.RpcError as error:
             raise SteeringClientError.from_rpc_error(error) from error
+        return call.read(response)
 
     async def _stream(
         self, request: pb.GenerateRequest, timeout: float | None

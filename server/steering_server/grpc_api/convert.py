@@ -1,0 +1,254 @@
+"""Proto <-> domain, in one place: requests in, chunks and descriptions out.
+
+Checks only what the wire format says and the domain cannot (an unset oneof, an unset enum);
+every other rule is the core's (`steering.requests`), applied by the front end.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from steering.discovery.catalog import FeatureMatch
+from steering.discovery.results import FeatureActivation, FeatureContrast, InspectedToken
+from steering.edits import EditMode, FeatureEdit
+from steering.errors import InvalidRequestError
+from steering.frontend import ServedModel, TextChunk
+from steering.requests import (
+    ChatMessage,
+    ContrastRequest,
+    FeatureRef,
+    FinishReason,
+    InspectRequest,
+    Limits,
+    Receipt,
+    Rule,
+    SamplingParams,
+    TextRequest,
+)
+from steering_proto.v1 import steering_pb2 as pb
+
+MODE_OF = {
+    pb.EDIT_MODE_SET: EditMode.SET,
+    pb.EDIT_MODE_ADD: EditMode.ADD,
+    pb.EDIT_MODE_SCALE: EditMode.SCALE,
+    pb.EDIT_MODE_ABLATE: EditMode.ABLATE,
+}
+PB_MODE_OF = {mode: value for value, mode in MODE_OF.items()}
+FINISH_OF = {
+    FinishReason.LENGTH: pb.FINISH_REASON_LENGTH,
+    FinishReason.EOS: pb.FINISH_REASON_EOS,
+    FinishReason.STOP: pb.FINISH_REASON_STOP,
+    FinishReason.CONDITION: pb.FINISH_REASON_CONDITION,
+}
+
+
+def text_request(request: pb.GenerateRequest, request_id: str) -> TextRequest:
+    """The call as a domain request; `request_id` is the caller's, or one the server assigned."""
+    prompt, chat = _input(request)
+    return TextRequest(
+        prompt=prompt,
+        chat=chat,
+        sampling=_sampling(request.sampling),
+        edits=_edits(request.edits),
+        request_id=request_id,
+        watch=_refs(request.watch),
+        rules=tuple(_rule(i, r) for i, r in enumerate(request.rules)),
+        preset=request.preset,
+    )
+
+
+def _rule(i: int, rule: pb.Rule) -> Rule:
+    """A rule; a missing action or `stop: false` reaches the core's validation as no action."""
+    when = FeatureRef(rule.when.sae, rule.when.feature)
+    action = rule.WhichOneof("then")
+    if action == "apply":
+        edits = tuple(
+            _edit(j, e, f"rules[{i}].apply.edits") for j, e in enumerate(rule.apply.edits)
+        )
+        return Rule(when, rule.above, apply=edits)
+    return Rule(when, rule.above, stop=action == "stop" and rule.stop)
+
+
+def inspect_request(request: pb.InspectRequest, request_id: str) -> InspectRequest:
+    prompt, chat = _input(request)
+    text = TextRequest(prompt=prompt, chat=chat, edits=_edits(request.edits), request_id=request_id)
+    return InspectRequest(text, tuple(request.saes), request.top_k, _refs(request.features))
+
+
+def contrast_request(request: pb.ContrastRequest) -> ContrastRequest:
+    return ContrastRequest(tuple(request.a), tuple(request.b), request.sae, request.top_k)
+
+
+def _input(
+    request: pb.GenerateRequest | pb.InspectRequest,
+) -> tuple[str | None, tuple[ChatMessage, ...] | None]:
+    which = request.WhichOneof("input")
+    if which is None:
+        raise InvalidRequestError("input", "set either prompt or chat")
+    if which == "prompt":
+        return request.prompt, None
+    return None, tuple(ChatMessage(m.role, m.content) for m in request.chat.messages)
+
+
+def _refs(refs: Sequence[pb.FeatureRef]) -> tuple[FeatureRef, ...]:
+    return tuple(FeatureRef(r.sae, r.feature) for r in refs)
+
+
+def _edits(edits: Sequence[pb.FeatureEdit]) -> tuple[FeatureEdit, ...]:
+    return tuple(_edit(i, e) for i, e in enumerate(edits))
+
+
+def _sampling(s: pb.SamplingParams) -> SamplingParams:
+    return SamplingParams(
+        max_new_tokens=s.max_new_tokens,
+        temperature=s.temperature,
+        top_k=s.top_k,
+        top_p=s.top_p,
+        seed=s.seed if s.HasField("seed") else None,
+        ignore_eos=s.ignore_eos,
+        stop=tuple(s.stop),
+    )
+
+
+def _edit(i: int, edit: pb.FeatureEdit, field: str = "edits") -> FeatureEdit:
+    if edit.mode not in MODE_OF:
+        raise InvalidRequestError(f"{field}[{i}].mode", "set a mode: SET, ADD, SCALE or ABLATE")
+    return FeatureEdit(
+        edit.sae, edit.feature, MODE_OF[edit.mode], edit.value, edit.only_when_active
+    )
+
+
+def response(chunk: TextChunk) -> pb.GenerateResponse:
+    """One chunk of the stream; the last one carries the finish reason, usage and seed."""
+    message = pb.GenerateResponse(
+        token_ids=chunk.token_ids,
+        text=chunk.text,
+        watched=[pb.WatchedToken(activations=values) for values in chunk.watched],
+    )
+    if chunk.finish_reason is not None:
+        message.finish_reason = FINISH_OF[chunk.finish_reason]
+        message.usage.CopyFrom(
+            pb.Usage(prompt_tokens=chunk.prompt_tokens, completion_tokens=chunk.completion_tokens)
+        )
+        message.seed = chunk.seed
+        message.receipts.extend(_receipt(r) for r in chunk.receipts)
+    return message
+
+
+def _receipt(receipt: Receipt) -> pb.EditReceipt:
+    return pb.EditReceipt(
+        edit=edit_message(receipt.edit),
+        applied_positions=receipt.applied,
+        active_positions=receipt.active,
+    )
+
+
+def edit_message(edit: FeatureEdit) -> pb.FeatureEdit:
+    return pb.FeatureEdit(
+        sae=edit.sae,
+        feature=edit.feature,
+        mode=PB_MODE_OF[edit.mode],
+        value=edit.value,
+        only_when_active=edit.only_when_active,
+    )
+
+
+def inspect_response(tokens: Sequence[InspectedToken]) -> pb.InspectResponse:
+    return pb.InspectResponse(
+        tokens=[
+            pb.InspectedToken(
+                token_id=t.token_id,
+                text=t.text,
+                special=t.special,
+                top=[_activation(a) for a in t.top],
+                features=[_activation(a) for a in t.features],
+            )
+            for t in tokens
+        ]
+    )
+
+
+def _activation(a: FeatureActivation) -> pb.FeatureActivation:
+    return pb.FeatureActivation(
+        sae=a.sae, feature=a.feature, activation=a.activation, label=a.label
+    )
+
+
+def contrast_response(
+    toward_a: Sequence[FeatureContrast], toward_b: Sequence[FeatureContrast]
+) -> pb.ContrastResponse:
+    def message(c: FeatureContrast) -> pb.FeatureContrast:
+        return pb.FeatureContrast(
+            sae=c.sae, feature=c.feature, mean_a=c.mean_a, mean_b=c.mean_b, label=c.label
+        )
+
+    return pb.ContrastResponse(
+        toward_a=[message(c) for c in toward_a], toward_b=[message(c) for c in toward_b]
+    )
+
+
+def search_response(matches: Sequence[FeatureMatch]) -> pb.SearchFeaturesResponse:
+    return pb.SearchFeaturesResponse(
+        matches=[
+            pb.FeatureMatch(sae=m.sae, feature=m.feature, label=m.label, score=m.score)
+            for m in matches
+        ]
+    )
+
+
+def limits_message(limits: Limits, kv_cache_bytes: int = 0) -> pb.Limits:
+    return pb.Limits(
+        max_edits_per_sae=limits.max_edits_per_sae,
+        kv_cache_bytes=kv_cache_bytes,
+        max_prompt_tokens=limits.max_prompt_tokens,
+        max_new_tokens=limits.max_new_tokens,
+        default_max_new_tokens=limits.default_max_new_tokens,
+        max_edits_per_request=limits.max_edits_per_request,
+        max_abs_edit_value=limits.max_abs_edit_value,
+        max_batch_size=limits.max_active_rows,  # the deprecated name, for older clients
+        max_active_rows=limits.max_active_rows,
+        max_queued_requests=limits.max_queued_requests,
+        max_stop_strings=limits.max_stop_strings,
+        max_stop_string_chars=limits.max_stop_string_chars,
+        max_top_k=limits.max_top_k,
+        max_inspect_features=limits.max_inspect_features,
+        max_watched_features=limits.max_watched_features,
+        max_contrast_texts=limits.max_contrast_texts,
+        max_search_results=limits.max_search_results,
+        max_rules_per_request=limits.max_rules_per_request,
+    )
+
+
+def description(served: ServedModel) -> pb.DescribeModelResponse:
+    return pb.DescribeModelResponse(
+        model=pb.ModelInfo(
+            name=served.name,
+            num_layers=served.num_layers,
+            d_model=served.d_model,
+            vocab_size=served.vocab_size,
+            context_length=served.context_length,
+            chat=served.chat,
+        ),
+        saes=[
+            pb.SaeInfo(
+                name=a.name,
+                layer=a.layer,
+                d_sae=a.sae.d_sae,
+                d_model=a.sae.d_model,
+                site=a.site,
+                labels=served.labels.get(a.name, 0),
+                kind=a.sae.kind,
+                sha256=a.sha256,
+            )
+            for a in served.saes
+        ],
+        limits=limits_message(served.limits, served.kv_cache_bytes),
+        presets=[
+            pb.Preset(
+                name=p.name,
+                description=p.description,
+                edits=[edit_message(e) for e in p.edits],
+            )
+            for p in served.presets
+        ],
+    )

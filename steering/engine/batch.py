@@ -1,0 +1,119 @@
+"""The running batch: which slot of the static KV cache each row holds, and its positions.
+
+A small contract in the manner of TGI: `prefill` makes a batch from prompts (one left-padded
+forward that writes each prompt into its own slot), `concatenate` joins batches, `filter` keeps
+some rows (a row that leaves frees its slot), `decode` runs one step over the slots. Joining and
+leaving move no cache: only the small per-row lists change. Knows nothing of sampling or
+requests.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from steering.engine.decoder import Decoder
+from steering.engine.forward import PAD_ID, Forward, Steering, eager_attention, forward
+from steering.engine.slot_cache import SlotCache
+from steering.steer.plan import RowAsk
+
+
+class Batch:
+    """Rows decoding together. Row i of `keys`, `asks`, `slots` and `positions` is one request."""
+
+    def __init__(
+        self,
+        keys: list[int],
+        asks: list[RowAsk],
+        slots: list[int],
+        positions: list[int],  # position id of the next token each row feeds (= tokens held)
+    ) -> None:
+        self.keys = keys
+        self.asks = asks
+        self.slots = slots
+        self.positions = positions
+        self.steered_rows = sum(1 for ask in asks if ask.edits)
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    @property
+    def attention_mask(self) -> torch.Tensor:
+        """(B, L): 1 where a row's slot holds a position, L the most any row holds."""
+        length = max(self.positions)
+        return torch.tensor([[1] * p + [0] * (length - p) for p in self.positions])
+
+    @classmethod
+    def prefill(
+        cls,
+        model: torch.nn.Module,
+        steering: Steering,
+        cache: SlotCache,
+        slots: list[int],
+        keys: list[int],
+        prompts: Sequence[Sequence[int]],
+        asks: list[RowAsk],
+    ) -> tuple[Batch, torch.Tensor, Forward]:
+        """A batch of `prompts` (left-padded, one forward) written into `slots` of the cache,
+        their next-token logits (B, V), and what the forward read."""
+        device = steering.special_ids.device
+        width = max(len(p) for p in prompts)
+        padded = [[PAD_ID] * (width - len(p)) + list(p) for p in prompts]
+        ids = torch.tensor(padded, dtype=torch.long, device=device)  # (B, T)
+        lengths = torch.tensor([len(p) for p in prompts], dtype=torch.long, device=device)
+        mask = torch.arange(width, device=device)[None, :] >= (width - lengths[:, None])
+        positions = (mask.long().cumsum(dim=1) - 1).clamp_min(0)
+        cache.prefill(torch.tensor(slots, dtype=torch.long, device=device), lengths, width)
+        masks = cache.prefill_masks(lengths, width, eager_attention(model))
+        plan = steering.plan(asks)
+        tables = steering.step_tables(plan, ids, mask)
+        logits = forward(model, steering, tables, ids, masks, positions, cache)
+        done = Forward(
+            plan, tables, [range(width - len(p), width) for p in prompts], list(range(len(keys)))
+        )
+        return cls(keys, asks, slots, [len(p) for p in prompts]), logits, done
+
+    def decode(self, decoder: Decoder, tokens: Sequence[int]) -> tuple[torch.Tensor, Forward]:
+        """Feed each row its last sampled token; the logits (B, V) of the next one, and what the
+        forward read. The forward runs over slots 0..n-1 (row b of it is slot b); free slots
+        among them feed padding at position 0 and are never read."""
+        device = decoder.cache.shape.device
+        n = max(self.slots) + 1
+        fed, at = [PAD_ID] * n, [0] * n
+        for slot, token, position in zip(self.slots, tokens, self.positions, strict=True):
+            fed[slot], at[slot] = token, position
+        ids = torch.tensor(fed, dtype=torch.long, device=device)[:, None]  # (n, 1)
+        positions = torch.tensor(at, dtype=torch.long, device=device)  # (n,)
+        logits, tables = decoder(ids, positions, max(self.positions) + 1)
+        self.positions = [p + 1 for p in self.positions]
+        rows = torch.tensor(self.slots, dtype=torch.long, device=device)
+        slots = decoder.steering.slots
+        done = Forward(slots, tables, [range(1)] * len(self.keys), list(self.slots))
+        return logits.index_select(0, rows), done
+
+    @classmethod
+    def concatenate(cls, batches: Sequence[Batch]) -> Batch:
+        """One batch of all rows; their slots stay where they are."""
+        if len(batches) == 1:
+            return batches[0]
+        return cls(
+            keys=[k for b in batches for k in b.keys],
+            asks=[a for b in batches for a in b.asks],
+            slots=[s for b in batches for s in b.slots],
+            positions=[p for b in batches for p in b.positions],
+        )
+
+    def filter(self, keep: set[int]) -> Batch | None:
+        """The rows whose key is in `keep` (None if none is); the others' slots are free."""
+        rows = [i for i, key in enumerate(self.keys) if key in keep]
+        if not rows:
+            return None
+        if len(rows) == len(self.keys):
+            return self
+        return Batch(
+            keys=[self.keys[i] for i in rows],
+            asks=[self.asks[i] for i in rows],
+            slots=[self.slots[i] for i in rows],
+            positions=[self.positions[i] for i in rows],
+        )

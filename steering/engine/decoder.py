@@ -1,0 +1,130 @@
+"""The decode forward over slots 0..n-1: eager (CPU, or CUDA without graphs), or replayed from
+CUDA graphs captured per (batch-size bucket, key-length bucket).
+
+Both run the same code: the slot cache writes and reads in place, the hooks read the per-slot
+tables, so everything a step changes lives in persistent buffers and a captured graph replays
+it. Sampling and the step's one copy to the host stay outside (the engine's). The graphed
+path is written for a GPU and is untested on one here; on CPU its bucketing and static
+buffers run without capture (`capture=False`), which the tests use.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from steering.engine.forward import PAD_ID, Steering, eager_attention, forward
+from steering.engine.slot_cache import SlotCache
+from steering.steer.hooks import StepTables
+from steering.steer.slot_tables import SlotStep
+
+Decoded = tuple[torch.Tensor, StepTables | None]  # logits (n, V) float32, what the hooks left
+
+
+class Decoder:
+    """One decode forward, eagerly."""
+
+    def __init__(self, model: Any, steering: Steering, cache: SlotCache) -> None:
+        self.model, self.steering, self.cache = model, steering, cache
+        self.eager_attention = eager_attention(model)
+
+    def __call__(self, ids: torch.Tensor, positions: torch.Tensor, length: int) -> Decoded:
+        """Feed ids (n, 1) at positions (n,) to slots 0..n-1, reading `length` key positions."""
+        self.cache.decode(positions, length)
+        masks = self.cache.decode_masks(positions, length, self.eager_attention)
+        tables = self.steering.slot_tables(ids)
+        logits = forward(
+            self.model, self.steering, tables, ids, masks, positions[:, None], self.cache
+        )
+        return logits, tables
+
+
+@dataclass(eq=False)
+class _Graph:
+    ids: torch.Tensor  # (b, 1) static input
+    positions: torch.Tensor  # (b,) static input
+    replay: Callable[[], None]
+    logits: torch.Tensor | None = None  # (b, V) static output
+    tables: StepTables | None = None  # its `out` holds static outputs
+
+
+class GraphedDecoder(Decoder):
+    """Decode replayed from graphs: the batch padded to a bucket of rows (the padding rows are
+    free slots fed padding at position 0), the keys read to a bucket of lengths. A bucket is
+    captured the first time it is needed, right after an eager run of that very step."""
+
+    def __init__(
+        self, model: Any, steering: Steering, cache: SlotCache, *, capture: bool = True
+    ) -> None:
+        super().__init__(model, steering, cache)
+        steering.slots.fixed = True  # every table at full width: the same shapes every step
+        slots, context = cache.shape.slots, cache.shape.context
+        self.batches = sorted({min(1 << i, slots) for i in range(slots.bit_length() + 1)})
+        self.lengths = sorted({min(128 << i, context) for i in range(context.bit_length() + 1)})
+        self.capture = capture
+        self._graphs: dict[tuple[int, int], _Graph] = {}
+        self._pool: Any = torch.cuda.graph_pool_handle() if capture else None
+
+    def __call__(self, ids: torch.Tensor, positions: torch.Tensor, length: int) -> Decoded:
+        n = ids.shape[0]
+        rows = next(b for b in self.batches if b >= n)
+        keys = next(k for k in self.lengths if k >= length)
+        graph = self._graphs.get((rows, keys))
+        logits: torch.Tensor | None
+        if graph is None:
+            graph = self._graphs[rows, keys] = self._new(rows, keys)
+            self._fill(graph, ids, positions)
+            logits, tables = Decoder.__call__(self, graph.ids, graph.positions, keys)
+            if self.capture:
+                self._record(graph, keys)
+        else:
+            self._fill(graph, ids, positions)
+            graph.replay()
+            logits, tables = graph.logits, graph.tables
+        assert logits is not None
+        return logits[:n], _first_rows(tables, n)
+
+    def _new(self, rows: int, keys: int) -> _Graph:
+        device = self.cache.shape.device
+        ids = torch.full((rows, 1), PAD_ID, dtype=torch.long, device=device)
+        positions = torch.zeros(rows, dtype=torch.long, device=device)
+        graph = _Graph(ids, positions, lambda: None)
+        if not self.capture:  # CPU: "replay" runs the same code on the static buffers
+
+            def rerun() -> None:
+                graph.logits, graph.tables = Decoder.__call__(self, ids, positions, keys)
+
+            graph.replay = rerun
+        return graph
+
+    def _record(self, graph: _Graph, keys: int) -> None:
+        cuda_graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(cuda_graph, pool=self._pool):
+            graph.logits, graph.tables = Decoder.__call__(self, graph.ids, graph.positions, keys)
+        graph.replay = cuda_graph.replay
+
+    @staticmethod
+    def _fill(graph: _Graph, ids: torch.Tensor, positions: torch.Tensor) -> None:
+        n = ids.shape[0]
+        graph.ids[:n].copy_(ids)
+        graph.ids[n:].fill_(PAD_ID)
+        graph.positions[:n].copy_(positions)
+        graph.positions[n:].zero_()
+
+
+def _first_rows(tables: StepTables | None, n: int) -> StepTables | None:
+    """The tables of a forward over a bucket of rows, cut to its first n (the real ones)."""
+    if tables is None or tables.slots is None:
+        return tables
+    step = tables.slots
+    if step.n == n:
+        return tables
+    out: dict[str, object] = {
+        k: v[:n] if isinstance(v, torch.Tensor) else v for k, v in tables.out.items()
+    }
+    sliced = SlotStep(step.tables, n, step.widths, step.latch[:n])
+    steerable = tables.steerable[:n] if tables.steerable is not None else None
+    return StepTables(steerable=steerable, out=out, slots=sliced)

@@ -1,0 +1,475 @@
+"""The generation engine: iteration-level scheduling of many steered requests on one model.
+
+Synchronous: it owns the model, its steering hooks and the running batch, and speaks token ids
+only. `add`, `abort` and `finish` may be called from any thread; `step` (or `run`) from one
+engine thread. A step applies aborts, decodes the running batch by one token, then admits
+waiting requests into it (prefilled together, in one left-padded forward); rows that finish
+leave at once. Each running request holds one slot of a static KV cache, allocated at startup
+for `max_active_rows` requests of the longest prompt and generation the limits allow.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from steering.engine.batch import Batch
+from steering.engine.channel import OutputChannel
+from steering.engine.decoder import Decoder, GraphedDecoder
+from steering.engine.forward import Forward, Steering
+from steering.engine.row import Row
+from steering.engine.sampling import RowSampler
+from steering.engine.slot_cache import CacheShape, SlotCache
+from steering.engine.stats import EngineSnapshot, FinishedRequest, StepStats
+from steering.errors import EngineClosedError, InvalidRequestError, QueueFullError
+from steering.models.gemma import LoadedModel
+from steering.requests import FinishReason, GenerationRequest, Limits, validate_request
+from steering.steer.hooks import SaeAttachment, install_steering
+from steering.steer.plan import Readback, RowResult
+from steering.steer.slot_tables import SlotTables
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    limits: Limits = field(default_factory=Limits)
+    # Waiting requests are admitted in a step until their prompts reach this many tokens
+    # (at least one request per step), bounding how long a step's prefills stall decoding.
+    prefill_tokens_per_step: int = 4096
+    # Replay decode steps from CUDA graphs (a CUDA model only); see steering.engine.decoder.
+    cuda_graphs: bool = False
+
+
+@dataclass(frozen=True)
+class RequestHandle:
+    key: int  # the engine's own key: pass it to `abort` / `finish`
+    channel: OutputChannel
+
+
+class Engine:
+    def __init__(
+        self,
+        model: Any,
+        *,
+        special_ids: Sequence[int],
+        eos_ids: Sequence[int],
+        attachments: Sequence[SaeAttachment] = (),
+        config: EngineConfig = EngineConfig(),
+        on_step: Callable[[StepStats], None] | None = None,
+    ) -> None:
+        self.model = model
+        self.config = config
+        self.on_step = on_step
+        self.device = next(model.parameters()).device
+        self.hooks = install_steering(model, attachments)
+        ids = torch.tensor(sorted(set(special_ids)), dtype=torch.long, device=self.device)
+        self.eos_ids = frozenset(eos_ids)
+        self.context_length = int(model.config.get_text_config().max_position_embeddings)
+        self._static_decode(ids)
+        self.vocab_size = int(model.get_input_embeddings().num_embeddings)
+        self.d_sae_of = {a.name: a.sae.d_sae for a in attachments}
+        self._cond = threading.Condition()
+        self._waiting: deque[Row] = deque()
+        self._finish_requests: dict[int, FinishReason] = {}
+        self._running: dict[int, Row] = {}
+        self._batch: Batch | None = None
+        self._keys = itertools.count()
+        self._closed = False
+        self._stopping = False
+        self._steps = 0
+        self._rules_fired = {"apply": 0, "stop": 0}  # in the current step, by action
+
+    def _static_decode(self, special_ids: torch.Tensor) -> None:
+        """Allocate what decoding keeps for the engine's life: the per-slot steering tables,
+        the slot KV cache (every request the limits admit fits its slot: a prompt and all it
+        may generate), and the decoder over them."""
+        limits = self.config.limits
+        self._slots = SlotTables(
+            self.hooks.saes,
+            limits.max_active_rows,
+            features=limits.max_edits_per_sae,
+            reads=limits.max_watched_features + limits.max_rules_per_request,
+            rules=limits.max_rules_per_request,
+        )
+        self._steering = Steering(self.hooks, special_ids, self._slots)
+        most_new = max(limits.max_new_tokens, limits.default_max_new_tokens)
+        self.slot_context = min(self.context_length, limits.max_prompt_tokens + most_new)
+        shape = CacheShape.of(self.model, limits.max_active_rows, self.slot_context)
+        self._cache = SlotCache(shape)
+        decoder = GraphedDecoder if self.config.cuda_graphs else Decoder
+        self._decoder = decoder(self.model, self._steering, self._cache)
+        log.info(
+            "KV cache: %d slots of %d positions (sliding layers: %s), %.1f MiB of %s",
+            shape.slots,
+            shape.context,
+            shape.ring or "no ring",
+            shape.nbytes / 2**20,
+            shape.dtype,
+        )
+
+    @classmethod
+    def from_loaded(
+        cls,
+        loaded: LoadedModel,
+        attachments: Sequence[SaeAttachment] = (),
+        config: EngineConfig = EngineConfig(),
+    ) -> Engine:
+        """An engine for a loaded model; EOS ids from its generation config and tokenizer."""
+        eos = loaded.model.generation_config.eos_token_id
+        eos_ids = set(eos if isinstance(eos, list) else [] if eos is None else [eos])
+        tokenizer = loaded.tokenizer
+        if tokenizer.eos_token_id is not None:
+            eos_ids.add(tokenizer.eos_token_id)
+        if "<end_of_turn>" in tokenizer.get_vocab():
+            eos_ids.add(tokenizer.convert_tokens_to_ids("<end_of_turn>"))
+        return cls(
+            loaded.model,
+            special_ids=loaded.special_ids.tolist(),
+            eos_ids=sorted(eos_ids),
+            attachments=attachments,
+            config=config,
+        )
+
+    # ---- any thread ---------------------------------------------------------------------------
+
+    def add(
+        self, request: GenerationRequest, notify: Callable[[], None] | None = None
+    ) -> RequestHandle:
+        """Queue a request; raises InvalidRequestError, QueueFullError or EngineClosedError."""
+        limits = self.config.limits
+        validate_request(request, limits, self.d_sae_of)
+        self._check_prompt(request.prompt_ids)
+        wanted = request.sampling.max_new_tokens or limits.default_max_new_tokens
+        budget = min(wanted, self.slot_context - len(request.prompt_ids))
+        row = Row(next(self._keys), request, OutputChannel(notify), budget, time.monotonic())
+        with self._cond:
+            if self._closed:
+                raise EngineClosedError("the server is shutting down and takes no new requests")
+            capacity = limits.max_active_rows + limits.max_queued_requests
+            if len(self._waiting) + len(self._running) >= capacity:
+                raise QueueFullError(
+                    f"the server is at capacity ({capacity} requests in flight); retry later"
+                )
+            self._waiting.append(row)
+            self._cond.notify_all()
+        return RequestHandle(row.key, row.channel)
+
+    def abort(self, key: int) -> None:
+        """Stop a queued or running request, freeing what it holds; harmless if already done."""
+        self.finish(key, FinishReason.ABORTED)
+
+    def finish(self, key: int, reason: FinishReason = FinishReason.STOP) -> None:
+        """End a request at the next step boundary with `reason` (STOP: a stop string was found)."""
+        with self._cond:
+            self._finish_requests.setdefault(key, reason)
+            self._cond.notify_all()
+
+    def close(self) -> None:
+        """Take no new requests; those in flight carry on."""
+        with self._cond:
+            self._closed = True
+
+    def stop(self) -> None:
+        """Make `run` return after its current step; whatever is left is aborted."""
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+
+    def snapshot(self) -> EngineSnapshot:
+        with self._cond:
+            return EngineSnapshot(
+                waiting=len(self._waiting), running=len(self._running), steps=self._steps
+            )
+
+    @property
+    def kv_cache_bytes(self) -> int:
+        """The static KV cache's size, fixed at startup."""
+        return self._cache.shape.nbytes
+
+    @property
+    def idle(self) -> bool:
+        """Nothing queued, running, or held: no rows, no cache."""
+        with self._cond:
+            return (
+                not (self._waiting or self._running or self._finish_requests)
+                and self._batch is None
+            )
+
+    # ---- the engine thread --------------------------------------------------------------------
+
+    def run(self) -> None:
+        """Step until `stop()`, sleeping while there is nothing to do."""
+        while True:
+            with self._cond:
+                self._cond.wait_for(lambda: self._stopping or self._has_work())
+                if self._stopping:
+                    break
+            try:
+                self.step()
+            except Exception:  # a bug, not a model fault: fail what is in flight, keep serving
+                log.exception("engine step failed; failing every request in flight")
+                self._finish_all(FinishReason.ERROR, "internal error in the engine")
+        self._finish_all(FinishReason.ABORTED)
+
+    def _finish_all(self, reason: FinishReason, error: str | None = None) -> None:
+        with self._cond:
+            rows = list(self._waiting) + list(self._running.values())
+            self._waiting.clear()
+        for row in rows:
+            self._finish(row, reason, [], error)
+        self._set_batch(None)
+
+    def step(self) -> StepStats:
+        """One iteration: aborts, one decode step of the running batch, then admissions."""
+        start, hook_start = time.perf_counter(), self.hooks.seconds
+        on_step = self.on_step  # read once: a callback set mid-step starts with the next step
+        finished: list[FinishedRequest] = []
+        self._rules_fired = {"apply": 0, "stop": 0}
+        self._apply_finish_requests(finished)
+        batch = self._batch
+        decoded = self._decode(finished)
+        admitted, prefill_tokens, first_tokens = self._admit(finished)
+        with self._cond:
+            self._steps += 1
+        stats = StepStats(
+            seconds=time.perf_counter() - start,
+            batch_size=len(batch) if batch else 0,
+            prefill_requests=admitted,
+            prefill_tokens=prefill_tokens,
+            generated_tokens=decoded + first_tokens,
+            steered_rows=batch.steered_rows if batch else 0,
+            hook_seconds=self.hooks.seconds - hook_start,
+            rules_fired=dict(self._rules_fired),
+            finished=tuple(finished),
+        )
+        if on_step is not None:
+            on_step(stats)
+        return stats
+
+    def _has_work(self) -> bool:
+        return bool(self._waiting or self._running or self._finish_requests)
+
+    def _check_prompt(self, prompt: Sequence[int]) -> None:
+        if len(prompt) >= self.context_length:
+            raise InvalidRequestError(
+                "prompt",
+                f"the prompt has {len(prompt)} tokens; the model's context is "
+                f"{self.context_length}",
+            )
+        if not all(0 <= t < self.vocab_size for t in prompt):
+            raise InvalidRequestError("prompt", f"token ids must be in [0, {self.vocab_size})")
+
+    def _apply_finish_requests(self, finished: list[FinishedRequest]) -> None:
+        with self._cond:
+            requests, self._finish_requests = self._finish_requests, {}
+            queued = [row for row in self._waiting if row.key in requests]
+            for row in queued:
+                self._waiting.remove(row)
+        running = [self._running[key] for key in requests if key in self._running]
+        for row in queued + running:
+            self._finish(row, requests[row.key], finished)
+        self._retire()
+
+    def _decode(self, finished: list[FinishedRequest]) -> int:
+        if self._batch is None:
+            return 0
+        rows = [self._running[key] for key in self._batch.keys]
+        try:
+            logits, done = self._batch.decode(self._decoder, [row.generated[-1] for row in rows])
+        except Exception:
+            log.exception("decode step failed; failing its %d requests", len(rows))
+            for row in rows:
+                self._finish(
+                    row, FinishReason.ERROR, finished, "internal error in the model's forward pass"
+                )
+            self._set_batch(None)
+            return 0
+        generated = self._emit(rows, logits, done, finished)
+        self._retire()
+        return generated
+
+    def _admit(self, finished: list[FinishedRequest]) -> tuple[int, int, int]:
+        """Prefill waiting requests into free rows, in one forward; (requests, prompt tokens,
+        first tokens)."""
+        self._apply_finish_requests(
+            finished
+        )  # aborts that came during the decode: never prefill them
+        rows: list[Row] = []
+        tokens = 0
+        while (row := self._next_admission(len(rows), tokens)) is not None:
+            rows.append(row)
+            tokens += len(row.request.prompt_ids)
+            row.admitted_at = time.monotonic()
+            row.sampler = RowSampler.create(row.request.sampling, self.device)
+        if not rows:
+            return 0, 0, 0
+        held = set(self._batch.slots) if self._batch is not None else set()
+        free = [slot for slot in range(self._cache.shape.slots) if slot not in held]
+        try:
+            prefilled, logits, done = Batch.prefill(
+                self.model,
+                self._steering,
+                self._cache,
+                free[: len(rows)],  # the lowest free slots: decode steps run over slots 0..n-1
+                [row.key for row in rows],
+                [row.request.prompt_ids for row in rows],
+                [row.ask for row in rows],
+            )
+        except Exception:
+            log.exception("prefill failed for %d requests", len(rows))
+            for row in rows:
+                self._finish(
+                    row, FinishReason.ERROR, finished, "internal error while reading the prompt"
+                )
+            return len(rows), tokens, 0
+        generated = self._emit(rows, logits, done, finished)
+        joined = prefilled.filter(set(self._running))
+        if joined is not None:
+            for key, slot in zip(joined.keys, joined.slots, strict=True):
+                self._slots.write(slot, self._running[key].ask)
+        parts = [b for b in (self._batch, joined) if b is not None]
+        self._set_batch(Batch.concatenate(parts) if parts else None)
+        return len(rows), tokens, generated
+
+    def _next_admission(self, admitted: int, tokens: int) -> Row | None:
+        with self._cond:
+            if not self._waiting or len(self._running) >= self.config.limits.max_active_rows:
+                return None
+            prompt = len(self._waiting[0].request.prompt_ids)
+            if admitted and tokens + prompt > self.config.prefill_tokens_per_step:
+                return None
+            row = self._waiting.popleft()
+            self._running[row.key] = row
+            return row
+
+    def _emit(
+        self,
+        rows: list[Row],
+        logits: torch.Tensor,
+        done: Forward,
+        finished: list[FinishedRequest],
+    ) -> int:
+        """Sample each row's next token from logits (B, V); send it with what the forward read;
+        finish rows that are done (a prefill-only row with its readings)."""
+        # One device-to-host copy per step: each row's argmax, whether its logits are finite, and
+        # what the hooks read (edit counts so far, watched features, rules fired, inspections).
+        readback = Readback()
+        readback.add("greedy", logits.argmax(dim=-1))
+        readback.add("finite", torch.isfinite(logits).all(dim=-1))
+        done.queue(readback)
+        readback.fetch()
+        greedy, finite = readback.get("greedy")[0], readback.get("finite")[0]
+        results = done.results(readback)
+        now, emitted = time.monotonic(), 0
+        for b, row in enumerate(rows):
+            assert row.sampler is not None
+            if not finite[b]:
+                self._finish(
+                    row, FinishReason.ERROR, finished, "non-finite values in the model's output"
+                )
+                continue
+            result = results[b]
+            row.seen(done.source, done.at[b], readback)
+            if row.request.inspect is not None:
+                self._finish(row, FinishReason.PREFILLED, finished, readings=result)
+                continue
+            if result is not None and result.fired and self._fire(row, result.fired, finished):
+                continue  # a stop rule: the token of this forward is not emitted
+            try:
+                token = int(greedy[b]) if row.sampler.greedy else row.sampler.draw(logits[b])
+            except Exception:
+                log.exception("sampling failed for request %r", row.request.request_id)
+                self._finish(row, FinishReason.ERROR, finished, "internal error while sampling")
+                continue
+            row.generated.append(token)
+            row.first_token_at = row.first_token_at or now
+            emitted += 1
+            watched = [result.watched] if result is not None and row.request.watch else []
+            reason = self._stop_reason(row, token)
+            if reason is None:
+                self._push(row, [token], watched=watched)
+            else:
+                self._finish(row, reason, finished, tokens=[token], watched=watched)
+        return emitted
+
+    def _fire(self, row: Row, rules: tuple[int, ...], finished: list[FinishedRequest]) -> bool:
+        """Record rules that fired; True if one of them stopped the request."""
+        row.fired.update(rules)
+        for i in rules:
+            self._rules_fired["stop" if row.request.rules[i].stop else "apply"] += 1
+        if any(row.request.rules[i].stop for i in rules):
+            self._finish(row, FinishReason.CONDITION, finished)
+            return True
+        return False
+
+    def _stop_reason(self, row: Row, token: int) -> FinishReason | None:
+        if token in self.eos_ids and not row.request.sampling.ignore_eos:
+            return FinishReason.EOS
+        if len(row.generated) >= row.budget:
+            return FinishReason.LENGTH
+        return None
+
+    def _push(self, row: Row, tokens: list[int], **more: Any) -> None:
+        row.channel.push(
+            tokens,
+            completion_tokens=len(row.generated),
+            prompt_tokens=len(row.request.prompt_ids),
+            seed=row.sampler.seed if row.sampler else (row.request.sampling.seed or 0),
+            **more,
+        )
+
+    def _finish(
+        self,
+        row: Row,
+        reason: FinishReason,
+        finished: list[FinishedRequest],
+        error: str | None = None,
+        tokens: list[int] | None = None,
+        watched: list[tuple[float, ...]] | None = None,
+        readings: RowResult | None = None,
+    ) -> None:
+        self._push(
+            row,
+            tokens or [],
+            finish_reason=reason,
+            error=error,
+            watched=watched or [],
+            receipts=row.receipts(),
+            readings=readings,
+        )
+        with self._cond:
+            self._running.pop(row.key, None)
+        finished.append(
+            FinishedRequest(
+                request_id=row.request.request_id,
+                finish_reason=reason,
+                prompt_tokens=len(row.request.prompt_ids),
+                completion_tokens=len(row.generated),
+                queued_at=row.queued_at,
+                admitted_at=row.admitted_at,
+                first_token_at=row.first_token_at,
+                finished_at=time.monotonic(),
+            )
+        )
+
+    def _retire(self) -> None:
+        """Drop finished rows from the batch (and the padding only they needed)."""
+        if self._batch is not None:
+            self._set_batch(self._batch.filter(set(self._running)))
+
+    def _set_batch(self, batch: Batch | None) -> None:
+        """Make `batch` the running one; the slots it no longer holds are cleared."""
+        kept = set(batch.slots) if batch is not None else set()
+        for slot in self._batch.slots if self._batch is not None else ():
+            if slot not in kept:
+                self._slots.clear(slot)
+        self._batch = batch

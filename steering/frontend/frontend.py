@@ -1,0 +1,406 @@
+"""The transport-free front end: text requests in, text chunks out, over the engine's thread.
+
+As vLLM's AsyncLLM over its EngineCore: it owns the engine thread and a tokenizing thread,
+validates each request once, renders prompts and chats to token ids (exactly one BOS), streams
+incremental text with stop strings, and raises domain errors. Leaving a stream early aborts the
+request's row at once. Knows nothing of gRPC or Prometheus: stats leave through a callback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import aclosing
+from dataclasses import dataclass, replace
+from typing import Any
+
+import torch
+
+from steering.discovery import results as discovery
+from steering.discovery.catalog import Catalog, FeatureMatch
+from steering.discovery.results import FeatureContrast, InspectedToken
+from steering.engine.channel import RequestOutput
+from steering.engine.engine import Engine
+from steering.engine.stats import AdmittedRequest
+from steering.errors import EngineClosedError, InvalidRequestError, RequestFailedError
+from steering.frontend.detokenize import TextStream
+from steering.models.gemma import special_token_ids
+from steering.requests import (
+    DEFAULT_SEARCH_RESULTS,
+    DEFAULT_TOP_K,
+    ContrastRequest,
+    FinishReason,
+    GenerationRequest,
+    InspectRequest,
+    InspectSpec,
+    Limits,
+    Receipt,
+    SamplingParams,
+    TextRequest,
+    validate_contrast,
+    validate_inspect,
+    validate_text,
+)
+from steering.steer.hooks import SaeAttachment
+from steering.steer.plan import RowResult
+from steering.steer.presets import Preset, with_preset
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TextChunk:
+    """New tokens and their text; the last chunk of a request also says how and why it ended."""
+
+    token_ids: tuple[int, ...]
+    text: str
+    finish_reason: FinishReason | None = None  # set on the last chunk only
+    prompt_tokens: int = 0
+    completion_tokens: int = 0  # generated so far, in all
+    seed: int = 0  # the sampling seed in use
+    watched: tuple[tuple[float, ...], ...] = ()  # one per token id, when the request watches
+    receipts: tuple[Receipt, ...] = ()  # on the last chunk: what each edit did
+
+
+@dataclass(frozen=True)
+class ServedModel:
+    """What the front end serves, as DescribeModel tells it."""
+
+    name: str
+    num_layers: int
+    d_model: int
+    vocab_size: int
+    context_length: int
+    chat: bool  # a chat template is loaded
+    saes: tuple[SaeAttachment, ...]
+    limits: Limits  # as in force
+    labels: dict[str, int]  # SAE name -> labelled features
+    presets: tuple[Preset, ...]
+    kv_cache_bytes: int = 0  # allocated at startup for every request the limits admit
+
+
+class FrontEnd:
+    def __init__(
+        self,
+        engine: Engine,
+        tokenizer: Any,
+        *,
+        name: str = "model",
+        catalog: Catalog | None = None,
+        presets: Mapping[str, Preset] | None = None,
+        on_admitted: Callable[[AdmittedRequest], None] | None = None,
+    ) -> None:
+        self.engine = engine
+        self.tokenizer = tokenizer
+        self.name = name
+        self.catalog = catalog or Catalog({})
+        self.presets = dict(presets or {})
+        self.special_ids = frozenset(special_token_ids(tokenizer))
+        self.on_admitted = on_admitted
+        self.in_flight = 0
+        self.chat = bool(getattr(tokenizer, "chat_template", None))
+        self._thread = threading.Thread(target=engine.run, name="engine", daemon=True)
+        # One thread, so calls into the tokenizer never overlap (fast tokenizers are not safe
+        # to reconfigure while in use), and a long prompt never stalls the event loop.
+        self._tokenizer_thread = ThreadPoolExecutor(1, thread_name_prefix="tokenizer")
+        # No prompt within the token limit has more characters than this: longer ones are
+        # refused before tokenizing them, so work per request stays bounded. (A token covers at
+        # most as many characters as its vocabulary entry; the margin covers normalizers.)
+        longest = max((len(token) for token in tokenizer.get_vocab()), default=1)
+        self.max_prompt_chars = 2 * self.limits.max_prompt_tokens * longest
+
+    @property
+    def limits(self) -> Limits:
+        """The limits in force: the configured ones, within the model's context."""
+        limits = self.engine.config.limits
+        longest = min(limits.max_prompt_tokens, self.engine.context_length - 1)
+        return replace(limits, max_prompt_tokens=longest)
+
+    def describe(self) -> ServedModel:
+        config = self.engine.model.config.get_text_config()
+        return ServedModel(
+            name=self.name,
+            num_layers=int(config.num_hidden_layers),
+            d_model=int(config.hidden_size),
+            vocab_size=int(config.vocab_size),
+            context_length=self.engine.context_length,
+            chat=self.chat,
+            saes=self.engine.hooks.attachments,
+            limits=self.limits,
+            labels={a.name: self.catalog.count(a.name) for a in self.engine.hooks.attachments},
+            presets=tuple(self.presets.values()),
+            kv_cache_bytes=self.engine.kv_cache_bytes,
+        )
+
+    @property
+    def running(self) -> bool:
+        """Whether the engine thread is alive."""
+        return self._thread.is_alive()
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def close(self) -> None:
+        """Take no new requests; those in flight carry on."""
+        self.engine.close()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop the engine thread; requests still in it end with EngineClosedError."""
+        self.engine.stop()
+        self._thread.join(timeout)
+        self._tokenizer_thread.shutdown(wait=False)
+
+    async def generate(self, request: TextRequest) -> AsyncGenerator[TextChunk, None]:
+        """Stream one request's chunks; raises its domain errors before the first chunk."""
+        async for chunk in self._generate(request, report=True):
+            yield chunk
+
+    async def warm_up(self) -> None:
+        """One short generation through the whole path, before the first user request."""
+        request = TextRequest(
+            prompt="Hello",
+            sampling=SamplingParams(max_new_tokens=2, ignore_eos=True),
+            request_id="warm-up",
+        )
+        start = time.perf_counter()
+        async for _ in self._generate(request, report=False):
+            pass
+        log.info("warm-up generation took %.3f s", time.perf_counter() - start)
+
+    def tokenize(self, request: TextRequest) -> tuple[int, ...]:
+        """Prompt ids: the tokenizer's defaults for text, the chat template for a chat; one BOS."""
+        if request.prompt is not None:
+            return tuple(self.tokenizer(request.prompt).input_ids)
+        messages = [{"role": m.role, "content": m.content} for m in request.chat or ()]
+        try:
+            encoded = self.tokenizer.apply_chat_template(
+                messages, add_generation_prompt=True, tokenize=True
+            )
+        except Exception as exc:  # the template raises for conversations it refuses
+            raise InvalidRequestError(
+                "chat.messages", f"the chat template refused it: {exc}"
+            ) from exc
+        ids = encoded["input_ids"] if hasattr(encoded, "keys") else encoded
+        return self._one_bos([int(i) for i in ids])
+
+    def _one_bos(self, ids: list[int]) -> tuple[int, ...]:
+        """Exactly one leading BOS, whether the template wrote none, one or two."""
+        bos = self.tokenizer.bos_token_id
+        if bos is None:
+            return tuple(ids)
+        start = 0
+        while start < len(ids) and ids[start] == bos:
+            start += 1
+        return (bos, *ids[start:])
+
+    def _validate(self, request: TextRequest) -> None:
+        validate_text(request, self.limits, self.engine.d_sae_of, chat=self.chat)
+        self._check_chars(request, "prompt" if request.prompt is not None else "chat.messages")
+
+    def _check_chars(self, request: TextRequest, field: str) -> None:
+        if request.prompt is not None:
+            chars = len(request.prompt)
+        else:
+            chars = sum(len(m.role) + len(m.content) for m in request.chat or ())
+        if chars > self.max_prompt_chars:
+            raise InvalidRequestError(
+                field,
+                f"{chars} characters is more than a prompt of "
+                f"{self.limits.max_prompt_tokens} tokens can hold",
+            )
+
+    async def _generate(
+        self, request: TextRequest, *, report: bool
+    ) -> AsyncGenerator[TextChunk, None]:
+        request = self._with_preset(request)
+        self._validate(request)
+        prompt_ids = await self._tokenize(request)
+        engine_request = GenerationRequest(
+            prompt_ids,
+            request.sampling,
+            request.edits,
+            request.request_id,
+            request.watch,
+            rules=request.rules,
+        )
+        kind = AdmittedRequest(
+            request.request_id, len(prompt_ids), request.edits, watched=len(request.watch)
+        )
+        stream = TextStream(self.tokenizer, request.sampling.stop)
+        async with aclosing(self._outputs(engine_request, kind if report else None)) as outputs:
+            async for key, out in outputs:
+                was_stopped = stream.stopped
+                text = stream.push(out.token_ids)
+                if stream.stopped and not was_stopped and not out.finished:
+                    self.engine.finish(key, FinishReason.STOP)
+                reason = FinishReason.STOP if stream.stopped and out.finished else out.finish_reason
+                yield TextChunk(
+                    tuple(out.token_ids),
+                    text + (stream.flush() if out.finished else ""),
+                    reason,
+                    out.prompt_tokens,
+                    out.completion_tokens,
+                    out.seed or 0,
+                    tuple(out.watched),
+                    out.receipts,
+                )
+
+    def _with_preset(self, request: TextRequest) -> TextRequest:
+        """The request with its preset's edits merged in (its own edits win on a feature)."""
+        if not request.preset:
+            return request
+        preset = self.presets.get(request.preset)
+        if preset is None:
+            known = ", ".join(sorted(self.presets)) or "none"
+            raise InvalidRequestError(
+                "preset", f"unknown preset {request.preset!r} (known: {known})"
+            )
+        return replace(request, edits=with_preset(request.edits, preset), preset="")
+
+    async def _tokenize(self, request: TextRequest) -> tuple[int, ...]:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._tokenizer_thread, self.tokenize, request)
+
+    async def _outputs(
+        self, request: GenerationRequest, admitted: AdmittedRequest | None
+    ) -> AsyncGenerator[tuple[int, RequestOutput], None]:
+        """A request's outputs from the engine, with its key, until the last one; raises for a
+        request that failed or was aborted by a shutdown. Leaving early aborts the row."""
+        loop, ready = asyncio.get_running_loop(), asyncio.Event()
+
+        def wake() -> None:
+            if not loop.is_closed():
+                loop.call_soon_threadsafe(ready.set)
+
+        handle = self.engine.add(request, notify=wake)
+        if admitted is not None and self.on_admitted is not None:
+            self.on_admitted(admitted)
+        self.in_flight += 1
+        done = False
+        try:
+            while not done:
+                await ready.wait()
+                ready.clear()
+                out = handle.channel.take(0)
+                if out is None:
+                    continue
+                done = out.finished
+                if out.finish_reason is FinishReason.ERROR:
+                    raise RequestFailedError(out.error or "the request failed")
+                if out.finish_reason is FinishReason.ABORTED:
+                    raise EngineClosedError("the server shut down before the request finished")
+                yield handle.key, out
+        finally:
+            self.in_flight -= 1
+            if not done:
+                self.engine.abort(handle.key)  # the caller left: free its row within a step
+
+    async def _prefill(
+        self, ids: tuple[int, ...], request: TextRequest, spec: InspectSpec, kind: str
+    ) -> RowResult | None:
+        """Read `ids` through the (steered) model without generating: what the hooks read."""
+        engine_request = GenerationRequest(
+            ids, edits=request.edits, request_id=request.request_id, inspect=spec
+        )
+        admitted = AdmittedRequest(request.request_id, len(ids), request.edits, kind=kind)
+        readings = None
+        async with aclosing(self._outputs(engine_request, admitted)) as outputs:
+            async for _, out in outputs:
+                readings = out.readings
+        return readings
+
+    # ---- discovery ----------------------------------------------------------------------------
+
+    async def inspect(self, request: InspectRequest) -> tuple[InspectedToken, ...]:
+        """Every input token with its top features per SAE and the named features' values."""
+        self._validate(request.text)
+        saes = request.saes or tuple(self.engine.d_sae_of)
+        top_k = request.top_k or DEFAULT_TOP_K
+        spec = InspectSpec(saes, top_k, request.features)
+        validate_inspect(spec, self.limits, self.engine.d_sae_of)
+        ids = await self._tokenize(request.text)
+        readings = await self._prefill(ids, request.text, spec, "inspect")
+        label = self.catalog.label
+        tokens = []
+        for t, token in enumerate(ids):
+            top = readings.top[t] if readings and readings.top else {}
+            named = (
+                readings.named[t] if readings and readings.named else (0.0,) * len(spec.features)
+            )
+            tokens.append(
+                InspectedToken(
+                    token_id=token,
+                    text=self.tokenizer.decode([token]),
+                    special=token in self.special_ids,
+                    top=discovery.top_features(top, top_k, label),
+                    features=discovery.named_features(spec.features, named, label),
+                )
+            )
+        return tuple(tokens)
+
+    async def contrast(
+        self, request: ContrastRequest
+    ) -> tuple[tuple[FeatureContrast, ...], tuple[FeatureContrast, ...]]:
+        """The features that most separate two sets of texts (DESIGN: Contrast)."""
+        validate_contrast(request, self.limits, self.engine.d_sae_of)
+        saes = (request.sae,) if request.sae else tuple(self.engine.d_sae_of)
+        spec = InspectSpec(saes, means=True)
+        means = [
+            await self._set_means(field, texts, spec)
+            for field, texts in (("a", request.a), ("b", request.b))
+        ]
+        return discovery.contrast(
+            means[0], means[1], request.top_k or DEFAULT_TOP_K, self.catalog.label
+        )
+
+    async def _set_means(
+        self, field: str, texts: Sequence[str], spec: InspectSpec
+    ) -> dict[str, torch.Tensor]:
+        """Per SAE, the mean over texts of each text's mean activation over its steerable
+        positions. At most max_active_rows texts are in the engine at once."""
+        requests = [TextRequest(prompt=text) for text in texts]
+        for i, request in enumerate(requests):
+            self._check_chars(request, f"{field}[{i}]")
+        ids = [await self._tokenize(r) for r in requests]
+        for i, prompt in enumerate(ids):
+            self._check_text_ids(prompt, f"{field}[{i}]")
+        gate = asyncio.Semaphore(self.limits.max_active_rows)
+
+        async def one(prompt: tuple[int, ...], request: TextRequest) -> dict[str, torch.Tensor]:
+            async with gate:
+                readings = await self._prefill(prompt, request, spec, "contrast")
+            steerable = sum(1 for t in prompt if t not in self.special_ids)
+            sums = readings.sums if readings else {}
+            return {sae: sums[sae] / steerable for sae in spec.saes}
+
+        per_text = await asyncio.gather(*(one(p, r) for p, r in zip(ids, requests, strict=True)))
+        return {sae: torch.stack([m[sae] for m in per_text]).mean(dim=0) for sae in spec.saes}
+
+    def _check_text_ids(self, ids: Sequence[int], field: str) -> None:
+        if len(ids) > self.limits.max_prompt_tokens:
+            raise InvalidRequestError(
+                field,
+                f"the text has {len(ids)} tokens, more than the limit of "
+                f"{self.limits.max_prompt_tokens}",
+            )
+        if all(t in self.special_ids for t in ids):
+            raise InvalidRequestError(field, "the text has no steerable position")
+
+    def search(self, query: str, *, sae: str = "", limit: int = 0) -> list[FeatureMatch]:
+        """Labelled features matching `query`, best first."""
+        if sae and sae not in self.engine.d_sae_of:
+            known = ", ".join(sorted(self.engine.d_sae_of)) or "none"
+            raise InvalidRequestError("sae", f"unknown SAE {sae!r} (served: {known})")
+        if not 0 <= limit <= self.limits.max_search_results:
+            raise InvalidRequestError(
+                "limit", f"must be between 0 and {self.limits.max_search_results}, got {limit}"
+            )
+        if not query.strip():
+            raise InvalidRequestError("query", "the query is empty")
+        if sae and not self.catalog.count(sae):
+            return []  # a served SAE without labels: nothing to find
+        return self.catalog.search(query, sae=sae, limit=limit or DEFAULT_SEARCH_RESULTS)

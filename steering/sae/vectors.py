@@ -1,0 +1,54 @@
+"""Raw steering vectors served as a linear SAE: `f_i = x·v_i / |v_i|²` (no threshold, may be
+negative) and `W_dec[i] = v_i`, so the edit math is unchanged: ADD c adds c·v_i, SET c sets the
+component along v_i to c·v_i, ABLATE projects it out. Reads `[n, d_model]` safetensors (exactly
+one tensor) or `.npy` files; `steering.train.vectors` makes them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file
+
+from steering.errors import SaeFormatError
+from steering.sae.jumprelu import JumpReLUSAE
+
+
+def load_vectors(path: str | Path, *, device: torch.device | str | None = None) -> JumpReLUSAE:
+    file = Path(path)
+    vectors = _read(file)
+    if vectors.ndim != 2 or 0 in vectors.shape:
+        raise SaeFormatError(
+            f"{file}: expected vectors of shape [n, d_model], got {list(vectors.shape)}"
+        )
+    if not vectors.is_floating_point() or not torch.isfinite(vectors).all():
+        raise SaeFormatError(f"{file}: the vectors must be finite floating-point values")
+    v = vectors.float()
+    norms = (v * v).sum(dim=1)  # |v_i|²
+    if not (norms > 0).all():
+        raise SaeFormatError(f"{file}: vector {int((norms <= 0).nonzero()[0])} is zero")
+    n, d_model = v.shape
+    return JumpReLUSAE(
+        W_enc=(v / norms[:, None]).T.contiguous(),
+        W_dec=v,
+        b_enc=torch.zeros(n),
+        b_dec=torch.zeros(d_model),
+        threshold=torch.full((n,), float("-inf")),
+        kind="vector",
+    ).to(device)
+
+
+def _read(file: Path) -> torch.Tensor:
+    if not file.is_file():
+        raise SaeFormatError(f"{file}: no such file")
+    try:
+        if file.suffix == ".npy":
+            return torch.from_numpy(np.load(file, allow_pickle=False))
+        tensors = load_file(str(file))
+    except Exception as exc:  # numpy and safetensors raise many types for a bad file
+        raise SaeFormatError(f"{file}: not a readable vector file ({exc})") from exc
+    if len(tensors) != 1:
+        raise SaeFormatError(f"{file}: expected exactly one tensor, found {len(tensors)}")
+    return next(iter(tensors.values()))

@@ -1,0 +1,199 @@
+"""The front end serves whole text requests without gRPC: prompt and chat, stop strings, cancel,
+errors named to the field, and the same tokens the engine gives for the same ids."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+from contextlib import aclosing
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from steering import EditMode, FeatureEdit, SaeAttachment, load_model
+from steering.demo.toy import random_sae
+from steering.engine import Engine
+from steering.engine.stats import AdmittedRequest
+from steering.errors import InvalidRequestError
+from steering.frontend import FrontEnd, TextChunk
+from steering.requests import (
+    ChatMessage,
+    ContrastRequest,
+    FinishReason,
+    GenerationRequest,
+    InspectRequest,
+    SamplingParams,
+    TextRequest,
+)
+
+GREEDY = SamplingParams(max_new_tokens=12, ignore_eos=True)
+
+
+@pytest.fixture(scope="module")
+def frontend(model_folders: dict[str, Path]) -> Iterator[FrontEnd]:
+    loaded = load_model(model_folders["gemma2"], dtype=torch.float32)
+    sae = SaeAttachment("s", random_sae(64, 32, seed=3, threshold=0.02), layer=1)
+    front = FrontEnd(Engine.from_loaded(loaded, [sae]), loaded.tokenizer, name="tiny")
+    front.start()
+    yield front
+    front.stop()
+
+
+def _run(coroutine: Any) -> Any:
+    return asyncio.run(coroutine)
+
+
+async def _collect(front: FrontEnd, request: TextRequest) -> list[TextChunk]:
+    async with aclosing(front.generate(request)) as chunks:
+        return [chunk async for chunk in chunks]
+
+
+def test_a_prompt_streams_text_that_decodes_its_tokens(frontend: FrontEnd) -> None:
+    chunks = _run(_collect(frontend, TextRequest(prompt="Tell me about the sea", sampling=GREEDY)))
+    ids = [i for c in chunks for i in c.token_ids]
+    last = chunks[-1]
+    assert last.finish_reason is FinishReason.LENGTH and last.completion_tokens == 12 == len(ids)
+    assert all(c.finish_reason is None for c in chunks[:-1])
+    text = "".join(c.text for c in chunks)
+    assert text == frontend.tokenizer.decode(ids, skip_special_tokens=True)
+    prompt_ids = frontend.tokenizer("Tell me about the sea").input_ids
+    assert last.prompt_tokens == len(prompt_ids)
+
+
+def test_greedy_text_equals_the_engine_on_the_same_ids(frontend: FrontEnd) -> None:
+    """The front end adds nothing to the engine's tokens: the same ids as a direct `add`."""
+    edits = (FeatureEdit("s", 4, EditMode.SET, 8.0),)
+    chunks = _run(_collect(frontend, TextRequest(prompt="Hi", sampling=GREEDY, edits=edits)))
+    plain = _run(_collect(frontend, TextRequest(prompt="Hi", sampling=GREEDY)))
+    steered_ids = [i for c in chunks for i in c.token_ids]
+    assert steered_ids != [i for c in plain for i in c.token_ids]  # the edit did something
+
+    ids = tuple(frontend.tokenizer("Hi").input_ids)
+    handle = frontend.engine.add(GenerationRequest(ids, GREEDY, edits))
+    direct: list[int] = []
+    while True:
+        out = handle.channel.take(30)
+        assert out is not None
+        direct += out.token_ids
+        if out.finished:
+            break
+    assert steered_ids == direct
+
+
+def test_a_chat_renders_with_exactly_one_bos(frontend: FrontEnd) -> None:
+    chat = (ChatMessage("user", "Tell me a story"),)
+    ids = frontend.tokenize(TextRequest(chat=chat))
+    bos = frontend.tokenizer.bos_token_id
+    assert ids[0] == bos and bos not in ids[1:]
+    chunks = _run(_collect(frontend, TextRequest(chat=chat, sampling=GREEDY)))
+    assert chunks[-1].prompt_tokens == len(ids)
+
+
+def test_a_stop_string_ends_the_text_before_it(frontend: FrontEnd) -> None:
+    full = "".join(
+        c.text for c in _run(_collect(frontend, TextRequest(prompt="The sea", sampling=GREEDY)))
+    )
+    stop = full[len(full) // 2 : len(full) // 2 + 3]
+    assert stop.strip(), full  # a stop string the greedy text surely holds
+    sampling = SamplingParams(max_new_tokens=12, ignore_eos=True, stop=(stop,))
+    chunks = _run(_collect(frontend, TextRequest(prompt="The sea", sampling=sampling)))
+    assert chunks[-1].finish_reason is FinishReason.STOP
+    text = "".join(c.text for c in chunks)
+    assert text == full[: full.index(stop)]
+    assert _wait_idle(frontend)
+
+
+def _wait_idle(front: FrontEnd) -> bool:
+    for _ in range(500):
+        if front.engine.idle:
+            return True
+        time.sleep(0.01)
+    return False
+
+
+def test_leaving_the_stream_cancels_the_request(frontend: FrontEnd) -> None:
+    async def first_chunk_then_leave() -> TextChunk:
+        sampling = SamplingParams(max_new_tokens=500, ignore_eos=True)
+        stream = frontend.generate(TextRequest(prompt="The sea", sampling=sampling))
+        async with aclosing(stream) as chunks:
+            return await anext(aiter(chunks))
+
+    chunk = _run(first_chunk_then_leave())
+    assert chunk.token_ids
+    assert _wait_idle(frontend)  # the row was freed, long before 500 tokens
+    assert frontend.in_flight == 0
+
+
+@pytest.mark.parametrize(
+    ("request_", "field"),
+    [
+        (TextRequest(), "input"),
+        (TextRequest(prompt="a", chat=(ChatMessage("user", "b"),)), "input"),
+        (TextRequest(prompt="   "), "prompt"),
+        (TextRequest(chat=()), "chat.messages"),
+        (TextRequest(chat=(ChatMessage("robot", "hi"),)), "chat.messages[0].role"),
+        (TextRequest(prompt="x", sampling=SamplingParams(top_p=2.0)), "sampling.top_p"),
+        (TextRequest(prompt="x", sampling=SamplingParams(stop=("",))), "sampling.stop[0]"),
+        (TextRequest(prompt="x", sampling=SamplingParams(stop=("a",) * 9)), "sampling.stop"),
+        (TextRequest(prompt="x", edits=(FeatureEdit("s", 99, EditMode.ADD, 1.0),)), "edits[0]"),
+        (TextRequest(prompt="x" * 10_000_000), "prompt"),
+    ],
+)
+def test_bad_requests_name_the_field(frontend: FrontEnd, request_: TextRequest, field: str) -> None:
+    with pytest.raises(InvalidRequestError) as err:
+        _run(_collect(frontend, request_))
+    assert err.value.field.startswith(field)
+    assert frontend.engine.idle
+
+
+def test_a_chat_without_a_template_is_refused_naming_chat(
+    model_folders: dict[str, Path],
+) -> None:
+    loaded = load_model(model_folders["gemma2"], dtype=torch.float32)
+    loaded.tokenizer.chat_template = None
+    front = FrontEnd(Engine.from_loaded(loaded), loaded.tokenizer)
+    assert not front.chat and not front.describe().chat
+    front.start()
+    try:
+        with pytest.raises(InvalidRequestError) as err:
+            _run(_collect(front, TextRequest(chat=(ChatMessage("user", "hi"),))))
+        assert err.value.field == "chat"
+    finally:
+        front.stop()
+
+
+def test_admissions_are_reported_and_limits_fit_the_context(frontend: FrontEnd) -> None:
+    seen: list[AdmittedRequest] = []
+    frontend.on_admitted = seen.append
+    try:
+        edits = (FeatureEdit("s", 1, EditMode.ABLATE),)
+        _run(_collect(frontend, TextRequest(prompt="Hi", edits=edits, request_id="r1")))
+    finally:
+        frontend.on_admitted = None
+    assert seen == [AdmittedRequest("r1", len(frontend.tokenizer("Hi").input_ids), edits)]
+    served = frontend.describe()
+    assert served.name == "tiny" and served.chat
+    assert served.limits.max_prompt_tokens == min(4096, served.context_length - 1)
+    assert [a.name for a in served.saes] == ["s"]
+
+
+def test_search_of_a_served_sae_without_labels_finds_nothing(frontend: FrontEnd) -> None:
+    assert frontend.search("sea", sae="s") == []
+    with pytest.raises(InvalidRequestError) as err:
+        frontend.search("sea", sae="nope")
+    assert err.value.field == "sae"
+
+
+def test_discovery_without_any_sae_answers_empty(model_folders: dict[str, Path]) -> None:
+    loaded = load_model(model_folders["gemma2"], dtype=torch.float32)
+    front = FrontEnd(Engine.from_loaded(loaded), loaded.tokenizer)
+    front.start()
+    try:
+        assert _run(front.contrast(ContrastRequest(("a sea",), ("a city",)))) == ((), ())
+        tokens = _run(front.inspect(InspectRequest(TextRequest(prompt="a sea"))))
+        assert tokens and all(not t.top and not t.features for t in tokens)
+    finally:
+        front.stop()
