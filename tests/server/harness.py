@@ -57,6 +57,16 @@ class ServerThread:
                 samples[f"{s.name}{{{labels}}}" if labels else s.name] = s.value
         return samples
 
+    def metrics_reaching(self, name: str, value: float, timeout: float = 10) -> dict[str, float]:
+        """The exposition once sample `name` has reached `value`: the engine's step stats reach
+        the metrics after the step, which may be after the client saw the stream end."""
+        import time
+
+        end = time.monotonic() + timeout
+        while (samples := self.metrics()).get(name, 0.0) < value and time.monotonic() < end:
+            time.sleep(0.01)
+        return samples
+
     def wait_idle(self, timeout: float = 10) -> None:
         import time
 
