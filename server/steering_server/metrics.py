@@ -86,6 +86,11 @@ class Metrics:
         self.waiting = Gauge(
             "steering_requests_waiting", "Requests waiting for a batch row.", registry=r
         )
+        self.cuda_graphs = Gauge(
+            "steering_cuda_graphs",
+            "1 while decode replays CUDA graphs; 0 when off or fallen back to eager.",
+            registry=r,
+        )
         self._discovery_and_policies(r)
 
     def _discovery_and_policies(self, r: CollectorRegistry) -> None:
@@ -133,6 +138,7 @@ class Metrics:
         """Read the running and waiting gauges from the engine at each scrape."""
         self.running.set_function(lambda: snapshot().running)
         self.waiting.set_function(lambda: snapshot().waiting)
+        self.cuda_graphs.set_function(lambda: float(snapshot().cuda_graphs))
 
     def on_step(self, stats: StepStats) -> None:
         """Called from the engine thread after each step."""

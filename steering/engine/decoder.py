@@ -3,13 +3,16 @@ CUDA graphs captured per (batch-size bucket, key-length bucket).
 
 Both run the same code: the slot cache writes and reads in place, the hooks read the per-slot
 tables, so everything a step changes lives in persistent buffers and a captured graph replays
-it. Sampling and the step's one copy to the host stay outside (the engine's). The graphed
-path is written for a GPU and is untested on one here; on CPU its bucketing and static
-buffers run without capture (`capture=False`), which the tests use.
+it. Sampling and the step's one copy to the host stay outside (the engine's). Each bucket's
+graph is checked against the eager run it was captured after (its first replay must give the
+same tokens and logits within `GRAPH_TOLERANCE`); a mismatch or a capture error gives the graphs
+up for eager decoding, with one log line and `fallback` saying why. On CPU the bucketing and
+static buffers run without capture (`capture=False`), which the tests use.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -21,7 +24,12 @@ from steering.engine.slot_cache import SlotCache
 from steering.steer.hooks import StepTables
 from steering.steer.slot_tables import SlotStep
 
-Decoded = tuple[torch.Tensor, StepTables | None]  # logits (n, V) float32, what the hooks left
+log = logging.getLogger(__name__)
+
+Decoded = tuple[torch.Tensor, StepTables | None]
+# A replayed step may differ from the eager one by kernel choice, not by more than this relative to
+# the logits' scale (bfloat16 has ~0.4% resolution); the greedy tokens must be the same.
+GRAPH_TOLERANCE = 1e-2  # logits (n, V) float32, what the hooks left
 
 
 class Decoder:
@@ -65,10 +73,13 @@ class GraphedDecoder(Decoder):
         self.batches = sorted({min(1 << i, slots) for i in range(slots.bit_length() + 1)})
         self.lengths = sorted({min(128 << i, context) for i in range(context.bit_length() + 1)})
         self.capture = capture
+        self.fallback: str | None = None  # why the graphs were given up; None: in use
         self._graphs: dict[tuple[int, int], _Graph] = {}
         self._pool: Any = torch.cuda.graph_pool_handle() if capture else None
 
     def __call__(self, ids: torch.Tensor, positions: torch.Tensor, length: int) -> Decoded:
+        if self.fallback is not None:
+            return Decoder.__call__(self, ids, positions, length)
         n = ids.shape[0]
         rows = next(b for b in self.batches if b >= n)
         keys = next(k for k in self.lengths if k >= length)
@@ -77,9 +88,11 @@ class GraphedDecoder(Decoder):
         if graph is None:
             graph = self._graphs[rows, keys] = self._new(rows, keys)
             self._fill(graph, ids, positions)
+            before = [t.clone() for t in self.steering.slots.accumulators()]
             logits, tables = Decoder.__call__(self, graph.ids, graph.positions, keys)
-            if self.capture:
-                self._record(graph, keys)
+            problem = self._captured(graph, keys, logits, before)
+            if problem is not None:
+                self._give_up(problem)
         else:
             self._fill(graph, ids, positions)
             graph.replay()
@@ -100,6 +113,40 @@ class GraphedDecoder(Decoder):
             graph.replay = rerun
         return graph
 
+    def _captured(
+        self, graph: _Graph, keys: int, eager: torch.Tensor, before: list[torch.Tensor]
+    ) -> str | None:
+        """Capture the bucket's graph and replay it once on the step just run eagerly, from the
+        same state (the cache entries it writes are rewritten with the same values; the edit
+        totals it adds to are put back as they were before the eager run); what is wrong, or
+        None. Either way the step's effects are left as the eager run made them."""
+        accumulators = self.steering.slots.accumulators()
+        expected, after = eager.clone(), [t.clone() for t in accumulators]
+        try:
+            if self.capture:
+                self._record(graph, keys)
+            for buffer, value in zip(accumulators, before, strict=True):
+                buffer.copy_(value)
+            graph.replay()
+        except Exception as exc:  # any capture failure: the eager path still serves
+            problem: str | None = (
+                f"capture of bucket ({graph.ids.shape[0]} rows, {keys} keys) failed: {exc}"
+            )
+        else:
+            assert graph.logits is not None
+            problem = replay_mismatch(expected, graph.logits)
+            if problem is None and not all(map(torch.equal, accumulators, after)):
+                problem = "the replayed step counts other edit receipts than the eager one"
+        if problem is not None:
+            for buffer, value in zip(accumulators, after, strict=True):
+                buffer.copy_(value)
+        return problem
+
+    def _give_up(self, problem: str) -> None:
+        self.fallback = problem
+        self._graphs.clear()
+        log.warning("CUDA graphs off, decoding eagerly: %s", problem)
+
     def _record(self, graph: _Graph, keys: int) -> None:
         cuda_graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(cuda_graph, pool=self._pool):
@@ -113,6 +160,18 @@ class GraphedDecoder(Decoder):
         graph.ids[n:].fill_(PAD_ID)
         graph.positions[:n].copy_(positions)
         graph.positions[n:].zero_()
+
+
+def replay_mismatch(eager: torch.Tensor, replayed: torch.Tensor) -> str | None:
+    """How a replayed step's logits (rows, V) differ from the eager ones, or None if they agree:
+    the same greedy token in every row and every logit within GRAPH_TOLERANCE of the scale."""
+    if not torch.equal(eager.argmax(dim=-1), replayed.argmax(dim=-1)):
+        return "the replayed step picks other greedy tokens than the eager one"
+    scale = float(eager.abs().max()) + 1.0
+    error = float((eager - replayed).abs().max())
+    if not error <= GRAPH_TOLERANCE * scale:  # NaN fails too
+        return f"replayed logits differ from the eager ones by {error:.3g} (scale {scale:.3g})"
+    return None
 
 
 def _first_rows(tables: StepTables | None, n: int) -> StepTables | None:

@@ -187,8 +187,20 @@ class Engine:
     def snapshot(self) -> EngineSnapshot:
         with self._cond:
             return EngineSnapshot(
-                waiting=len(self._waiting), running=len(self._running), steps=self._steps
+                waiting=len(self._waiting),
+                running=len(self._running),
+                steps=self._steps,
+                cuda_graphs=self.cuda_graphs == "on",
             )
+
+    @property
+    def cuda_graphs(self) -> str:
+        """How decode runs: "on" (replayed from CUDA graphs), "off", or "fallback: <why>" when
+        a graph failed its check against the eager step (see `decoder`)."""
+        decoder = self._decoder
+        if not isinstance(decoder, GraphedDecoder):
+            return "off"
+        return "on" if decoder.fallback is None else f"fallback: {decoder.fallback}"
 
     @property
     def kv_cache_bytes(self) -> int:

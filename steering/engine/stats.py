@@ -55,3 +55,4 @@ class EngineSnapshot:
     waiting: int
     running: int
     steps: int
+    cuda_graphs: bool = False  # decode replays CUDA graphs (requested, and none failed its check)

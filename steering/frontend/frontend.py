@@ -23,6 +23,7 @@ import torch
 from steering.discovery import results as discovery
 from steering.discovery.catalog import Catalog, FeatureMatch
 from steering.discovery.results import FeatureContrast, InspectedToken
+from steering.edits import EditMode, FeatureEdit
 from steering.engine.channel import RequestOutput
 from steering.engine.engine import Engine
 from steering.engine.stats import AdmittedRequest
@@ -81,6 +82,7 @@ class ServedModel:
     labels: dict[str, int]  # SAE name -> labelled features
     presets: tuple[Preset, ...]
     kv_cache_bytes: int = 0  # allocated at startup for every request the limits admit
+    cuda_graphs: str = "off"  # "on", "off", or "fallback: <why>" (Engine.cuda_graphs)
 
 
 class FrontEnd:
@@ -134,6 +136,7 @@ class FrontEnd:
             labels={a.name: self.catalog.count(a.name) for a in self.engine.hooks.attachments},
             presets=tuple(self.presets.values()),
             kv_cache_bytes=self.engine.kv_cache_bytes,
+            cuda_graphs=self.engine.cuda_graphs,
         )
 
     @property
@@ -160,16 +163,31 @@ class FrontEnd:
             yield chunk
 
     async def warm_up(self) -> None:
-        """One short generation through the whole path, before the first user request."""
-        request = TextRequest(
+        """Short generations through the whole path, before the first user request: one plain
+        and, with an SAE, one steered beside it (so decode graphs are checked on both kinds of
+        row before anyone relies on them)."""
+        plain = TextRequest(
             prompt="Hello",
-            sampling=SamplingParams(max_new_tokens=2, ignore_eos=True),
+            sampling=SamplingParams(max_new_tokens=3, ignore_eos=True),
             request_id="warm-up",
         )
+        requests = [plain]
+        for attachment in self.engine.hooks.attachments[:1]:
+            edit = FeatureEdit(attachment.name, 0, EditMode.ADD, 1.0)
+            requests.append(replace(plain, edits=(edit,), request_id="warm-up-steered"))
+
+        async def run(request: TextRequest) -> None:
+            async for _ in self._generate(request, report=False):
+                pass
+
         start = time.perf_counter()
-        async for _ in self._generate(request, report=False):
-            pass
-        log.info("warm-up generation took %.3f s", time.perf_counter() - start)
+        await asyncio.gather(*(run(r) for r in requests))
+        log.info(
+            "warm-up (%d generations) took %.3f s; CUDA graphs: %s",
+            len(requests),
+            time.perf_counter() - start,
+            self.engine.cuda_graphs,
+        )
 
     def tokenize(self, request: TextRequest) -> tuple[int, ...]:
         """Prompt ids: the tokenizer's defaults for text, the chat template for a chat; one BOS."""

@@ -174,6 +174,11 @@ class SlotTables:
                 out[name] = (max(old[0], w[0]), max(old[1], w[1]), max(old[2], w[2]))
         return {name: w for name, w in out.items() if any(w)}
 
+    def accumulators(self) -> list[torch.Tensor]:
+        """The buffers a decode step adds to (each SAE's edit totals), so that a step run twice,
+        as a graph's check does, can be undone once."""
+        return [table.totals for table in self.tables.values()]
+
     def queue(self, n: int, out: Mapping[str, object], readback: Readback) -> None:
         """After a forward over slots 0..n-1: latch the rules that fired (from the next forward
         on) and add the edit totals, readings and fired rules to the step's one copy."""

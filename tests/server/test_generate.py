@@ -164,6 +164,8 @@ def test_describe_model(server: ServerThread) -> None:
     ]
     assert d.limits.max_new_tokens == server.settings.max_new_tokens
     assert d.limits.max_batch_size == server.settings.max_active_rows
+    # CPU: eager decoding, said as such, and the gauge agrees
+    assert d.model.cuda_graphs == "off" and server.metrics()["steering_cuda_graphs"] == 0
 
 
 def test_health_is_serving_after_warm_up(gemma2_server: ServerThread) -> None:

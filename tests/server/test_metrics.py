@@ -69,6 +69,7 @@ REQUIRED = {
     "steering_step_duration_seconds": "histogram",
     "steering_batch_size": "histogram",
     "steering_requests_running": "gauge",
+    "steering_cuda_graphs": "gauge",
     "steering_requests_waiting": "gauge",
     "steering_discovery_requests_total": "counter",
     "steering_discovery_duration_seconds": "histogram",

@@ -166,7 +166,8 @@ def format_description(desc: ModelDescription) -> str:
     lines = [
         f"model: {m.name}",
         f"  layers {m.num_layers}, d_model {m.d_model}, vocab {m.vocab_size}, "
-        f"context {m.context_length}, chat {'yes' if m.chat else 'no'}",
+        f"context {m.context_length}, chat {'yes' if m.chat else 'no'}"
+        + (f", CUDA graphs {m.cuda_graphs}" if m.cuda_graphs else ""),
         "saes:" if desc.saes else "saes: none",
     ]
     for sae in desc.saes:

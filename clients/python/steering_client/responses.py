@@ -159,6 +159,7 @@ class ModelInfo:
     vocab_size: int
     context_length: int  # prompt plus generated tokens never exceed it
     chat: bool  # a chat template is loaded: `chat=` requests are accepted
+    cuda_graphs: str = ""  # "on", "off" or "fallback: <why>"; empty from an older server
 
 
 @dataclass(frozen=True)

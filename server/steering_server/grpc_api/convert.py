@@ -228,6 +228,7 @@ def description(served: ServedModel) -> pb.DescribeModelResponse:
             vocab_size=served.vocab_size,
             context_length=served.context_length,
             chat=served.chat,
+            cuda_graphs=served.cuda_graphs,
         ),
         saes=[
             pb.SaeInfo(

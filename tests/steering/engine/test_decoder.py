@@ -4,13 +4,14 @@ buffers, whole-width tables; it must give what `generate` gives, steering and ru
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
 
 from steering import EditMode, FeatureEdit, LoadedModel, load_model
 from steering.engine import Engine
-from steering.engine.decoder import GraphedDecoder
+from steering.engine.decoder import GraphedDecoder, replay_mismatch
 from steering.requests import FeatureRef, GenerationRequest, Rule, SamplingParams
 from tests.steering.engine.test_engine import (
     EDITS,
@@ -85,3 +86,66 @@ def test_rules_and_watch_read_back_through_the_static_buffers(lm: LoadedModel) -
     assert graphed[0] == eager_tokens and graphed[2] == eager_receipts and graphed[3] == eager_other
     assert eager_receipts and eager_receipts[0].applied > 0  # the rule fired and steered
     torch.testing.assert_close(torch.tensor(graphed[1]), torch.tensor(eager_watch))
+
+
+def _run_against_reference(lm: LoadedModel, engine: Engine) -> None:
+    """Two requests, one steered, through `engine`: each gives what `generate` gives."""
+    prompts = [_ids(lm, p) for p in PROMPTS[:2]]
+    handles = [engine.add(_greedy(p, e, 6)) for p, e in zip(prompts, EDITS, strict=False)]
+    while not engine.idle:
+        engine.step()
+    for handle, prompt, edits in zip(handles, prompts, EDITS, strict=False):
+        assert _collect(handle.channel)[0] == _reference(lm, engine.hooks, prompt, edits, 6)
+
+
+def test_a_replay_that_disagrees_with_the_eager_step_falls_back_to_eager(
+    lm: LoadedModel, caplog: pytest.LogCaptureFixture
+) -> None:
+    engine = _graphed(lm)
+    decoder = engine._decoder
+    assert isinstance(decoder, GraphedDecoder) and engine.cuda_graphs == "on"
+    new = decoder._new
+
+    def wrong(rows: int, keys: int) -> Any:  # a graph whose replay corrupts its logits
+        graph = new(rows, keys)
+        replay = graph.replay
+
+        def corrupted() -> None:
+            replay()
+            assert graph.logits is not None
+            graph.logits = graph.logits.flip(-1)
+
+        graph.replay = corrupted
+        return graph
+
+    decoder._new = wrong  # type: ignore[method-assign]
+    _run_against_reference(lm, engine)  # eager decoding served every step
+    assert decoder.fallback is not None and "greedy tokens" in decoder.fallback
+    assert engine.cuda_graphs.startswith("fallback: ") and not engine.snapshot().cuda_graphs
+    assert not decoder._graphs
+    assert sum("CUDA graphs off" in r.message for r in caplog.records) == 1
+
+
+def test_a_capture_error_falls_back_to_eager(lm: LoadedModel) -> None:
+    engine = _graphed(lm)
+    decoder = engine._decoder
+    assert isinstance(decoder, GraphedDecoder)
+    decoder.capture = True  # capturing needs CUDA: on this CPU it raises
+    _run_against_reference(lm, engine)
+    assert engine.cuda_graphs.startswith("fallback: capture of bucket")
+
+
+def test_an_agreeing_replay_keeps_the_graphs(lm: LoadedModel) -> None:
+    engine = _graphed(lm)
+    _run_against_reference(lm, engine)
+    assert engine.cuda_graphs == "on" and engine.snapshot().cuda_graphs
+
+
+def test_replay_mismatch_names_what_differs() -> None:
+    eager = torch.tensor([[1.0, 5.0, 2.0], [0.5, 0.1, 0.2]])
+    assert replay_mismatch(eager, eager + 1e-4) is None
+    assert "greedy tokens" in str(replay_mismatch(eager, eager.flip(-1)))
+    assert "differ" in str(
+        replay_mismatch(eager, eager + torch.tensor([[0.0, 0.5, 0.0], [0, 0, 0]]))
+    )
+    assert replay_mismatch(eager, torch.full_like(eager, float("nan"))) is not None

@@ -727,6 +727,7 @@ class ModelInfo(_message.Message):
     VOCAB_SIZE_FIELD_NUMBER: _builtins.int
     CONTEXT_LENGTH_FIELD_NUMBER: _builtins.int
     CHAT_FIELD_NUMBER: _builtins.int
+    CUDA_GRAPHS_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """The model's name (its folder or Hugging Face id, e.g. "gemma-2-2b")."""
     num_layers: _builtins.int
@@ -743,6 +744,11 @@ class ModelInfo(_message.Message):
     """Whether a chat template is loaded. When false, a GenerateRequest with `chat` is
     INVALID_ARGUMENT naming `chat`: send a prompt instead.
     """
+    cuda_graphs: _builtins.str
+    """How decode steps run: "on" (replayed from CUDA graphs, each checked at its capture against
+    the eager step), "off", or "fallback: <why>" when a graph failed that check or its capture
+    and the server went back to eager decoding.
+    """
     def __init__(
         self,
         *,
@@ -752,10 +758,11 @@ class ModelInfo(_message.Message):
         vocab_size: _builtins.int = ...,
         context_length: _builtins.int = ...,
         chat: _builtins.bool = ...,
+        cuda_graphs: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["chat", b"chat", "context_length", b"context_length", "d_model", b"d_model", "name", b"name", "num_layers", b"num_layers", "vocab_size", b"vocab_size"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["chat", b"chat", "context_length", b"context_length", "cuda_graphs", b"cuda_graphs", "d_model", b"d_model", "name", b"name", "num_layers", b"num_layers", "vocab_size", b"vocab_size"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
