@@ -135,7 +135,12 @@ def main() -> None:
                             return
                         rate = decode_rate(engine, n, steered, vocab)
                         record(
-                            shape=shape, graphs=graphs, batch=n, steered=steered, tokens_per_s=rate
+                            shape=shape,
+                            graphs=graphs,
+                            batch=n,
+                            steered=steered,
+                            tokens_per_s=rate,
+                            cuda_graphs=engine.cuda_graphs,  # "on", or "fallback: <why>"
                         )
                 engine.hooks.remove()
             except Exception as exc:  # a part that fails is reported, the rest still runs
