@@ -12,7 +12,7 @@ from steering_client.cli import main
 from steering_client.edits import Edit
 from steering_client.rules import Rule
 from steering_proto.v1 import steering_pb2 as pb
-from tests.client.fake_server import FakeSteering
+from tests.client.fake_server import RES2_SHA256, VEC_SHA256, FakeSteering
 
 STEERED = (
     pb.GenerateResponse(
@@ -241,11 +241,11 @@ def test_describe_shows_kind_sha256_and_presets(
     lines = capsys.readouterr().out.splitlines()
     assert (
         "  res2: layer 2, site resid_post, d_sae 256, d_model 64, labels 200, "
-        "kind jumprelu, sha256 0123456789ab"
+        f"kind jumprelu, sha256 {RES2_SHA256}"  # whole, as a preset's pin must give it
     ) in lines
     assert (
         "  vec: layer 3, site resid_post, d_sae 4, d_model 64, labels 0, "
-        "kind vector, sha256 fedcba987654"
+        f"kind vector, sha256 {VEC_SHA256}"
     ) in lines
     start = lines.index("presets:")
     assert lines[start : start + 6] == [
