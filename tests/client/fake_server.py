@@ -182,6 +182,9 @@ class FakeSteering(pb_grpc.SteeringServiceServicer):
         self.description: pb.DescribeModelResponse = DESCRIPTION
         self.token: str | None = None  # when set, calls must carry "Bearer <token>"
         self.abort: tuple[grpc.StatusCode, str] | None = None
+        # This many calls (after the token check) fail UNAVAILABLE, as on a server still loading.
+        self.loading_calls = 0
+        self._loading_lock = threading.Lock()
         self.abort_after: int | None = None  # abort after this many chunks instead of up front
         self.hang_after: int | None = None  # stop sending after this many chunks, until cancelled
         self.inspected: pb.InspectResponse = INSPECTED
@@ -285,6 +288,11 @@ class FakeSteering(pb_grpc.SteeringServiceServicer):
         self.metadata.append(metadata)
         if self.token is not None and metadata.get("authorization") != f"Bearer {self.token}":
             context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or wrong bearer token")
+        with self._loading_lock:
+            loading = self.loading_calls > 0
+            self.loading_calls -= loading
+        if loading:
+            context.abort(grpc.StatusCode.UNAVAILABLE, "the model is still loading")
         if abort_now and self.abort:
             context.abort(*self.abort)
 
@@ -297,11 +305,11 @@ class FakeSteering(pb_grpc.SteeringServiceServicer):
 
 
 @contextmanager
-def serve(servicer: FakeSteering) -> Iterator[str]:
-    """Serve `servicer` on a free loopback port; yields the target "127.0.0.1:PORT"."""
+def serve(servicer: FakeSteering, port: int = 0) -> Iterator[str]:
+    """Serve `servicer` on loopback `port` (0: a free one); yields the target "127.0.0.1:PORT"."""
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
     pb_grpc.add_SteeringServiceServicer_to_server(servicer, server)
-    port = server.add_insecure_port("127.0.0.1:0")
+    port = server.add_insecure_port(f"127.0.0.1:{port}")
     server.start()
     try:
         yield f"127.0.0.1:{port}"

@@ -12,7 +12,7 @@ from steering_client.cli import main
 from steering_client.edits import Edit
 from steering_client.rules import Rule
 from steering_proto.v1 import steering_pb2 as pb
-from tests.client.fake_server import FakeSteering
+from tests.client.fake_server import RES2_SHA256, VEC_SHA256, FakeSteering
 
 STEERED = (
     pb.GenerateResponse(
@@ -31,11 +31,11 @@ COMPARE = ["generate", "The sea", "--compare", "--preset", "calm", "--rule", "re
 
 
 def usage_error(capsys: pytest.CaptureFixture[str], argv: list[str]) -> str:
-    """Runs `argv`, which must exit 2, and returns the last line of stderr."""
+    """Runs `argv`, which must exit 2, and returns the error line of stderr (before the hint)."""
     with pytest.raises(SystemExit) as caught:
         main(argv)
     assert caught.value.code == 2
-    return capsys.readouterr().err.splitlines()[-1]
+    return capsys.readouterr().err.splitlines()[0]
 
 
 def generate_requests(fake: FakeSteering) -> list[pb.GenerateRequest]:
@@ -121,8 +121,9 @@ def test_compare_side_by_side_on_a_wide_terminal(
     assert err.splitlines() == [
         "res2:7=set:8 applied at 40 positions, active at 0",
         "res2:3=ablate@active applied at 41 positions, active at 1",
-        "unsteered: finish_reason=length prompt_tokens=3 completion_tokens=4 seed=1234",
-        "steered: finish_reason=eos prompt_tokens=3 completion_tokens=3 seed=1234",
+        "unsteered: finish_reason=length prompt_tokens=3 completion_tokens=4",
+        "steered: finish_reason=eos prompt_tokens=3 completion_tokens=3",
+        "greedy: no seed (temperature 0)",
     ]
 
 
@@ -195,6 +196,28 @@ def test_compare_sends_the_same_request_twice_with_one_seed(
     assert unsteered.prompt == steered.prompt == "The sea"
 
 
+def test_compare_reports_one_seed_for_a_sampled_pair(
+    fake: FakeSteering, target: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    fake.steered_chunks = STEERED
+    assert main(["--target", target, *COMPARE, "--temperature", "0.7"]) == 0
+    err = capsys.readouterr().err.splitlines()
+    assert err[-3:] == [
+        "unsteered: finish_reason=length prompt_tokens=3 completion_tokens=4",
+        "steered: finish_reason=eos prompt_tokens=3 completion_tokens=3",
+        "seed=1234 (both runs)",
+    ]
+
+
+def test_compare_reports_no_seed_for_a_greedy_pair(
+    fake: FakeSteering, target: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["--target", target, *COMPARE, "--seed", "5"]) == 0
+    err = capsys.readouterr().err
+    assert "seed" not in err.replace("no seed", "")
+    assert err.splitlines()[-1] == "greedy: no seed (temperature 0)"
+
+
 def test_compare_with_watch_prints_a_table_per_run(
     fake: FakeSteering,
     target: str,
@@ -241,11 +264,11 @@ def test_describe_shows_kind_sha256_and_presets(
     lines = capsys.readouterr().out.splitlines()
     assert (
         "  res2: layer 2, site resid_post, d_sae 256, d_model 64, labels 200, "
-        "kind jumprelu, sha256 0123456789ab"
+        f"kind jumprelu, sha256 {RES2_SHA256}"  # whole, as a preset's pin must give it
     ) in lines
     assert (
         "  vec: layer 3, site resid_post, d_sae 4, d_model 64, labels 0, "
-        "kind vector, sha256 fedcba987654"
+        f"kind vector, sha256 {VEC_SHA256}"
     ) in lines
     start = lines.index("presets:")
     assert lines[start : start + 6] == [

@@ -15,11 +15,11 @@ from tests.client.fake_server import FakeSteering
 
 
 def usage_error(capsys: pytest.CaptureFixture[str], argv: list[str]) -> str:
-    """Runs `argv`, which must exit 2, and returns the last line of stderr."""
+    """Runs `argv`, which must exit 2, and returns the error line of stderr (before the hint)."""
     with pytest.raises(SystemExit) as caught:
         main(argv)
     assert caught.value.code == 2
-    return capsys.readouterr().err.splitlines()[-1]
+    return capsys.readouterr().err.splitlines()[0]
 
 
 def test_inspect_sends_the_request_and_prints_a_line_per_token(

@@ -85,6 +85,7 @@ def test_without_options_the_environment_and_defaults_hold(
         "root_certificates": None,
         "tls": False,
         "timeout": None,
+        "options": (),  # no channel arguments without --wait
     }
 
 
@@ -134,7 +135,7 @@ def test_help_lists_the_connection_options(
     assert caught.value.code == 0
     out = capsys.readouterr().out
     assert "connection options (before or after the command)" in out
-    for flag in ("--target", "--token", "--tls", "--ca-cert FILE", "--timeout S"):
+    for flag in ("--target", "--token", "--tls", "--ca-cert FILE", "--timeout S", "--wait S"):
         assert flag in out
     assert "SUPPRESS" not in out
 
@@ -184,8 +185,8 @@ def test_a_bad_number_is_a_usage_error_naming_its_flag(
     with pytest.raises(SystemExit) as caught:
         main([*argv, "--target", target])
     assert caught.value.code == 2
-    last_line = capsys.readouterr().err.splitlines()[-1]
-    assert last_line.endswith(f": error: {message}")  # said once, not after "argument --x: "
+    error_line = capsys.readouterr().err.splitlines()[0]
+    assert error_line.endswith(f": error: {message}")  # said once, not after "argument --x: "
     assert fake.requests == []
 
 

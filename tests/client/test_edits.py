@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from steering_client import Edit, parse_edit
+from steering_client.edits import parse_edits
 from steering_proto.v1 import steering_pb2 as pb
 
 
@@ -43,12 +44,51 @@ def test_parse_edit_accepts(text: str, expected: Edit) -> None:
         ("res12:1=add:abc", "must be a number"),
         ("res12:1=add:nan", "finite"),
         ("res12:1=add:-inf", "finite"),
-        ("res12:1=set:8@sometimes", "must be a number"),
+        ("res12:1=set:8@sometimes", "unknown suffix '@sometimes' (did you mean @active?)"),
+        ("demo:632=set:490@activ", "unknown suffix '@activ' (did you mean @active?)"),
+        ("demo:632=ablate@actve", "unknown suffix '@actve' (did you mean @active?)"),
     ],
 )
 def test_parse_edit_rejects_with_a_reason(text: str, why: str) -> None:
     with pytest.raises(ValueError, match="bad edit") as caught:
         parse_edit(text)
+    assert why in str(caught.value)
+
+
+def test_an_at_sign_in_the_sae_name_is_no_suffix() -> None:
+    assert parse_edit("me@lab:3=set:1") == Edit("me@lab", 3, "set", 1.0)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("a:1=set:2,b:3=set:4", [Edit.set("a", 1, 2.0), Edit.set("b", 3, 4.0)]),
+        (
+            "res2:1=ablate@active, g:res:2=add:-1 ,res2:9=scale:0.5",
+            [
+                Edit.ablate("res2", 1, only_when_active=True),
+                Edit.add("g:res", 2, -1.0),
+                Edit.scale("res2", 9, 0.5),
+            ],
+        ),
+        ("res2:1=set:2", [Edit.set("res2", 1, 2.0)]),
+    ],
+)
+def test_parse_edits_splits_at_commas_that_start_an_edit(text: str, expected: list[Edit]) -> None:
+    assert parse_edits(text) == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "why"),
+    [
+        ("a:1=set:2,5", "bad edit 'a:1=set:2,5': value must be a number, got '2,5'"),
+        ("a:1=set:2,", "bad edit 'a:1=set:2,': value must be a number, got '2,'"),
+        ("a:1=set:2,b:x=set:4", "bad edit 'b:x=set:4': feature must be a non-negative integer"),
+    ],
+)
+def test_parse_edits_names_the_bad_edit(text: str, why: str) -> None:
+    with pytest.raises(ValueError) as caught:
+        parse_edits(text)
     assert why in str(caught.value)
 
 

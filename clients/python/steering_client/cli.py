@@ -5,9 +5,9 @@ Generated text streams to stdout as it arrives; the watched features' table, the
 and the finish reason, usage and seed go to stderr, so stdout holds only the completion.
 `generate --compare` prints the unsteered and the steered completion side by side (or, on a
 terminal narrower than 100 columns, as interleaved labelled lines) once both have finished. A failed
-call exits 1 with the gRPC status name and message; a bad argument exits 2 with a message naming
-its flag. The connection options (--target, --token, --tls, --ca-cert, --timeout) go before or
-after the subcommand; given twice, the later one wins.
+call exits 1 with the gRPC status name and message; a bad argument exits 2 with one line naming
+its flag and one line of hint. The connection options (--target, --token, --tls, --ca-cert,
+--timeout, --wait) go before or after the subcommand; given twice, the later one wins.
 """
 
 from __future__ import annotations
@@ -17,8 +17,11 @@ import math
 import os
 import shutil
 import sys
+import time
 from collections.abc import Callable, Sequence
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
+
+import grpc
 
 from steering_client.client import DEFAULT_TARGET, SteeringClient
 from steering_client.edits import (
@@ -26,7 +29,7 @@ from steering_client.edits import (
     REF_GRAMMAR,
     Edit,
     FeatureRef,
-    parse_edit,
+    parse_edits,
     parse_feature_ref,
 )
 from steering_client.errors import SteeringClientError
@@ -41,36 +44,51 @@ from steering_client.render import (
     format_watched_completion,
 )
 from steering_client.request import ChatMessage
-from steering_client.responses import Chunk, Completion
+from steering_client.responses import Chunk, Comparison, Completion
 from steering_client.rules import RULE_GRAMMAR, Rule, parse_rule
 
 EXIT_RPC_ERROR = 1
 EXIT_INTERRUPTED = 130
 EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, as a shell reports a reader that went away
+PROG = "steering-client"
+# --wait: how often to ask a server that is not serving yet, and the most the channel waits
+# between two tries to connect (gRPC's default backoff grows to 2 minutes).
+WAIT_POLL_S = 0.25
+WAIT_RECONNECT_MS = 1000
+
+
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose usage error is one line and a hint, not the whole usage."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{PROG}: error: {message}\nhint: see '{self.prog} --help'\n")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = _parser()
-    args = parser.parse_args(argv)
+    args = _parser().parse_args(argv)
+    usage: _Parser = args.command_parser  # the errors below are the command's
     root_certificates = None
     if args.ca_cert:
         try:
             with open(args.ca_cert, "rb") as f:
                 root_certificates = f.read()
         except OSError as error:
-            parser.error(f"--ca-cert: {error}")
+            usage.error(f"--ca-cert: {error}")
     client = SteeringClient(
         args.target,
         token=args.token,
         root_certificates=root_certificates,
         tls=args.tls,
         timeout=args.timeout,
+        options=[("grpc.max_reconnect_backoff_ms", WAIT_RECONNECT_MS)] if args.wait else (),
     )
     try:
         with client:
+            if args.wait:
+                _wait_until_serving(client, args.wait)
             return int(args.run(client, args))
     except ValueError as error:  # a request the client refuses to send, e.g. --top-k -1
-        parser.error(str(error))
+        usage.error(str(error))
     except SteeringClientError as error:
         print(f"error: {error.code_name}: {error.details}", file=sys.stderr)
         return EXIT_RPC_ERROR
@@ -81,6 +99,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         # final flush of stdout from raising again.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_BROKEN_PIPE
+
+
+def _wait_until_serving(client: SteeringClient, seconds: float) -> None:
+    """Ask DescribeModel until it answers, while the server is unreachable or still loading
+    (UNAVAILABLE), for at most `seconds`; any other failure is raised at once."""
+    give_up = time.monotonic() + seconds
+    last = "nothing answered"
+    while (left := give_up - time.monotonic()) > 0:
+        try:
+            client.describe(timeout=left)
+            return
+        except SteeringClientError as error:
+            if error.code not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                raise
+            if error.code == grpc.StatusCode.UNAVAILABLE:
+                last = error.details
+        time.sleep(max(min(WAIT_POLL_S, give_up - time.monotonic()), 0))
+    raise SteeringClientError(
+        grpc.StatusCode.UNAVAILABLE, f"not serving after waiting {seconds:g} s: {last}"
+    )
 
 
 def _input(args: argparse.Namespace) -> tuple[str | None, list[ChatMessage] | None]:
@@ -144,8 +182,19 @@ def _compare(client: SteeringClient, args: argparse.Namespace) -> int:
     for receipt in comparison.steered.receipts:
         print(receipt, file=sys.stderr)
     for name, run in runs.items():
-        print(f"{name}: {_summary(run)}", file=sys.stderr)
+        print(f"{name}: {_summary(run, seed=False)}", file=sys.stderr)
+    print(_pair_seed(comparison, args.temperature), file=sys.stderr)
     return 0
+
+
+def _pair_seed(comparison: Comparison, temperature: float) -> str:
+    """The seed of a compared pair, said once: greedy runs draw nothing, so they have none."""
+    if temperature == 0:
+        return "greedy: no seed (temperature 0)"
+    unsteered, steered = comparison.unsteered.seed, comparison.steered.seed
+    if unsteered == steered:
+        return f"seed={steered} (both runs)"
+    return f"seeds: unsteered={unsteered} steered={steered}"
 
 
 def _inspect(client: SteeringClient, args: argparse.Namespace) -> int:
@@ -176,12 +225,12 @@ def _contrast(client: SteeringClient, args: argparse.Namespace) -> int:
     return 0
 
 
-def _summary(last: Chunk | Completion) -> str:
+def _summary(last: Chunk | Completion, *, seed: bool = True) -> str:
     parts = [f"finish_reason={last.finish_reason}"]
     if last.usage is not None:
         parts.append(f"prompt_tokens={last.usage.prompt_tokens}")
         parts.append(f"completion_tokens={last.usage.completion_tokens}")
-    if last.seed is not None:
+    if seed and last.seed is not None:
         parts.append(f"seed={last.seed}")
     return " ".join(parts)
 
@@ -191,9 +240,9 @@ def _describe(client: SteeringClient, args: argparse.Namespace) -> int:
     return 0
 
 
-def _edit(text: str) -> Edit:
+def _edits(text: str) -> list[Edit]:
     try:
-        return parse_edit(text)
+        return parse_edits(text)
     except ValueError as error:
         raise argparse.ArgumentTypeError(str(error)) from None
 
@@ -292,6 +341,12 @@ def _top_p_rule(value: float) -> str | None:
     return None if 0 <= value <= 1 else "between 0 and 1"  # NaN fails both comparisons
 
 
+def _wait_rule(value: float) -> str | None:
+    if not (math.isfinite(value) and value >= 0):
+        return "a finite number ≥ 0"
+    return f"≤ {MAX_TIMEOUT_S}" if value > MAX_TIMEOUT_S else None
+
+
 def _timeout_rule(value: float) -> str | None:
     if not value > 0:  # also NaN
         return "> 0"
@@ -299,9 +354,8 @@ def _timeout_rule(value: float) -> str | None:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="steering-client", description="Client of the steering server (gRPC)."
-    )
+    parser = _Parser(prog=PROG, description="Client of the steering server (gRPC).")
+    parser.set_defaults(command_parser=parser)
     _add_global_options(parser, for_command=False)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     gen = _add_command(commands, "generate", _generate, "stream a steered completion to stdout")
@@ -321,7 +375,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _add_command(
-    commands: argparse._SubParsersAction[argparse.ArgumentParser],
+    commands: argparse._SubParsersAction[_Parser],
     name: str,
     run: Callable[[SteeringClient, argparse.Namespace], int],
     summary: str,
@@ -332,7 +386,7 @@ def _add_command(
     """
     description = summary[:1].upper() + summary[1:] + "."
     command = commands.add_parser(name, help=summary, description=description)
-    command.set_defaults(run=run)
+    command.set_defaults(run=run, command_parser=command)
     _add_global_options(command, for_command=True)
     return command
 
@@ -378,6 +432,14 @@ def _add_global_options(parser: argparse.ArgumentParser, *, for_command: bool) -
         default=default(None),
         help="deadline of the call in seconds",
     )
+    group.add_argument(
+        "--wait",
+        type=_real("--wait", _wait_rule),
+        metavar="S",
+        default=default(0.0),
+        help="wait up to S seconds for a server that is starting or loading its model "
+        "(default 0: fail UNAVAILABLE at once)",
+    )
 
 
 def _add_input_options(command: argparse.ArgumentParser, what: str) -> None:
@@ -391,11 +453,12 @@ def _add_input_options(command: argparse.ArgumentParser, what: str) -> None:
     )
     command.add_argument(
         "--edit",
-        type=_edit,
-        action="append",
+        type=_edits,
+        action="extend",
         default=[],
         metavar="EDIT",
-        help=f"feature edit {GRAMMAR}, e.g. res12:1234=set:8 (repeatable)",
+        help=f"feature edit {GRAMMAR}, e.g. res12:1234=set:8 "
+        "(repeatable, or comma-separated: res12:1=set:8,res12:9=ablate)",
     )
 
 

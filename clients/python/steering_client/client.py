@@ -11,7 +11,7 @@ is read); the classes here only run them, one blocking and one on asyncio.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterable, Iterator
+from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from types import TracebackType
 from typing import Any
@@ -43,16 +43,19 @@ class _Client:
         root_certificates: bytes | None = None,
         tls: bool = False,
         timeout: float | None = None,
+        options: Sequence[tuple[str, Any]] = (),
     ) -> None:
         creds = None
         if root_certificates is not None or tls:  # system roots unless certificates are given
             creds = grpc.ssl_channel_credentials(root_certificates)
-        self._channel = self._open(target, creds)
+        self._channel = self._open(target, creds, list(options))
         self._stub = pb_grpc.SteeringServiceStub(self._channel)
         self._metadata = auth_metadata(token)
         self._timeout = timeout
 
-    def _open(self, target: str, creds: grpc.ChannelCredentials | None) -> Any:
+    def _open(
+        self, target: str, creds: grpc.ChannelCredentials | None, options: list[tuple[str, Any]]
+    ) -> Any:
         raise NotImplementedError
 
     def _deadline(self, timeout: float | None) -> float | None:
@@ -68,13 +71,16 @@ class SteeringClient(_Client):
     """Blocking client. `target` is "host:port"; `token` is sent as `authorization: Bearer ...`.
 
     TLS is used when `tls` is true or `root_certificates` (PEM bytes) are given. `timeout` is the
-    default deadline of each call, in seconds (None: no deadline). Close it, or use `with`.
+    default deadline of each call, in seconds (None: no deadline). `options` are gRPC channel
+    arguments, e.g. `[("grpc.max_reconnect_backoff_ms", 1000)]`. Close it, or use `with`.
     """
 
-    def _open(self, target: str, creds: grpc.ChannelCredentials | None) -> grpc.Channel:
-        return (
-            grpc.insecure_channel(target) if creds is None else grpc.secure_channel(target, creds)
-        )
+    def _open(
+        self, target: str, creds: grpc.ChannelCredentials | None, options: list[tuple[str, Any]]
+    ) -> grpc.Channel:
+        if creds is None:
+            return grpc.insecure_channel(target, options)
+        return grpc.secure_channel(target, creds, options)
 
     def generate(
         self, prompt: str | None = None, **options: Unpack[GenerateOptions]
@@ -214,10 +220,12 @@ class AsyncSteeringClient(_Client):
     To stop a stream early and cancel the call at once, wrap it in `contextlib.aclosing`.
     """
 
-    def _open(self, target: str, creds: grpc.ChannelCredentials | None) -> grpc.aio.Channel:
+    def _open(
+        self, target: str, creds: grpc.ChannelCredentials | None, options: list[tuple[str, Any]]
+    ) -> grpc.aio.Channel:
         if creds is None:
-            return grpc.aio.insecure_channel(target)
-        return grpc.aio.secure_channel(target, creds)
+            return grpc.aio.insecure_channel(target, options)
+        return grpc.aio.secure_channel(target, creds, options)
 
     def generate(
         self, prompt: str | None = None, **options: Unpack[GenerateOptions]

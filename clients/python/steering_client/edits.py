@@ -1,5 +1,6 @@
 """Features as the client names them: edits (`Edit`) and plain references (`FeatureRef`), their
-proto forms, and their CLI grammars (`SAE:FEATURE=MODE[:VALUE][@active]`, `SAE:FEATURE`).
+proto forms, and their CLI grammars (`SAE:FEATURE=MODE[:VALUE][@active]`, several joined by
+commas, and `SAE:FEATURE`).
 
 Checks only what the client can know (mode, value present and finite, index in uint32 range);
 whether an SAE or feature exists, and value bounds, are the server's to judge.
@@ -29,6 +30,8 @@ REF_GRAMMAR = "SAE:FEATURE"
 _ACTIVE_SUFFIX = "@active"
 # SAE names may hold ':' themselves: the feature is what follows the last ':' before '='.
 _SHAPE = re.compile(r"^(?P<sae>.+):(?P<feature>[^:=]*)=(?P<mode>[^:]*)(?::(?P<value>.*))?$")
+# A comma that starts another edit (`,SAE:FEATURE=`); one inside a value (`set:2,5`) does not.
+_EDIT_START = re.compile(r",(?=[^,=]*:[^:=,]*=)")
 
 
 @dataclass(frozen=True)
@@ -157,6 +160,7 @@ def parse_edit(text: str) -> Edit:
     Raises ValueError naming what is wrong.
     """
     spec = text.strip()
+    _check_suffix(text, spec)
     active = spec.endswith(_ACTIVE_SUFFIX)
     if active:
         spec = spec[: -len(_ACTIVE_SUFFIX)]
@@ -169,6 +173,23 @@ def parse_edit(text: str) -> Edit:
     feature = _parse_feature(text, match["feature"])
     value = _parse_value(text, mode, match["value"])
     return Edit(match["sae"].strip(), feature, mode, value, active)
+
+
+def parse_edits(text: str) -> list[Edit]:
+    """Read one edit or several joined by commas, e.g. `res12:1=set:8,res12:9=ablate@active`.
+
+    A comma splits only where an edit (`SAE:FEATURE=`) starts after it. Raises ValueError
+    naming the edit that is wrong.
+    """
+    return [parse_edit(part) for part in _EDIT_START.split(text)]
+
+
+def _check_suffix(text: str, spec: str) -> None:
+    """Refuse an '@' suffix other than @active, e.g. a mistyped `set:490@activ`."""
+    action = spec.rpartition("=")[2]  # an SAE name may hold '@'; the suffix follows the '='
+    at, suffix = action.partition("@")[1:]
+    if at and at + suffix != _ACTIVE_SUFFIX:
+        raise _bad(text, f"unknown suffix '@{suffix}' (did you mean {_ACTIVE_SUFFIX}?)")
 
 
 def _parse_feature(text: str, raw: str) -> int:

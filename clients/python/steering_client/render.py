@@ -13,7 +13,6 @@ from steering_client.discovery import Contrast, FeatureContrast, FeatureMatch, I
 from steering_client.edits import FeatureRef
 from steering_client.responses import Chunk, Comparison, Completion, ModelDescription
 
-SHORT_SHA256 = 12  # hex digits of an SAE's parameter file's SHA-256 that `describe` shows
 SIDE_BY_SIDE_MIN_COLUMNS = 100
 COMPARED = ("unsteered", "steered")
 _GUTTER = " | "
@@ -160,8 +159,8 @@ def format_contrast(contrast: Contrast) -> str:
 
 
 def format_description(desc: ModelDescription) -> str:
-    """The model, SAEs (with kind and a short sha256), presets (one edit a line, in the CLI's
-    syntax) and limits as aligned plain text."""
+    """The model, SAEs (with kind and the whole sha256, which a preset's pin takes as it is),
+    presets (one edit a line, in the CLI's syntax) and limits as aligned plain text."""
     m = desc.model
     lines = [
         f"model: {m.name}",
@@ -178,7 +177,7 @@ def format_description(desc: ModelDescription) -> str:
         if sae.kind:
             line += f", kind {sae.kind}"
         if sae.sha256:
-            line += f", sha256 {sae.sha256[:SHORT_SHA256]}"
+            line += f", sha256 {sae.sha256}"
         lines.append(line)
     lines.append("presets:" if desc.presets else "presets: none")
     for preset in desc.presets:
