@@ -23,6 +23,11 @@ MAX_TEMPERATURE = 100.0
 CHAT_ROLES = ("system", "user", "model", "assistant")
 DEFAULT_TOP_K = 8  # Inspect and Contrast, when a request says 0
 DEFAULT_SEARCH_RESULTS = 10
+# What one entry of a reply (a feature with its SAE's name and label) and one row (an Inspect
+# token with its text) take besides those strings, at most, in protobuf or in JSON: field tags
+# or keys, lengths, quotes and the numbers. (JSON escapes of unusual characters aside.)
+REPLY_ENTRY_BYTES = 80
+REPLY_ROW_BYTES = 48
 
 
 @dataclass(frozen=True)
@@ -155,6 +160,7 @@ class Limits:
     max_rules_per_request: int = 16
     # Edits a request holds on one SAE, its rules' included: the width of the per-slot tables.
     max_edits_per_sae: int = 64
+    max_query_chars: int = 1000  # of a SearchFeatures query
 
 
 def validate_text(
@@ -259,6 +265,37 @@ def validate_contrast(
 def _check_top_k(top_k: int, limits: Limits) -> None:
     if not 0 <= top_k <= limits.max_top_k:
         raise InvalidRequestError("top_k", f"must be between 0 and {limits.max_top_k}, got {top_k}")
+
+
+def reply_bytes(
+    rows: int, entries_per_row: int, entry_text_bytes: int, row_text_bytes: int = 0
+) -> int:
+    """An upper bound on the size of a reply: `rows` rows (Inspect: tokens) whose texts take
+    `row_text_bytes` in all, each with `entries_per_row` entries (features) whose strings (SAE
+    name and label, UTF-8) take at most `entry_text_bytes`."""
+    entry = REPLY_ENTRY_BYTES + entry_text_bytes
+    return rows * (REPLY_ROW_BYTES + entries_per_row * entry) + row_text_bytes
+
+
+def validate_reply_size(size: int, max_message_bytes: int | None, field: str, remedy: str) -> None:
+    """Refuse, before the work, a call whose reply (`size`, from `reply_bytes`) could exceed
+    the transport's message limit; None: no limit."""
+    if max_message_bytes is not None and size > max_message_bytes:
+        raise InvalidRequestError(
+            field,
+            f"the reply could take up to {size} bytes, more than the message limit "
+            f"max_message_bytes = {max_message_bytes}: {remedy}",
+        )
+
+
+def validate_query(query: str, limits: Limits) -> None:
+    if not query.strip():
+        raise InvalidRequestError("query", "the query is empty")
+    if len(query) > limits.max_query_chars:
+        raise InvalidRequestError(
+            "query",
+            f"{len(query)} characters, more than the limit of {limits.max_query_chars}",
+        )
 
 
 def validate_inspect(spec: InspectSpec, limits: Limits, d_sae_of: Mapping[str, int]) -> None:

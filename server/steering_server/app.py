@@ -121,6 +121,7 @@ class SteeringApp:
         self.metrics_port = 0
         self._metrics_http: Any = None
         self._draining = False
+        self._hurry = asyncio.Event()  # set: the grace period ends now
 
     @property
     def port(self) -> int:
@@ -142,6 +143,7 @@ class SteeringApp:
             catalog=loaded.catalog,
             presets=loaded.presets,
             on_admitted=self.metrics.on_admitted,
+            max_message_bytes=s.max_message_bytes,
         )
         self.metrics.watch(engine.snapshot)
         self.frontend.start()
@@ -181,8 +183,14 @@ class SteeringApp:
         self.metrics_port = int(self._metrics_http.server_port)
         log.info("metrics on http://%s:%d/metrics", self.settings.host, self.metrics_port)
 
+    def hurry(self) -> None:
+        """End the grace period of a drain now (a second signal): what is left ends UNAVAILABLE."""
+        log.warning("second signal: ending the calls in flight now")
+        self._hurry.set()
+
     async def drain(self, grace: float | None = None) -> None:
-        """Stop taking calls, let those in flight finish within the grace period, then stop."""
+        """Stop taking calls, let those in flight finish within the grace period (or until
+        `hurry`), then stop."""
         if self._draining:
             return
         self._draining = True
@@ -195,6 +203,8 @@ class SteeringApp:
         if self.frontend is not None:
             deadline = time.monotonic() + grace
             while self.frontend.in_flight and time.monotonic() < deadline:
+                if self._hurry.is_set():
+                    break
                 await asyncio.sleep(0.02)
             await asyncio.to_thread(self.frontend.stop)  # what is left ends as UNAVAILABLE
         await self.grpc.stop()

@@ -111,8 +111,15 @@ async def serve(settings: Settings) -> None:
     app = SteeringApp(settings)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+
+    def on_signal() -> None:
+        """The first SIGTERM or SIGINT drains; a second one ends the drain at once."""
+        if stop.is_set():
+            app.hurry()
+        stop.set()
+
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, on_signal)
     try:
         await app.start()
     except BaseException:

@@ -135,6 +135,7 @@ class Settings(BaseSettings):
     max_watched_features: int = Field(16, ge=0, description="most watched features in a Generate")
     max_contrast_texts: int = Field(256, ge=1, description="most texts in each Contrast set")
     max_search_results: int = Field(100, ge=1, description="largest limit of a search")
+    max_query_chars: int = Field(1000, ge=1, description="most characters in a search query")
     max_rules_per_request: int = Field(16, ge=0, description="most rules in a Generate")
     max_edits_per_sae: int = Field(
         64, ge=1, description="most edits a request holds on one SAE, its rules' included"
@@ -231,6 +232,7 @@ class Settings(BaseSettings):
             max_search_results=self.max_search_results,
             max_rules_per_request=self.max_rules_per_request,
             max_edits_per_sae=self.max_edits_per_sae,
+            max_query_chars=self.max_query_chars,
         )
 
 

@@ -52,8 +52,10 @@ class Catalog:
         self._ranges: dict[str, tuple[int, int]] = {}
         features: list[Ints] = [np.zeros(0, np.int64)]
         self._texts: list[str] = []
+        self._longest: dict[str, int] = {}
         for name in self._names:
             feats, texts = _sorted_labels(labels[name])
+            self._longest[name] = max((_utf8_bytes(text) for text in texts), default=0)
             self._ranges[name] = (len(self._texts), len(self._texts) + len(texts))
             features.append(feats)
             self._texts += texts  # the caller's strings, not copies
@@ -70,6 +72,10 @@ class Catalog:
         """How many features of that SAE carry a label (0 for an unknown SAE)."""
         lo, hi = self._ranges.get(sae, (0, 0))
         return hi - lo
+
+    def longest_label_bytes(self, sae: str) -> int:
+        """The UTF-8 size of that SAE's longest label (0 for none): what bounds a reply."""
+        return self._longest.get(sae, 0)
 
     def label(self, sae: str, feature: int) -> str:
         """The feature's label; "" when it has none or the SAE is unknown."""
@@ -205,6 +211,10 @@ class _Index:
                 same = self.tokens[at + i] == term
                 labels, at = labels[same], at[same]
         return distinct_sorted(labels)
+
+
+def _utf8_bytes(text: str) -> int:
+    return len(text.encode("utf-8", "surrogatepass"))
 
 
 def _sorted_labels(labels: Mapping[int, str]) -> tuple[Ints, list[str]]:

@@ -16,7 +16,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -145,9 +145,9 @@ class Engine:
         self, request: GenerationRequest, notify: Callable[[], None] | None = None
     ) -> RequestHandle:
         """Queue a request; raises InvalidRequestError, QueueFullError or EngineClosedError."""
-        limits = self.config.limits
+        limits = self.limits
         validate_request(request, limits, self.d_sae_of)
-        self._check_prompt(request.prompt_ids)
+        self._check_token_ids(request.prompt_ids)
         wanted = request.sampling.max_new_tokens or limits.default_max_new_tokens
         budget = min(wanted, self.slot_context - len(request.prompt_ids))
         row = Row(next(self._keys), request, OutputChannel(notify), budget, time.monotonic())
@@ -162,6 +162,13 @@ class Engine:
             self._waiting.append(row)
             self._cond.notify_all()
         return RequestHandle(row.key, row.channel)
+
+    @property
+    def limits(self) -> Limits:
+        """The limits in force: the configured ones, a prompt within the model's context."""
+        limits = self.config.limits
+        longest = min(limits.max_prompt_tokens, self.context_length - 1)
+        return replace(limits, max_prompt_tokens=longest)
 
     def abort(self, key: int) -> None:
         """Stop a queued or running request, freeing what it holds; harmless if already done."""
@@ -270,13 +277,8 @@ class Engine:
     def _has_work(self) -> bool:
         return bool(self._waiting or self._running or self._finish_requests)
 
-    def _check_prompt(self, prompt: Sequence[int]) -> None:
-        if len(prompt) >= self.context_length:
-            raise InvalidRequestError(
-                "prompt",
-                f"the prompt has {len(prompt)} tokens; the model's context is "
-                f"{self.context_length}",
-            )
+    def _check_token_ids(self, prompt: Sequence[int]) -> None:
+        # Its length is the limits' to check: the prompt limit in force is within the context.
         if not all(0 <= t < self.vocab_size for t in prompt):
             raise InvalidRequestError("prompt", f"token ids must be in [0, {self.vocab_size})")
 

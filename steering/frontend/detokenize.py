@@ -29,6 +29,10 @@ class TextStream:
         self.stopped = False
 
     @property
+    def stop_strings(self) -> tuple[str, ...]:
+        return self._stop
+
+    @property
     def text(self) -> str:
         """All text returned so far."""
         return self._decoded()[: self._sent]

@@ -12,9 +12,9 @@ import asyncio
 import logging
 import threading
 import time
-from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
+from collections.abc import AsyncGenerator, Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import aclosing
+from contextlib import aclosing, contextmanager
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -42,8 +42,11 @@ from steering.requests import (
     Receipt,
     SamplingParams,
     TextRequest,
+    reply_bytes,
     validate_contrast,
     validate_inspect,
+    validate_query,
+    validate_reply_size,
     validate_text,
 )
 from steering.steer.hooks import SaeAttachment
@@ -95,7 +98,10 @@ class FrontEnd:
         catalog: Catalog | None = None,
         presets: Mapping[str, Preset] | None = None,
         on_admitted: Callable[[AdmittedRequest], None] | None = None,
+        max_message_bytes: int | None = None,
     ) -> None:
+        """`max_message_bytes`: the transport's largest reply; a call whose reply could be
+        larger is refused before the work (None: no limit)."""
         self.engine = engine
         self.tokenizer = tokenizer
         self.name = name
@@ -103,7 +109,9 @@ class FrontEnd:
         self.presets = dict(presets or {})
         self.special_ids = frozenset(special_token_ids(tokenizer))
         self.on_admitted = on_admitted
-        self.in_flight = 0
+        self.max_message_bytes = max_message_bytes
+        self.in_flight = 0  # calls taken and not yet ended (a Contrast is one call)
+        self.closed = False
         self.chat = bool(getattr(tokenizer, "chat_template", None))
         self._thread = threading.Thread(target=engine.run, name="engine", daemon=True)
         # One thread, so calls into the tokenizer never overlap (fast tokenizers are not safe
@@ -118,11 +126,10 @@ class FrontEnd:
     @property
     def limits(self) -> Limits:
         """The limits in force: the configured ones, within the model's context."""
-        limits = self.engine.config.limits
-        longest = min(limits.max_prompt_tokens, self.engine.context_length - 1)
-        return replace(limits, max_prompt_tokens=longest)
+        return self.engine.limits
 
     def describe(self) -> ServedModel:
+        self._refuse_if_closed()
         config = self.engine.model.config.get_text_config()
         return ServedModel(
             name=self.name,
@@ -148,8 +155,23 @@ class FrontEnd:
         self._thread.start()
 
     def close(self) -> None:
-        """Take no new requests; those in flight carry on."""
-        self.engine.close()
+        """Take no new calls; those in flight carry on, every part of them (the texts of a
+        Contrast not yet in the engine included), until `stop`."""
+        self.closed = True
+
+    def _refuse_if_closed(self) -> None:
+        if self.closed:
+            raise EngineClosedError("the server is shutting down and takes no new calls")
+
+    @contextmanager
+    def _call(self) -> Iterator[None]:
+        """One caller's call: refused once closed, else counted in `in_flight` until it ends."""
+        self._refuse_if_closed()
+        self.in_flight += 1
+        try:
+            yield
+        finally:
+            self.in_flight -= 1
 
     def stop(self, timeout: float = 10.0) -> None:
         """Stop the engine thread; requests still in it end with EngineClosedError."""
@@ -159,8 +181,9 @@ class FrontEnd:
 
     async def generate(self, request: TextRequest) -> AsyncGenerator[TextChunk, None]:
         """Stream one request's chunks; raises its domain errors before the first chunk."""
-        async for chunk in self._generate(request, report=True):
-            yield chunk
+        with self._call():
+            async for chunk in self._generate(request, report=True):
+                yield chunk
 
     async def warm_up(self) -> None:
         """Short generations through the whole path, before the first user request: one plain
@@ -249,23 +272,50 @@ class FrontEnd:
             request.request_id, len(prompt_ids), request.edits, watched=len(request.watch)
         )
         stream = TextStream(self.tokenizer, request.sampling.stop)
+        given = 0  # tokens the caller was given: none after the one that completed a stop string
         async with aclosing(self._outputs(engine_request, kind if report else None)) as outputs:
             async for key, out in outputs:
-                was_stopped = stream.stopped
-                text = stream.push(out.token_ids)
-                if stream.stopped and not was_stopped and not out.finished:
+                if stream.stopped:  # the engine stepped past the stop before it was told
+                    if out.finished:
+                        yield TextChunk(
+                            (),
+                            "",
+                            FinishReason.STOP,
+                            out.prompt_tokens,
+                            given,
+                            out.seed or 0,
+                            receipts=out.receipts,
+                        )
+                    continue
+                n, text, stopped = self._push(stream, out.token_ids)
+                given += n
+                if stopped and not out.finished:
                     self.engine.finish(key, FinishReason.STOP)
-                reason = FinishReason.STOP if stream.stopped and out.finished else out.finish_reason
+                reason = FinishReason.STOP if stopped and out.finished else out.finish_reason
                 yield TextChunk(
-                    tuple(out.token_ids),
+                    tuple(out.token_ids[:n]),
                     text + (stream.flush() if out.finished else ""),
                     reason,
                     out.prompt_tokens,
-                    out.completion_tokens,
+                    given,
                     out.seed or 0,
-                    tuple(out.watched),
+                    tuple(out.watched[:n]),
                     out.receipts,
                 )
+
+    @staticmethod
+    def _push(stream: TextStream, token_ids: Sequence[int]) -> tuple[int, str, bool]:
+        """How many of `token_ids` the caller is given, their new text, and whether a stop
+        string ended it: all of them, or those up to the one that completes a stop string (the
+        engine may have stepped past it)."""
+        if not stream.stop_strings:
+            return len(token_ids), stream.push(token_ids), False
+        text = ""
+        for n, token in enumerate(token_ids, 1):
+            text += stream.push((token,))
+            if stream.stopped:
+                return n, text, True
+        return len(token_ids), text, False
 
     def _with_preset(self, request: TextRequest) -> TextRequest:
         """The request with its preset's edits merged in (its own edits win on a feature)."""
@@ -297,7 +347,6 @@ class FrontEnd:
         handle = self.engine.add(request, notify=wake)
         if admitted is not None and self.on_admitted is not None:
             self.on_admitted(admitted)
-        self.in_flight += 1
         done = False
         try:
             while not done:
@@ -313,7 +362,6 @@ class FrontEnd:
                     raise EngineClosedError("the server shut down before the request finished")
                 yield handle.key, out
         finally:
-            self.in_flight -= 1
             if not done:
                 self.engine.abort(handle.key)  # the caller left: free its row within a step
 
@@ -335,16 +383,29 @@ class FrontEnd:
 
     async def inspect(self, request: InspectRequest) -> tuple[InspectedToken, ...]:
         """Every input token with its top features per SAE and the named features' values."""
+        with self._call():
+            return await self._inspect(request)
+
+    async def _inspect(self, request: InspectRequest) -> tuple[InspectedToken, ...]:
         self._validate(request.text)
         saes = request.saes or tuple(self.engine.d_sae_of)
         top_k = request.top_k or DEFAULT_TOP_K
         spec = InspectSpec(saes, top_k, request.features)
         validate_inspect(spec, self.limits, self.engine.d_sae_of)
         ids = await self._tokenize(request.text)
+        texts = await asyncio.get_running_loop().run_in_executor(
+            self._tokenizer_thread, self._token_texts, ids
+        )
+        entries = top_k * len(saes) + len(spec.features)
+        reported = saes + tuple(f.sae for f in spec.features)
+        text_bytes = sum(len(t.encode()) for t in texts)
+        size = reply_bytes(len(ids), entries, self._entry_text_bytes(reported), text_bytes)
+        remedy = "send a shorter text, or ask for a smaller top_k, fewer SAEs or features"
+        validate_reply_size(size, self.max_message_bytes, "input", remedy)
         readings = await self._prefill(ids, request.text, spec, "inspect")
         label = self.catalog.label
         tokens = []
-        for t, token in enumerate(ids):
+        for t, (token, text) in enumerate(zip(ids, texts, strict=True)):
             top = readings.top[t] if readings and readings.top else {}
             named = (
                 readings.named[t] if readings and readings.named else (0.0,) * len(spec.features)
@@ -352,7 +413,7 @@ class FrontEnd:
             tokens.append(
                 InspectedToken(
                     token_id=token,
-                    text=self.tokenizer.decode([token]),
+                    text=text,
                     special=token in self.special_ids,
                     top=discovery.top_features(top, top_k, label),
                     features=discovery.named_features(spec.features, named, label),
@@ -360,12 +421,30 @@ class FrontEnd:
             )
         return tuple(tokens)
 
+    def _token_texts(self, ids: Sequence[int]) -> list[str]:
+        """Each token decoded alone (on the tokenizer's thread)."""
+        return [str(self.tokenizer.decode([token])) for token in ids]
+
+    def _entry_text_bytes(self, saes: Sequence[str]) -> int:
+        """The most an entry of a reply naming one of `saes` holds in strings: name and label."""
+        catalog = self.catalog
+        return max((len(s.encode()) + catalog.longest_label_bytes(s) for s in saes), default=0)
+
     async def contrast(
         self, request: ContrastRequest
     ) -> tuple[tuple[FeatureContrast, ...], tuple[FeatureContrast, ...]]:
         """The features that most separate two sets of texts (DESIGN: Contrast)."""
+        with self._call():
+            return await self._contrast(request)
+
+    async def _contrast(
+        self, request: ContrastRequest
+    ) -> tuple[tuple[FeatureContrast, ...], tuple[FeatureContrast, ...]]:
         validate_contrast(request, self.limits, self.engine.d_sae_of)
         saes = (request.sae,) if request.sae else tuple(self.engine.d_sae_of)
+        entries = 2 * (request.top_k or DEFAULT_TOP_K)
+        size = reply_bytes(1, entries, self._entry_text_bytes(saes))
+        validate_reply_size(size, self.max_message_bytes, "top_k", "ask for a smaller top_k")
         spec = InspectSpec(saes, means=True)
         means = [
             await self._set_means(field, texts, spec)
@@ -408,8 +487,16 @@ class FrontEnd:
         if all(t in self.special_ids for t in ids):
             raise InvalidRequestError(field, "the text has no steerable position")
 
-    def search(self, query: str, *, sae: str = "", limit: int = 0) -> list[FeatureMatch]:
-        """Labelled features matching `query`, best first."""
+    async def search(self, query: str, *, sae: str = "", limit: int = 0) -> list[FeatureMatch]:
+        """Labelled features matching `query`, best first; searched off the event loop."""
+        with self._call():
+            self._validate_search(query, sae, limit)
+            if sae and not self.catalog.count(sae):
+                return []  # a served SAE without labels: nothing to find
+            limit = limit or DEFAULT_SEARCH_RESULTS
+            return await asyncio.to_thread(self.catalog.search, query, sae=sae, limit=limit)
+
+    def _validate_search(self, query: str, sae: str, limit: int) -> None:
         if sae and sae not in self.engine.d_sae_of:
             known = ", ".join(sorted(self.engine.d_sae_of)) or "none"
             raise InvalidRequestError("sae", f"unknown SAE {sae!r} (served: {known})")
@@ -417,8 +504,8 @@ class FrontEnd:
             raise InvalidRequestError(
                 "limit", f"must be between 0 and {self.limits.max_search_results}, got {limit}"
             )
-        if not query.strip():
-            raise InvalidRequestError("query", "the query is empty")
-        if sae and not self.catalog.count(sae):
-            return []  # a served SAE without labels: nothing to find
-        return self.catalog.search(query, sae=sae, limit=limit or DEFAULT_SEARCH_RESULTS)
+        validate_query(query, self.limits)
+        entries = limit or DEFAULT_SEARCH_RESULTS
+        saes = (sae,) if sae else tuple(self.engine.d_sae_of)
+        size = reply_bytes(1, entries, self._entry_text_bytes(saes))
+        validate_reply_size(size, self.max_message_bytes, "limit", "ask for a smaller limit")

@@ -26,18 +26,34 @@ def load_vectors(path: str | Path, *, device: torch.device | str | None = None) 
     if not vectors.is_floating_point() or not torch.isfinite(vectors).all():
         raise SaeFormatError(f"{file}: the vectors must be finite floating-point values")
     v = vectors.float()
-    norms = (v * v).sum(dim=1)  # |v_i|²
-    if not (norms > 0).all():
-        raise SaeFormatError(f"{file}: vector {int((norms <= 0).nonzero()[0])} is zero")
     n, d_model = v.shape
     return JumpReLUSAE(
-        W_enc=(v / norms[:, None]).T.contiguous(),
+        W_enc=_encoder(v, file),
         W_dec=v,
         b_enc=torch.zeros(n),
         b_dec=torch.zeros(d_model),
         threshold=torch.full((n,), float("-inf")),
         kind="vector",
     ).to(device)
+
+
+def _encoder(v: torch.Tensor, file: Path) -> torch.Tensor:
+    """`v_i / |v_i|²` as columns `[d_model, n]`, computed in float64 so that a tiny vector whose
+    |v_i|² underflows float32 still serves; refused where the result overflows float32."""
+    v64 = v.double()
+    norms = (v64 * v64).sum(dim=1)  # |v_i|²
+    zero = (norms == 0).nonzero()
+    if len(zero):
+        raise SaeFormatError(f"{file}: vector {int(zero[0])} is zero (in float32)")
+    encoder = (v64 / norms[:, None]).float()
+    too_small = (~torch.isfinite(encoder).all(dim=1)).nonzero()
+    if len(too_small):
+        i = int(too_small[0])
+        raise SaeFormatError(
+            f"{file}: vector {i} is too small (norm {float(norms[i].sqrt()):.3g}): "
+            "v / |v|² overflows float32; scale it up"
+        )
+    return encoder.T.contiguous()
 
 
 def _read(file: Path) -> torch.Tensor:

@@ -14,6 +14,7 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2
 
+from steering_proto.v1 import steering_pb2 as pb
 from tests.reliability.conftest import Scale
 from tests.reliability.process import ServerProcess
 from tests.reliability.rig import SET, MiB, Result, gen, read
@@ -144,5 +145,43 @@ def test_grace_zero_ends_streams_unavailable_and_exits_cleanly(
                 raise AssertionError("the port still answers after exit")
             except grpc.FutureTimeoutError:
                 pass
+    finally:
+        server.close()
+
+
+def test_draining_refuses_every_new_call_and_a_second_signal_ends_it_now(
+    model_folders: dict[str, Path], sae_specs_reliability: list[str]
+) -> None:
+    """SIGTERM with a long grace: SearchFeatures and DescribeModel are refused like Generate;
+    a second SIGTERM cuts the grace short, ending the streams still running."""
+    server = _start(model_folders, sae_specs_reliability, grace="600")
+    try:
+        streams = [gen(f"Long {i}", max_new_tokens=400, ignore_eos=True) for i in range(12)]
+        with ThreadPoolExecutor(12) as pool:
+            futures = [pool.submit(read, server.stub.Generate(m)) for m in streams]
+            end = time.monotonic() + 10
+            while time.monotonic() < end:
+                m = server.metrics()
+                if m["steering_requests_running[]"] + m["steering_requests_waiting[]"] == 12:
+                    break
+                time.sleep(0.01)
+            server.terminate()
+            server.wait_for(r"draining")
+            for call in (
+                lambda: server.stub.SearchFeatures(pb.SearchFeaturesRequest(query="sea")),
+                lambda: server.stub.DescribeModel(pb.DescribeModelRequest()),
+            ):
+                try:
+                    call()
+                    code = grpc.StatusCode.OK
+                except grpc.RpcError as err:
+                    code = err.code()
+                assert code == grpc.StatusCode.UNAVAILABLE
+            server.terminate()  # the second signal
+            assert server.proc.wait(60) == 0  # long before the grace period ends
+            results = [f.result(60) for f in futures]
+        assert "unavailable" in {r.outcome for r in results}, [r.details for r in results]
+        assert {r.outcome for r in results} <= {"ok", "unavailable"}
+        assert not server.error_lines(), "".join(server.error_lines())
     finally:
         server.close()

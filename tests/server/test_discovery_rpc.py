@@ -151,3 +151,29 @@ def test_discovery_calls_are_counted_by_rpc(labelled: ServerThread) -> None:
     assert grew('steering_discovery_requests_total{outcome="ok",rpc="Inspect"}') == 1
     tokens = len(labelled.app.frontend.tokenizer("The sea").input_ids)
     assert grew("steering_inspected_tokens_total") == tokens
+
+
+def test_an_inspect_reply_over_the_message_limit_is_refused_before_the_work(
+    tmp_path: Path, model_folders: dict[str, Path]
+) -> None:
+    """Within every documented limit, yet its reply could not be sent: refused at once, naming
+    the limit, and counted as refused, not ok."""
+    sae = save_sae(random_sae(64, 32, seed=5, threshold=0.02), tmp_path / "a", "gemma_scope_2")
+    labels = [{"index": i, "description": f"feature {i} " + "x" * 300} for i in range(32)]
+    (tmp_path / "a" / "explanations.json").write_text(json.dumps(labels))
+    srv = ServerThread(model=model_folders["gemma2"], sae=[f"a={sae}@1"], max_message_bytes=65536)
+    try:
+        before = srv.metrics()
+        with pytest.raises(grpc.RpcError) as err:
+            srv.stub.Inspect(pb.InspectRequest(prompt="The sea was calm today " * 20, top_k=32))
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, err.value.details()
+        assert "max_message_bytes" in err.value.details() and "65536" in err.value.details()
+        after = srv.metrics()
+        ok = 'steering_discovery_requests_total{outcome="ok",rpc="Inspect"}'
+        refused = 'steering_discovery_requests_total{outcome="invalid_argument",rpc="Inspect"}'
+        assert after[ok] == before[ok] and after[refused] == before[refused] + 1
+        assert after["steering_prompt_tokens_total"] == before["steering_prompt_tokens_total"]
+        small = srv.stub.Inspect(pb.InspectRequest(prompt="The sea", top_k=4))
+        assert small.tokens and small.ByteSize() <= 65536
+    finally:
+        srv.close()

@@ -41,6 +41,8 @@ class SteeringServicer(pb_grpc.SteeringServiceServicer):
     def _loaded(self) -> FrontEnd:
         if self._frontend is None:
             raise EngineClosedError("the model is still loading")
+        if self._frontend.closed:
+            raise EngineClosedError("the server is shutting down and takes no new calls")
         return self._frontend
 
     async def Generate(
@@ -63,7 +65,7 @@ class SteeringServicer(pb_grpc.SteeringServiceServicer):
                         first_at, last_at = first_at or now, now
                     final = chunk
                     yield convert.response(chunk)
-            outcome = "ok"
+            outcome = _finished(context)
         except SteeringError as exc:
             outcome = status_of(exc).name.lower()
             raise
@@ -120,7 +122,7 @@ class SteeringServicer(pb_grpc.SteeringServiceServicer):
     ) -> pb.SearchFeaturesResponse:
         async def call(request_id: str) -> tuple[pb.SearchFeaturesResponse, int]:
             frontend = self._loaded()
-            matches = frontend.search(request.query, sae=request.sae, limit=request.limit)
+            matches = await frontend.search(request.query, sae=request.sae, limit=request.limit)
             return convert.search_response(matches), 0
 
         return await self._unary("SearchFeatures", context, call)
@@ -136,7 +138,7 @@ class SteeringServicer(pb_grpc.SteeringServiceServicer):
         outcome, tokens = "internal", 0
         try:
             response, tokens = await call(request_id)
-            outcome = "ok"
+            outcome = _finished(context)
             return response
         except SteeringError as exc:
             outcome = status_of(exc).name.lower()
@@ -148,6 +150,15 @@ class SteeringServicer(pb_grpc.SteeringServiceServicer):
             duration = time.perf_counter() - start
             self.metrics.on_discovery(rpc, outcome, duration)
             log_request(RequestRecord(request_id, rpc, outcome, tokens, 0, None, duration))
+
+
+def _finished(context: Context) -> str:
+    """The outcome of a call whose handler finished: ok, unless its deadline passed first (gRPC
+    then answers DEADLINE_EXCEEDED, and the caller never sees the answer)."""
+    remaining = context.time_remaining()
+    if remaining is not None and remaining <= 0:
+        return "deadline_exceeded"
+    return "ok"
 
 
 def _left(context: Context) -> str:

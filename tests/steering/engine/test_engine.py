@@ -14,6 +14,7 @@ from steering import EditMode, FeatureEdit, LoadedModel, SaeAttachment, StepTabl
 from steering.demo.toy import random_sae
 from steering.engine import Engine
 from steering.engine.channel import OutputChannel
+from steering.errors import InvalidRequestError
 from steering.frontend.detokenize import TextStream
 from steering.models.gemma import decoder_layers
 from steering.requests import FinishReason, GenerationRequest, SamplingParams
@@ -287,3 +288,18 @@ def test_stop_string_found_at_the_edge_finishes_the_request(lm: LoadedModel) -> 
     assert reason is FinishReason.STOP
     assert text == full_text[: full_text.index(stop)]
     assert engine.idle
+
+
+def test_a_long_prompt_is_refused_naming_the_limit_in_force(lm: LoadedModel) -> None:
+    """The configured limit (4096) is more than the context allows: the engine names what it
+    really accepts, the limit DescribeModel reports."""
+    engine = Engine.from_loaded(lm)
+    in_force = engine.limits.max_prompt_tokens
+    assert in_force == engine.context_length - 1 < engine.config.limits.max_prompt_tokens
+    for n in (in_force + 1, engine.config.limits.max_prompt_tokens + 1):
+        with pytest.raises(InvalidRequestError) as err:
+            engine.add(GenerationRequest((5,) * n))
+        assert err.value.field == "prompt"
+        assert f"limit of {in_force}" in err.value.message, err.value.message
+        assert str(engine.config.limits.max_prompt_tokens) not in err.value.message
+    engine.add(GenerationRequest((5,) * in_force))  # at the limit: taken

@@ -4,9 +4,11 @@ errors named to the field, and the same tokens the engine gives for the same ids
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import aclosing
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -15,9 +17,10 @@ import torch
 
 from steering import EditMode, FeatureEdit, SaeAttachment, load_model
 from steering.demo.toy import random_sae
+from steering.discovery.catalog import Catalog
 from steering.engine import Engine
 from steering.engine.stats import AdmittedRequest
-from steering.errors import InvalidRequestError
+from steering.errors import EngineClosedError, InvalidRequestError
 from steering.frontend import FrontEnd, TextChunk
 from steering.requests import (
     ChatMessage,
@@ -28,6 +31,7 @@ from steering.requests import (
     SamplingParams,
     TextRequest,
 )
+from tests.frontends import running_frontend
 
 GREEDY = SamplingParams(max_new_tokens=12, ignore_eos=True)
 
@@ -181,9 +185,9 @@ def test_admissions_are_reported_and_limits_fit_the_context(frontend: FrontEnd) 
 
 
 def test_search_of_a_served_sae_without_labels_finds_nothing(frontend: FrontEnd) -> None:
-    assert frontend.search("sea", sae="s") == []
+    assert _run(frontend.search("sea", sae="s")) == []
     with pytest.raises(InvalidRequestError) as err:
-        frontend.search("sea", sae="nope")
+        _run(frontend.search("sea", sae="nope"))
     assert err.value.field == "sae"
 
 
@@ -197,3 +201,120 @@ def test_discovery_without_any_sae_answers_empty(model_folders: dict[str, Path])
         assert tokens and all(not t.top and not t.features for t in tokens)
     finally:
         front.stop()
+
+
+def test_a_contrast_in_flight_when_the_front_end_closes_still_finishes(
+    model_folders: dict[str, Path],
+) -> None:
+    """Closing (a drain) refuses new calls only: the texts of a call already admitted still
+    reach the engine, however many wait for a row."""
+    with running_frontend(model_folders["gemma2"], [("s", 1, 32, 3)]) as front:
+        texts = tuple(f"text {i} about the sea" for i in range(2 * front.limits.max_active_rows))
+        admitted: list[AdmittedRequest] = []
+
+        def close_at_the_first(request: AdmittedRequest) -> None:
+            admitted.append(request)
+            front.close()
+
+        front.on_admitted = close_at_the_first
+        toward_a, toward_b = _run(front.contrast(ContrastRequest(texts, ("a city street",))))
+        assert len(admitted) == len(texts) + 1
+        assert toward_a or toward_b
+        assert front.in_flight == 0
+        # New calls of every kind are refused.
+        with pytest.raises(EngineClosedError):
+            _run(front.contrast(ContrastRequest(("a",), ("b",))))
+        with pytest.raises(EngineClosedError):
+            _run(front.inspect(InspectRequest(TextRequest(prompt="a sea"))))
+        with pytest.raises(EngineClosedError):
+            _run(_collect(front, TextRequest(prompt="Hi", sampling=GREEDY)))
+        with pytest.raises(EngineClosedError):
+            _run(front.search("sea"))
+
+
+def test_search_runs_off_the_event_loop_and_bounds_the_query(
+    frontend: FrontEnd, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    threads: list[threading.Thread] = []
+    search = frontend.catalog.search
+
+    def recorded(query: str, **kwargs: Any) -> list[Any]:
+        threads.append(threading.current_thread())
+        return search(query, **kwargs)
+
+    monkeypatch.setattr(frontend.catalog, "search", recorded)
+    loop_threads: list[threading.Thread] = []
+
+    async def call() -> list[Any]:
+        loop_threads.append(threading.current_thread())
+        return await frontend.search("sea")
+
+    assert _run(call()) == []
+    assert threads and threads[0] is not loop_threads[0]  # the loop stays free for streams
+    longest = frontend.limits.max_query_chars
+    assert _run(frontend.search("sea " * (longest // 4))) == []  # at the limit: accepted
+    with pytest.raises(InvalidRequestError) as err:
+        _run(frontend.search("s" * (longest + 1)))
+    assert err.value.field == "query" and str(longest) in err.value.message
+
+
+def test_an_inspect_whose_reply_could_pass_the_message_limit_is_refused_before_the_work(
+    model_folders: dict[str, Path],
+) -> None:
+    loaded = load_model(model_folders["gemma2"], dtype=torch.float32)
+    sae = SaeAttachment("s", random_sae(64, 32, seed=3, threshold=0.02), layer=1)
+    labels = Catalog({"s": {i: f"label {i} " + "x" * 300 for i in range(32)}})
+    front = FrontEnd(
+        Engine.from_loaded(loaded, [sae]),
+        loaded.tokenizer,
+        catalog=labels,
+        max_message_bytes=16 * 1024,
+    )
+    admitted: list[AdmittedRequest] = []
+    front.on_admitted = admitted.append
+    front.start()
+    try:
+        text = TextRequest(prompt="The sea was calm and the ships sailed on " * 4)
+        with pytest.raises(InvalidRequestError) as err:
+            _run(front.inspect(InspectRequest(text, top_k=32)))
+        assert err.value.field == "input" and "max_message_bytes" in err.value.message
+        assert "16384" in err.value.message
+        assert admitted == []  # refused before the engine read anything
+        small = _run(front.inspect(InspectRequest(TextRequest(prompt="sea"), top_k=1)))
+        assert small and len(admitted) == 1
+    finally:
+        front.stop()
+
+
+def test_usage_counts_the_tokens_given_when_the_engine_ran_ahead_of_a_stop(
+    frontend: FrontEnd,
+) -> None:
+    """The engine may step past a stop string before the front end reads it: usage still
+    counts the tokens the caller was given, the same every time."""
+    sampling = SamplingParams(max_new_tokens=12, ignore_eos=True)
+    plain = _run(_collect(frontend, TextRequest(prompt="The sea", sampling=sampling)))
+    ids = [i for c in plain for i in c.token_ids]
+    full = "".join(c.text for c in plain)
+    stop = full[len(full) // 3 : len(full) // 3 + 2]
+    assert stop.strip(), full
+    decode = frontend.tokenizer.decode
+    given = next(n for n in range(1, 13) if stop in decode(ids[:n], skip_special_tokens=True))
+    assert given < 12  # the engine has steps left to run ahead with
+    stopped = replace(sampling, stop=(stop,))
+
+    def engine_runs_ahead(_: AdmittedRequest) -> None:
+        # Hold the event loop (so the front end reads nothing) until the row has finished.
+        assert _wait_idle(frontend)
+
+    for hold in (None, engine_runs_ahead):
+        frontend.on_admitted = hold
+        try:
+            chunks = _run(_collect(frontend, TextRequest(prompt="The sea", sampling=stopped)))
+        finally:
+            frontend.on_admitted = None
+        delivered = [i for c in chunks for i in c.token_ids]
+        last = chunks[-1]
+        assert last.finish_reason is FinishReason.STOP
+        assert delivered == ids[:given]
+        assert last.completion_tokens == given
+        assert "".join(c.text for c in chunks) == full[: full.index(stop)]

@@ -103,3 +103,26 @@ def test_a_file_of_two_tensors_or_none_is_refused(tmp_path: Path) -> None:
         load_vectors(two)
     with pytest.raises(SaeFormatError, match="no such file"):
         load_vectors(tmp_path / "missing.npy")
+
+
+def test_a_tiny_vector_that_float32_can_serve_is_accepted(tmp_path: Path) -> None:
+    """|v|² underflows float32 here, yet v and v / |v|² are both representable."""
+    tiny = torch.randn(2, D_MODEL, generator=torch.Generator().manual_seed(2)) * 1e-25
+    file = tmp_path / "tiny.safetensors"
+    save_file({"v": tiny}, str(file))
+    sae = load_vectors(file)
+    x = torch.randn(3, D_MODEL, generator=torch.Generator().manual_seed(3)).double()
+    v = tiny.double()
+    expected = torch.stack([x @ row / (row @ row) for row in v], dim=1)
+    assert torch.allclose(sae.encode(x.float()).double(), expected, rtol=1e-4)
+
+
+def test_a_vector_too_small_to_divide_by_says_so(tmp_path: Path) -> None:
+    vectors = torch.ones(2, D_MODEL)
+    vectors[1] = 1e-44  # a float32 subnormal: not zero, but 1 / |v|² overflows float32
+    file = tmp_path / "small.safetensors"
+    save_file({"v": vectors}, str(file))
+    with pytest.raises(SaeFormatError) as err:
+        load_vectors(file)
+    message = str(err.value)
+    assert "vector 1" in message and "too small" in message and "zero" not in message
