@@ -122,7 +122,7 @@ def test_context_length_bounds_generation() -> None:
     _drain(engine)
     tokens, reason = _tokens(handle.channel)
     assert (len(tokens), reason) == (4, FinishReason.LENGTH)
-    with pytest.raises(InvalidRequestError, match="context is 10"):
+    with pytest.raises(InvalidRequestError, match="more than the limit of 9"):  # context - 1
         engine.add(_request([4] * 10, 5))
 
 
