@@ -142,6 +142,7 @@ lint-deploy: $(STAMP)
 lint: lint-deploy
 
 # Build the CPU image with podman from a local Debian base and check it end to end (needs root;
-# installs podman, runc and debootstrap when missing). Not part of `make test`: minutes, not s.
+# installs podman, runc and debootstrap when missing). Not part of `make test` (minutes, not
+# seconds); CI runs it after `make check`.
 container-test: $(STAMP)
 	PY=$(PY) TORCH_VERSION=$(TORCH_VERSION) deploy/container-test.sh
