@@ -115,7 +115,9 @@ COPY deploy/healthcheck.py /usr/local/lib/steering/healthcheck.py
 RUN pip install --no-cache-dir --no-deps /tmp/dist/*.whl \
     && rm -rf /tmp/dist \
     && pip check \
-    && python -c "import torch, steering_server, steering_proto.v1.steering_pb2" \
+    && python -c "import torch, steering_server.cli, steering_server.grpc_api.server, \
+        steering_proto.v1.steering_pb2, steering.demo.gemma as demo; \
+        assert (demo.SHIPPED_SAE / 'params.safetensors').is_file()" \
     && groupadd --system --gid 10001 steering \
     && useradd --system --uid 10001 --gid 10001 --home-dir /var/cache/steering \
         --no-create-home --shell /usr/sbin/nologin steering \

@@ -4,6 +4,15 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 TORCH_VERSION ?= 2.13.0
+# TORCH_INDEX: a package index searched for torch besides pip's configured one (an extra index,
+# so a torch that pip's own index or find-links already holds is still found; pip takes the
+# highest version, and 2.13.0+cpu ranks above 2.13.0). Where `nvidia-smi` is absent it defaults
+# to PyTorch's CPU index, so a machine without an NVIDIA GPU gets the CPU wheel, not several GB
+# of CUDA wheels; with one it is empty (PyPI's CUDA build). Set it to pick another build
+# (`make TORCH_INDEX=https://download.pytorch.org/whl/cu130`), or empty to use pip's index alone.
+ifeq ($(origin TORCH_INDEX),undefined)
+TORCH_INDEX := $(if $(shell command -v nvidia-smi 2>/dev/null),,https://download.pytorch.org/whl/cpu)
+endif
 
 .PHONY: test lint check format demo bench clean
 
@@ -14,7 +23,7 @@ comma := ,
 define install
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q torch==$(TORCH_VERSION)
+	$(PY) -m pip install -q torch==$(TORCH_VERSION) $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX))
 	$(PY) -m pip install -q -e '.[$(1)]'
 endef
 
@@ -105,7 +114,7 @@ proto-check: $(STAMP)
 		|| { echo "stubs in $(PROTO_OUT) are stale: run 'make proto'" >&2; exit 1; }
 	rm -rf $(PROTO_CHECK)
 
-# buf (npm @bufbuild/buf) is not a Python package, so it is not installed by the Makefile.
+# buf (the Buf CLI: npm @bufbuild/buf, or PyPI buf-bin) is not installed by the Makefile.
 BUF ?= buf
 proto-lint:
 	$(BUF) lint
@@ -133,6 +142,7 @@ lint-deploy: $(STAMP)
 lint: lint-deploy
 
 # Build the CPU image with podman from a local Debian base and check it end to end (needs root;
-# installs podman, runc and debootstrap when missing). Not part of `make test`: minutes, not s.
+# installs podman, runc and debootstrap when missing). Not part of `make test` (minutes, not
+# seconds); CI runs it after `make check`.
 container-test: $(STAMP)
 	PY=$(PY) TORCH_VERSION=$(TORCH_VERSION) deploy/container-test.sh

@@ -203,7 +203,7 @@ chmod 755 "$models"
 import sys
 
 import steering
-from steering.toy import build_model_folder, random_sae
+from steering.demo.toy import build_model_folder, random_sae
 
 build_model_folder(f"{sys.argv[1]}/tiny-gemma2", "gemma2")
 steering.save_sae(random_sae(64, 128), f"{sys.argv[1]}/sae-layer1", "gemma_scope_2")

@@ -16,7 +16,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from steering.demo.gemma import DEMO_FEATURES, DEMO_PROMPT
+from steering.demo.gemma import DEMO_FEATURES, DEMO_PROMPT, model_converted
 from steering_client import Completion, Edit, FeatureRef, SteeringClient
 
 NEW_TOKENS = 32
@@ -36,10 +36,7 @@ def _start(ready: Path, log: Path) -> tuple[subprocess.Popen[bytes], str]:
             stdout=out,
             stderr=subprocess.STDOUT,
         )  # fmt: skip
-    print(
-        "starting steering-server --demo (the first run converts Gemma 3 270M from its GGUF: "
-        "a minute or two) ..."
-    )
+    print(_starting_line())
     deadline = time.monotonic() + 600
     while not ready.is_file():
         if proc.poll() is not None or time.monotonic() > deadline:
@@ -48,6 +45,16 @@ def _start(ready: Path, log: Path) -> tuple[subprocess.Popen[bytes], str]:
             raise SystemExit(f"the demo server did not start:\n{tail}")
         time.sleep(0.1)
     return proc, str(json.loads(ready.read_text())["target"])
+
+
+def _starting_line() -> str:
+    """What `make demo` says while the server starts: the conversion only when it happens."""
+    if model_converted():
+        return "starting steering-server --demo ..."
+    return (
+        "starting steering-server --demo (converting Gemma 3 270M from its GGUF first, once: "
+        "a minute or two) ..."
+    )
 
 
 def _discover(client: SteeringClient) -> None:

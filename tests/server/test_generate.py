@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
+import grpc
 import pytest
 import torch
 
@@ -186,3 +188,53 @@ def test_reflection_lists_the_service(gemma2_server: ServerThread) -> None:
     )
     names = {s.name for r in replies for s in r.list_services_response.service}
     assert "steering.v1.SteeringService" in names
+
+
+def _reflection_v1(channel: grpc.Channel, *requests: Any) -> list[Any]:
+    """Ask `grpc.reflection.v1` (what grpcurl and `buf curl` try first). Its messages are
+    v1alpha's under another package name: the same bytes on the wire."""
+    from grpc_reflection.v1alpha import reflection_pb2
+
+    call = channel.stream_stream(
+        "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+        request_serializer=reflection_pb2.ServerReflectionRequest.SerializeToString,
+        response_deserializer=reflection_pb2.ServerReflectionResponse.FromString,
+    )
+    return list(call(iter(requests), timeout=30))
+
+
+def test_reflection_v1_lists_the_service(gemma2_server: ServerThread) -> None:
+    from grpc_reflection.v1alpha import reflection_pb2
+
+    (reply,) = _reflection_v1(
+        gemma2_server.channel, reflection_pb2.ServerReflectionRequest(list_services="")
+    )
+    names = {s.name for s in reply.list_services_response.service}
+    assert {
+        "steering.v1.SteeringService",
+        "grpc.health.v1.Health",
+        "grpc.reflection.v1.ServerReflection",
+        "grpc.reflection.v1alpha.ServerReflection",
+    } <= names
+
+
+def test_reflection_v1_describes_the_service_and_itself(gemma2_server: ServerThread) -> None:
+    from google.protobuf import descriptor_pb2
+    from grpc_reflection.v1alpha import reflection_pb2
+
+    symbols = ("steering.v1.SteeringService", "grpc.reflection.v1.ServerReflection")
+    replies = _reflection_v1(
+        gemma2_server.channel,
+        *(reflection_pb2.ServerReflectionRequest(file_containing_symbol=s) for s in symbols),
+    )
+    packages = []
+    for reply in replies:
+        assert reply.WhichOneof("message_response") == "file_descriptor_response"
+        file = descriptor_pb2.FileDescriptorProto.FromString(
+            reply.file_descriptor_response.file_descriptor_proto[0]
+        )
+        packages.append((file.package, [s.name for s in file.service]))
+    assert packages == [
+        ("steering.v1", ["SteeringService"]),
+        ("grpc.reflection.v1", ["ServerReflection"]),
+    ]

@@ -12,12 +12,12 @@ import grpc
 from grpc import aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
-from grpc_reflection.v1alpha import reflection
 
 from steering.frontend import FrontEnd
 from steering_proto.v1 import steering_pb2 as pb
 from steering_proto.v1 import steering_pb2_grpc as pb_grpc
 from steering_server.grpc_api.interceptors import AuthInterceptor, ErrorInterceptor
+from steering_server.grpc_api.reflection import enable_reflection
 from steering_server.grpc_api.servicer import SteeringServicer
 from steering_server.metrics import Metrics
 from steering_server.preflight import StartupError
@@ -83,13 +83,8 @@ class GrpcEdge:
         server = aio.server(interceptors=interceptors, options=options)
         pb_grpc.add_SteeringServiceServicer_to_server(self.servicer, server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
-        reflection.enable_server_reflection(
-            (
-                SERVICE_NAME,
-                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-                reflection.SERVICE_NAME,
-            ),
-            server,
+        enable_reflection(
+            (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name), server
         )
         address = f"{s.host}:{s.port}"
         credentials = _credentials(s)

@@ -117,6 +117,34 @@ def test_the_demo_without_its_package_names_the_extra(
     assert gemma.demo_available(tmp_path)
 
 
+def test_converting_the_demo_model_says_so_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    class Package:  # the GGUF package, without its 250 MB
+        EXPECTED_SHA256 = "0" * 64
+
+        @staticmethod
+        def assemble(path: Path) -> Path:
+            path.write_bytes(b"gguf")
+            return path
+
+    monkeypatch.setattr(gemma, "_package", lambda: Package)
+    monkeypatch.setattr(gemma, "load_gguf", lambda path, dtype: (None, None))
+    monkeypatch.setattr(gemma, "save_folder", lambda model, tokenizer, folder: None)
+    assert not gemma.model_converted(tmp_path)
+    with caplog.at_level("INFO", logger=gemma.__name__):
+        gemma.prepare_model(tmp_path)
+    said = [r.getMessage() for r in caplog.records]
+    assert len(said) == 2
+    assert said[0].startswith("converting Gemma 3 270M from its GGUF")
+    assert said[1].startswith("converted Gemma 3 270M in")
+    assert gemma.model_converted(tmp_path)
+    caplog.clear()
+    with caplog.at_level("INFO", logger=gemma.__name__):
+        gemma.prepare_model(tmp_path)  # converted already: nothing to say
+    assert caplog.records == []
+
+
 def test_the_corpus_reads_wordnet_glosses_by_topic_and_splits_by_document(tmp_path: Path) -> None:
     data = tmp_path / "wordnet" / "usr" / "share" / "wordnet"
     data.mkdir(parents=True)
