@@ -212,7 +212,13 @@ def load_sae(
             )
         if not torch.isfinite(tensor).all():
             raise SaeFormatError(f"{file}: '{name}' holds non-finite values (NaN or inf)")
-    return JumpReLUSAE.from_params({k: v.to(device=device, dtype=dtype) for k, v in params.items()})
+        # Finite in float64 is not finite in float32: 1e300 becomes inf, and inf weights would
+        # turn every steered row that reads them into NaN. Check what is served, after the cast.
+        params[name] = tensor.to(dtype=dtype)
+        if not torch.isfinite(params[name]).all():
+            kind = str(dtype).removeprefix("torch.")
+            raise SaeFormatError(f"{file}: '{name}' holds values too large for {kind}")
+    return JumpReLUSAE.from_params({k: v.to(device=device) for k, v in params.items()})
 
 
 def save_sae(sae: JumpReLUSAE, folder: str | Path, fmt: str = "gemma_scope_2") -> Path:

@@ -26,6 +26,8 @@ def load_vectors(path: str | Path, *, device: torch.device | str | None = None) 
     if not vectors.is_floating_point() or not torch.isfinite(vectors).all():
         raise SaeFormatError(f"{file}: the vectors must be finite floating-point values")
     v = vectors.float()
+    if not torch.isfinite(v).all():  # finite in float64, inf in the float32 served
+        raise SaeFormatError(f"{file}: the vectors hold values too large for float32")
     norms = (v * v).sum(dim=1)  # |v_i|²
     if not (norms > 0).all():
         raise SaeFormatError(f"{file}: vector {int((norms <= 0).nonzero()[0])} is zero")
