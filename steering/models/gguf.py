@@ -68,9 +68,10 @@ def require_gguf_support() -> None:
         raise ModelError(f"reading a GGUF file needs {' and '.join(missing)}: {EXTRA_HINT}")
 
 
-def gguf_layers(file: Path) -> int:
-    """The decoder layer count in a GGUF file's header (`<arch>.block_count`), read without
-    loading the tensors."""
+def gguf_shape(file: Path) -> tuple[int, int | None]:
+    """The decoder layer count (`<arch>.block_count`) and the hidden size
+    (`<arch>.embedding_length`, None if absent) in a GGUF file's header, read without loading
+    the tensors."""
     require_gguf_support()
     import gguf
 
@@ -78,7 +79,9 @@ def gguf_layers(file: Path) -> int:
         reader = gguf.GGUFReader(file)
         arch = _text(reader, "general.architecture")
         field = reader.fields[f"{arch}.block_count"]
-        return int(field.parts[field.data[0]][0])
+        layers = int(field.parts[field.data[0]][0])
+        width = reader.fields.get(f"{arch}.embedding_length")
+        return layers, int(width.parts[width.data[0]][0]) if width is not None else None
     except (OSError, ValueError, KeyError, IndexError) as exc:
         raise ModelError(f"{file}: not a readable GGUF model ({exc})") from exc
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +17,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from steering.errors import SaeFormatError
@@ -161,6 +163,29 @@ def file_sha256(file: Path) -> str:
         while chunk := f.read(1 << 20):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def sae_shape(path: str | Path) -> tuple[int, int] | None:
+    """(d_model, d_sae) from W_enc's shape in the parameter file's header, without reading the
+    weights; None where the header does not say (`load_sae` then names the problem)."""
+    file = sae_file(path)
+    try:
+        if file.suffix == ".npz":
+            with zipfile.ZipFile(file) as archive, archive.open("W_enc.npy") as member:
+                version = np.lib.format.read_magic(member)
+                read = (
+                    np.lib.format.read_array_header_1_0
+                    if version == (1, 0)
+                    else np.lib.format.read_array_header_2_0
+                )
+                shape = read(member)[0]
+        else:
+            with safe_open(str(file), framework="numpy") as tensors:
+                (key,) = [k for k in tensors.keys() if k.lower() == "w_enc"]  # noqa: SIM118
+                shape = tuple(tensors.get_slice(key).get_shape())
+    except Exception:  # a file these readers cannot parse: loading says why, naming it
+        return None
+    return (int(shape[0]), int(shape[1])) if len(shape) == 2 else None
 
 
 def _resolve(path: Path) -> tuple[SaeFormat, Path]:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file
 
 from steering.errors import SaeFormatError
@@ -40,6 +41,25 @@ def load_vectors(path: str | Path, *, device: torch.device | str | None = None) 
         threshold=torch.full((n,), float("-inf")),
         kind="vector",
     ).to(device)
+
+
+def vector_shape(path: str | Path) -> tuple[int, ...]:
+    """The shape of a vector file's one tensor, from its header alone (for startup checks)."""
+    file = Path(path)
+    if not file.is_file():
+        raise SaeFormatError(f"{file}: no such file")
+    try:
+        if file.suffix == ".npy":
+            return tuple(np.load(file, mmap_mode="r", allow_pickle=False).shape)
+        with safe_open(str(file), framework="numpy") as tensors:
+            keys = list(tensors.keys())
+            if len(keys) != 1:
+                raise SaeFormatError(f"{file}: expected exactly one tensor, found {len(keys)}")
+            return tuple(tensors.get_slice(keys[0]).get_shape())
+    except SaeFormatError:
+        raise
+    except Exception as exc:  # numpy and safetensors raise many types for a bad file
+        raise SaeFormatError(f"{file}: not a readable vector file ({exc})") from exc
 
 
 def _read(file: Path) -> torch.Tensor:
