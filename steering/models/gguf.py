@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import importlib.util
 from pathlib import Path
-from typing import Any
-
-import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from typing import TYPE_CHECKING, Any
 
 from steering.errors import ModelError
+
+if TYPE_CHECKING:
+    import torch
 
 GGUF_SUFFIX = ".gguf"
 EXTRA_HINT = "install the `gguf` extra: pip install 'steering-server[gguf]'"
@@ -94,6 +94,10 @@ def _text(reader: Any, key: str) -> str:
 def load_gguf(file: Path, *, dtype: torch.dtype | None) -> tuple[Any, Any]:
     """(model, tokenizer) from a GGUF file, dequantized to `dtype` (float32 when None)."""
     require_gguf_support()
+    # Here, not at the top: the header readers above serve startup checks without torch.
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
     kwargs: dict[str, Any] = {"gguf_file": file.name, "local_files_only": True}
     try:
         model = AutoModelForCausalLM.from_pretrained(

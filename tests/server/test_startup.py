@@ -315,3 +315,25 @@ def test_help_lists_every_setting() -> None:
         assert f"STEERING_{name.upper()}" in text, name
     for flag in ("--max-prompt-tokens", "--max-stop-strings", "--grace-period", "--log-format"):
         assert flag in text
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [["--help"], ["--port", "99999"], ["--model", "no/such/folder"], ["--demo", "--model", "m"]],
+)
+def test_help_and_bad_settings_are_answered_before_torch_is_imported(argv: list[str]) -> None:
+    """Parsing and the checks that need no file come first: a fresh process answers them
+    without importing torch or transformers (seconds of imports)."""
+    code = (
+        "import sys\n"
+        "from steering_server.cli import main\n"
+        "try:\n"
+        f"    main({argv!r})\n"
+        "except SystemExit:\n"
+        "    pass\n"
+        "print([m for m in ('torch', 'transformers') if m in sys.modules])\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120
+    )
+    assert result.stdout.splitlines()[-1] == "[]", result.stdout[-500:] + result.stderr[-2000:]
