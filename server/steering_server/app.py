@@ -92,6 +92,7 @@ def load(settings: Settings) -> Loaded:
             settings.presets,
             {a.name: a.sae.d_sae for a in attachments},
             {a.name: a.sha256 for a in attachments},
+            settings.limits(),
         )
     return Loaded(model, attachments, name, catalog, presets)
 

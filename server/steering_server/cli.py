@@ -26,7 +26,6 @@ from pydantic.fields import FieldInfo
 
 from steering.errors import SteeringError
 from steering_server import logs, preflight
-from steering_server.app import SteeringApp
 from steering_server.settings import Settings, load_settings
 
 log = logging.getLogger("steering_server")
@@ -108,6 +107,10 @@ def one_line(exc: ValidationError) -> str:
 
 
 async def serve(settings: Settings) -> None:
+    # Here, not at the top: torch and transformers take seconds to import, and `--help` or a
+    # bad setting is answered before them.
+    from steering_server.app import SteeringApp
+
     app = SteeringApp(settings)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -25,12 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
-import torch
-
 from steering.edits import EditMode, FeatureEdit
 from steering.errors import ModelError
-from steering.models.gguf import load_gguf, save_folder
-from steering.sae.formats import file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -108,6 +104,9 @@ def prepare_demo(folder: Path | None = None) -> DemoAssets:
 
 def prepare_model(folder: Path) -> Path:
     """`folder/model`: the GGUF package's model, converted once (tens of seconds)."""
+    # Here, not at the top: startup checks read this module's names without loading torch.
+    from steering.models.gguf import load_gguf, save_folder
+
     model_dir = folder / "model"
     marker = _gguf_marker()
     if _current(model_dir, marker):
@@ -123,7 +122,7 @@ def prepare_model(folder: Path) -> Path:
     started = time.monotonic()
     with _staging(model_dir) as staging:
         gguf = Path(package.assemble(staging / "gemma-3-270m.gguf"))
-        model, tokenizer = load_gguf(gguf, dtype=torch.float32)
+        model, tokenizer = load_gguf(gguf, dtype=None)  # float32
         gguf.unlink()
         save_folder(model, tokenizer, staging)
         _mark(staging, marker)
@@ -133,6 +132,8 @@ def prepare_model(folder: Path) -> Path:
 
 def prepare_sae(folder: Path) -> Path:
     """`folder/sae`: a copy of the SAE shipped in this package, with its labels."""
+    from steering.sae.formats import file_sha256
+
     sae_dir = folder / "sae"
     marker = {"sha256": {name: file_sha256(SHIPPED_SAE / name) for name in SAE_FILES}}
     if not _current(sae_dir, marker):

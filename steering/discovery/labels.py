@@ -1,7 +1,8 @@
 """Feature label files: Neuronpedia explanation exports and JSON Lines, per SAE.
 
 Reads `index`/`description` (or `feature`/`label`) and ignores every other field; every problem
-is a `LabelFileError` naming the file and the entry or line.
+is a `LabelFileError` naming the file and the entry or line. Labels longer than
+`MAX_LABEL_CHARS` are cut there (ending in "…"), so a label never outgrows a reply.
 """
 
 from __future__ import annotations
@@ -9,11 +10,14 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 from steering.errors import SteeringError
 
 EXPLANATIONS_FILE = "explanations.json"
+MAX_LABEL_CHARS = 200  # characters of one label, "…" included where it was cut
+MAX_INDEX_DIGITS = 32  # longer is no feature index (and int() refuses past 4,300 digits)
 
 
 class LabelFileError(SteeringError):
@@ -54,9 +58,11 @@ Entry = tuple[str, object, object]  # (where, for errors), raw index, raw label
 def _array_entries(path: Path, text: str) -> Iterator[Entry]:
     """A Neuronpedia export: a JSON array of objects with `index` and `description`."""
     try:
-        data = json.loads(text)
+        data = _json(text)
     except json.JSONDecodeError as exc:
         raise LabelFileError(f"{path}: malformed JSON at line {exc.lineno}: {exc.msg}") from exc
+    except RecursionError:
+        raise LabelFileError(f"{path}: malformed JSON: nested too deeply") from None
     if not isinstance(data, list):  # "[" opens an array, but keep mypy and odd inputs honest
         raise LabelFileError(f"{path}: expected a JSON array")
     for position, item in enumerate(data):
@@ -72,10 +78,29 @@ def _line_entries(path: Path, text: str) -> Iterator[Entry]:
             continue
         where = f"{path}:{number}"
         try:
-            item = json.loads(line)
+            item = _json(line)
         except json.JSONDecodeError as exc:
             raise LabelFileError(f"{where}: malformed JSON: {exc.msg}") from exc
+        except RecursionError:
+            raise LabelFileError(f"{where}: malformed JSON: nested too deeply") from None
         yield where, _field(item, "feature", where), _field(item, "label", where)
+
+
+@dataclass(frozen=True)
+class _LongNumber:
+    """A JSON integer too long to be a feature index, kept as its length."""
+
+    digits: int
+
+    def __repr__(self) -> str:
+        return f"<a number of {self.digits} digits>"
+
+
+def _json(text: str) -> object:
+    # Python's int() refuses numbers past 4,300 digits with a ValueError: keep them apart.
+    return json.loads(
+        text, parse_int=lambda s: int(s) if len(s) <= MAX_INDEX_DIGITS else _LongNumber(len(s))
+    )
 
 
 def _field(item: object, key: str, where: str) -> object:
@@ -92,6 +117,10 @@ _DECIMAL = re.compile(r"\s*[+-]?[0-9]+\s*")
 def _feature_index(raw: object, d_sae: int, where: str) -> int:
     # Neuronpedia writes indices as strings; JSON Lines writers use numbers. Floats are refused
     # rather than truncated: "3.5" is a broken file, not feature 3.
+    if isinstance(raw, str) and _DECIMAL.fullmatch(raw) and len(raw.strip()) > MAX_INDEX_DIGITS:
+        raw = _LongNumber(len(raw.strip().lstrip("+-")))
+    if isinstance(raw, _LongNumber):
+        raise LabelFileError(f"{where}: feature index {raw!r} is outside [0, {d_sae})")
     if isinstance(raw, int) and not isinstance(raw, bool):
         index = raw
     elif isinstance(raw, str) and _DECIMAL.fullmatch(raw):
@@ -107,5 +136,12 @@ def _label_text(raw: object, where: str) -> str:
     if raw is None:  # an export's unexplained feature: no label, not an error
         return ""
     if not isinstance(raw, str):
-        raise LabelFileError(f"{where}: label {raw!r} is not a string")
-    return raw.strip()
+        raise LabelFileError(f"{where}: label {raw!r:.60} is not a string")
+    try:
+        raw.encode("utf-8")
+    except UnicodeEncodeError:  # JSON's "\ud800" decodes to a str no reply can carry
+        raise LabelFileError(f"{where}: label holds a lone surrogate (not Unicode text)") from None
+    label = raw.strip()
+    if len(label) > MAX_LABEL_CHARS:
+        label = label[: MAX_LABEL_CHARS - 1].rstrip() + "…"
+    return label

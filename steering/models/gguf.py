@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import importlib.util
 from pathlib import Path
-from typing import Any
-
-import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from typing import TYPE_CHECKING, Any
 
 from steering.errors import ModelError
+
+if TYPE_CHECKING:
+    import torch
 
 GGUF_SUFFIX = ".gguf"
 EXTRA_HINT = "install the `gguf` extra: pip install 'steering-server[gguf]'"
@@ -68,9 +68,10 @@ def require_gguf_support() -> None:
         raise ModelError(f"reading a GGUF file needs {' and '.join(missing)}: {EXTRA_HINT}")
 
 
-def gguf_layers(file: Path) -> int:
-    """The decoder layer count in a GGUF file's header (`<arch>.block_count`), read without
-    loading the tensors."""
+def gguf_shape(file: Path) -> tuple[int, int | None]:
+    """The decoder layer count (`<arch>.block_count`) and the hidden size
+    (`<arch>.embedding_length`, None if absent) in a GGUF file's header, read without loading
+    the tensors."""
     require_gguf_support()
     import gguf
 
@@ -78,7 +79,9 @@ def gguf_layers(file: Path) -> int:
         reader = gguf.GGUFReader(file)
         arch = _text(reader, "general.architecture")
         field = reader.fields[f"{arch}.block_count"]
-        return int(field.parts[field.data[0]][0])
+        layers = int(field.parts[field.data[0]][0])
+        width = reader.fields.get(f"{arch}.embedding_length")
+        return layers, int(width.parts[width.data[0]][0]) if width is not None else None
     except (OSError, ValueError, KeyError, IndexError) as exc:
         raise ModelError(f"{file}: not a readable GGUF model ({exc})") from exc
 
@@ -91,6 +94,10 @@ def _text(reader: Any, key: str) -> str:
 def load_gguf(file: Path, *, dtype: torch.dtype | None) -> tuple[Any, Any]:
     """(model, tokenizer) from a GGUF file, dequantized to `dtype` (float32 when None)."""
     require_gguf_support()
+    # Here, not at the top: the header readers above serve startup checks without torch.
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
     kwargs: dict[str, Any] = {"gguf_file": file.name, "local_files_only": True}
     try:
         model = AutoModelForCausalLM.from_pretrained(

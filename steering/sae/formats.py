@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +17,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from steering.errors import SaeFormatError
@@ -163,6 +165,29 @@ def file_sha256(file: Path) -> str:
     return digest.hexdigest()
 
 
+def sae_shape(path: str | Path) -> tuple[int, int] | None:
+    """(d_model, d_sae) from W_enc's shape in the parameter file's header, without reading the
+    weights; None where the header does not say (`load_sae` then names the problem)."""
+    file = sae_file(path)
+    try:
+        if file.suffix == ".npz":
+            with zipfile.ZipFile(file) as archive, archive.open("W_enc.npy") as member:
+                version = np.lib.format.read_magic(member)
+                read = (
+                    np.lib.format.read_array_header_1_0
+                    if version == (1, 0)
+                    else np.lib.format.read_array_header_2_0
+                )
+                shape = read(member)[0]
+        else:
+            with safe_open(str(file), framework="numpy") as tensors:
+                (key,) = [k for k in tensors.keys() if k.lower() == "w_enc"]  # noqa: SIM118
+                shape = tuple(tensors.get_slice(key).get_shape())
+    except Exception:  # a file these readers cannot parse: loading says why, naming it
+        return None
+    return (int(shape[0]), int(shape[1])) if len(shape) == 2 else None
+
+
 def _resolve(path: Path) -> tuple[SaeFormat, Path]:
     """The format and the marking file of a folder or a file."""
     if path.is_dir():
@@ -212,7 +237,13 @@ def load_sae(
             )
         if not torch.isfinite(tensor).all():
             raise SaeFormatError(f"{file}: '{name}' holds non-finite values (NaN or inf)")
-    return JumpReLUSAE.from_params({k: v.to(device=device, dtype=dtype) for k, v in params.items()})
+        # Finite in float64 is not finite in float32: 1e300 becomes inf, and inf weights would
+        # turn every steered row that reads them into NaN. Check what is served, after the cast.
+        params[name] = tensor.to(dtype=dtype)
+        if not torch.isfinite(params[name]).all():
+            kind = str(dtype).removeprefix("torch.")
+            raise SaeFormatError(f"{file}: '{name}' holds values too large for {kind}")
+    return JumpReLUSAE.from_params({k: v.to(device=device) for k, v in params.items()})
 
 
 def save_sae(sae: JumpReLUSAE, folder: str | Path, fmt: str = "gemma_scope_2") -> Path:

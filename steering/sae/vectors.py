@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file
 
 from steering.errors import SaeFormatError
@@ -26,6 +27,8 @@ def load_vectors(path: str | Path, *, device: torch.device | str | None = None) 
     if not vectors.is_floating_point() or not torch.isfinite(vectors).all():
         raise SaeFormatError(f"{file}: the vectors must be finite floating-point values")
     v = vectors.float()
+    if not torch.isfinite(v).all():  # finite in float64, inf in the float32 served
+        raise SaeFormatError(f"{file}: the vectors hold values too large for float32")
     n, d_model = v.shape
     return JumpReLUSAE(
         W_enc=_encoder(v, file),
@@ -54,6 +57,25 @@ def _encoder(v: torch.Tensor, file: Path) -> torch.Tensor:
             "v / |v|² overflows float32; scale it up"
         )
     return encoder.T.contiguous()
+
+
+def vector_shape(path: str | Path) -> tuple[int, ...]:
+    """The shape of a vector file's one tensor, from its header alone (for startup checks)."""
+    file = Path(path)
+    if not file.is_file():
+        raise SaeFormatError(f"{file}: no such file")
+    try:
+        if file.suffix == ".npy":
+            return tuple(np.load(file, mmap_mode="r", allow_pickle=False).shape)
+        with safe_open(str(file), framework="numpy") as tensors:
+            keys = list(tensors.keys())
+            if len(keys) != 1:
+                raise SaeFormatError(f"{file}: expected exactly one tensor, found {len(keys)}")
+            return tuple(tensors.get_slice(keys[0]).get_shape())
+    except SaeFormatError:
+        raise
+    except Exception as exc:  # numpy and safetensors raise many types for a bad file
+        raise SaeFormatError(f"{file}: not a readable vector file ({exc})") from exc
 
 
 def _read(file: Path) -> torch.Tensor:

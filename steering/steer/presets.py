@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import re
 import sys
+from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +20,7 @@ from typing import Any
 
 from steering.edits import EditMode, FeatureEdit, validate_edits
 from steering.errors import InvalidRequestError, SteeringError
+from steering.requests import Limits
 
 # SAE:FEATURE=MODE[:VALUE][@active]; SAE names may hold ':' (the feature follows the last one).
 EDIT = re.compile(r"^(?P<sae>.+):(?P<feature>\d+)=(?P<mode>[a-z]+)(?::(?P<value>[^@]+))?$")
@@ -57,17 +59,31 @@ def parse_edit(text: str) -> FeatureEdit:
 
 
 def load_presets(
-    path: str | Path, d_sae_of: Mapping[str, int], sha256_of: Mapping[str, str]
+    path: str | Path,
+    d_sae_of: Mapping[str, int],
+    sha256_of: Mapping[str, str],
+    limits: Limits | None = None,
 ) -> dict[str, Preset]:
-    """The presets of a TOML file, checked against the served SAEs (width, pinned sha256)."""
+    """The presets of a TOML file, checked against the served SAEs (width, pinned sha256) and
+    the limits in force (a preset a request could not carry would fail every request)."""
     file = Path(path)
     try:
         tables = _toml(file).get("presets", {})
     except (OSError, ValueError) as exc:
-        raise PresetFileError(f"{file}: {exc}") from exc
+        raise PresetFileError(f"{file}: {_first_line(exc)}") from exc
+    except RecursionError:
+        raise PresetFileError(f"{file}: malformed TOML: nested too deeply") from None
     if not isinstance(tables, dict):
         raise PresetFileError(f"{file}: expected [presets.NAME] tables")
-    return {name: _preset(file, name, table, d_sae_of, sha256_of) for name, table in tables.items()}
+    limits = limits or Limits()
+    return {
+        name: _preset(file, name, table, d_sae_of, sha256_of, limits)
+        for name, table in tables.items()
+    }
+
+
+def _first_line(exc: BaseException) -> str:
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
 
 
 def _toml(file: Path) -> dict[str, Any]:
@@ -84,15 +100,26 @@ def _preset(
     table: Any,
     d_sae_of: Mapping[str, int],
     sha256_of: Mapping[str, str],
+    limits: Limits,
 ) -> Preset:
     where = f"{file}: preset {name!r}"
     if not isinstance(table, dict) or not isinstance(table.get("edits", []), list):
         raise PresetFileError(f"{where}: expected a table with an `edits` list")
     try:
         edits = tuple(parse_edit(str(text)) for text in table.get("edits", []))
-        validate_edits(edits, d_sae_of)
+        validate_edits(edits, d_sae_of, max_abs_value=limits.max_abs_edit_value)
     except (ValueError, InvalidRequestError) as exc:
         raise PresetFileError(f"{where}: {exc}") from None
+    if len(edits) > limits.max_edits_per_request:
+        raise PresetFileError(
+            f"{where}: {len(edits)} edits, more than the limit of {limits.max_edits_per_request}"
+        )
+    for sae, count in sorted(Counter(e.sae for e in edits).items()):
+        if count > limits.max_edits_per_sae:
+            raise PresetFileError(
+                f"{where}: {count} edits of SAE {sae!r}, more than the limit of "
+                f"{limits.max_edits_per_sae}"
+            )
     pins = table.get("sha256", {})
     if not isinstance(pins, dict):
         raise PresetFileError(f"{where}: sha256 must be a table of SAE = hex")

@@ -4,7 +4,9 @@ edits and reads, written in place when a request joins and cleared when it leave
 Row b of a decode forward is slot b, so the hooks index the buffers by row and gather each
 row's encoder columns and decoder rows by feature index inside the step: a step's work has the
 same shapes whatever its rows ask (the width of a table may be trimmed to the widest row on the
-host; under CUDA graphs it stays whole). Unused entries are the identity and count nothing.
+host; under CUDA graphs it stays whole). Unused entries point at feature 0 but are masked out
+of every product (exactly 0, whatever feature 0's weights hold), so they are the identity and
+count nothing.
 The rule latch (which of a row's rules fired) stays on the device beside them. Prefills keep
 the per-forward `Plan` (Inspect's full reads are prefill-only). Knows nothing of requests beyond
 what a row asks.
@@ -36,6 +38,7 @@ class SaeSlots:
     used: torch.Tensor  # (S, K) bool
     totals: torch.Tensor  # (S, K, 2) long: [applied, active] positions since the row joined
     reads: torch.Tensor  # (S, Kr) long: features read (watch, then rule conditions)
+    read_used: torch.Tensor  # (S, Kr) bool
     rule_column: torch.Tensor  # (S, R) long: the condition's column among the reads
     rule_above: torch.Tensor  # (S, R) float32
     rule_used: torch.Tensor  # (S, R) bool
@@ -50,6 +53,7 @@ class SaeSlots:
             (self.used, False),
             (self.totals, 0),
             (self.reads, 0),
+            (self.read_used, False),
             (self.rule_column, 0),
             (self.rule_above, 0.0),
             (self.rule_used, False),
@@ -84,6 +88,7 @@ def _buffers(slots: int, k: int, reads: int, rules: int, device: torch.device) -
         used=bools(slots, k),
         totals=longs(slots, k, 2),
         reads=longs(slots, reads),
+        read_used=bools(slots, reads),
         rule_column=longs(slots, rules),
         rule_above=torch.zeros(slots, rules, device=device),
         rule_used=bools(slots, rules),
@@ -150,6 +155,7 @@ class SlotTables:
         kr = widths[sae][1]
         widths[sae][1] += 1
         self.tables[sae].reads[slot, kr] = feature
+        self.tables[sae].read_used[slot, kr] = True
         return kr
 
     def clear(self, slot: int) -> None:
@@ -231,21 +237,27 @@ class SlotStep:
 
 
 def slot_pre_activations(
-    x: torch.Tensor, sae: JumpReLUSAE, features: torch.Tensor
+    x: torch.Tensor, sae: JumpReLUSAE, features: torch.Tensor, used: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Each row's own features: x (n, T, d_model), features (n, K) -> the pre-activations
-    (n, T, K) float32 and the thresholds (n, 1, K)."""
+    """Each row's own features: x (n, T, d_model), features and used (n, K) -> the
+    pre-activations (n, T, K) float32 and the thresholds (n, 1, K); 0 and 0 where not used."""
     n, k = features.shape
     flat = features.reshape(-1)
     # index_select, not W_enc[:, index]: advanced indexing of columns is ~6x slower.
     w_enc = sae.W_enc.index_select(1, flat).float().view(-1, n, k).permute(1, 0, 2)  # (n, d, K)
-    pre = torch.bmm(x.float(), w_enc) + sae.b_enc[features].float()[:, None, :]
-    return pre, sae.threshold[features].float()[:, None, :]
+    # A select, not a product: 0 * inf is NaN, and an unused column must give exactly 0.
+    w_enc = torch.where(used[:, None, :], w_enc, 0.0)
+    b_enc = torch.where(used, sae.b_enc[features].float(), 0.0)
+    threshold = torch.where(used, sae.threshold[features].float(), 0.0)
+    pre = torch.bmm(x.float(), w_enc) + b_enc[:, None, :]
+    return pre, threshold[:, None, :]
 
 
-def slot_activations(x: torch.Tensor, sae: JumpReLUSAE, features: torch.Tensor) -> torch.Tensor:
-    """f of each row's own features: (n, T, K) float32."""
-    pre, threshold = slot_pre_activations(x, sae, features)
+def slot_activations(
+    x: torch.Tensor, sae: JumpReLUSAE, features: torch.Tensor, used: torch.Tensor
+) -> torch.Tensor:
+    """f of each row's own features: (n, T, K) float32, 0 where not used."""
+    pre, threshold = slot_pre_activations(x, sae, features, used)
     return pre * (pre > threshold)
 
 
@@ -261,7 +273,7 @@ def steer_slots(
     positions; adds the edit counts to the slots' totals. x (n, T, d_model), a new tensor."""
     n = step.n
     features, used = table.features[:n, :k], table.used[:n, :k]
-    f = slot_activations(x, sae, features)  # (n, T, K)
+    f = slot_activations(x, sae, features, used)  # (n, T, K)
     on = used & (
         (table.switch[:n, :k] < 0) | step.latch.gather(1, table.switch[:n, :k].clamp_min(0))
     )
@@ -269,6 +281,7 @@ def steer_slots(
     beta = torch.where(on, table.beta[:n, :k], 0.0)
     gated = table.gated[:n, :k]
     w_dec = sae.W_dec.index_select(0, features.reshape(-1)).float().view(n, k, -1)  # (n, K, d)
+    w_dec = torch.where(used[..., None], w_dec, 0.0)
     delta = torch.bmm(edit_features(f, alpha, beta, gated) - f, w_dec)  # (n, T, d_model)
     active = f > 0
     applied = ~gated[:, None, :] | active
@@ -289,7 +302,7 @@ def read_slots(
     steerable: torch.Tensor | None,
 ) -> torch.Tensor:
     """(n, T, Kr) f of each row's read features, 0 at positions that are not steerable."""
-    pre, threshold = slot_pre_activations(x, sae, table.reads[:n, :kr])
+    pre, threshold = slot_pre_activations(x, sae, table.reads[:n, :kr], table.read_used[:n, :kr])
     f = torch.where(pre > threshold, pre, 0.0)  # not a product: that leaves -0 below threshold
     if steerable is None:
         return f

@@ -54,6 +54,16 @@ def files(
     for name in ("a.gguf", "b.gguf"):
         (root / "two" / name).write_bytes(b"")
     _tiny_gguf(root / "tiny.gguf", layers=4)
+    np.save(root / "narrow.npy", np.ones((2, 48), dtype=np.float32))  # the model is 64 wide
+    presets = {
+        "pinned": '[presets.x]\nedits = ["a:1=ablate"]\nsha256 = { a = "abc" }\n',
+        "unknown": '[presets.x]\nedits = ["b:1=ablate"]\n',
+        "big": '[presets.x]\nedits = ["a:1=set:5000"]\n',
+        "many": "[presets.x]\nedits = [" + ", ".join(f'"a:{i}=ablate"' for i in range(30)) + "]\n",
+        "deep": "[presets.x]\nedits = " + "[" * 100_000 + "]" * 100_000 + "\n",
+    }
+    for name, text in presets.items():
+        (root / f"{name}.toml").write_text(text)
     model = str(model_folders["gemma2"])  # 4 decoder layers
     return {"root": str(root), "model": model, "sae": str(sae)}
 
@@ -135,6 +145,61 @@ CASES = {
         ["--model", "{root}/tiny.gguf", "--sae", "a={sae}@4"],
         "layer 4 is out of range (the model has layers 0 to 3)",
     ),
+    "preset pinned to another SAE": (
+        ["--model", "{model}", "--sae", "a={sae}@1", "--presets", "{root}/pinned.toml"],
+        "pinned to another 'a'",
+    ),
+    "preset of an SAE not served": (
+        ["--model", "{model}", "--sae", "a={sae}@1", "--presets", "{root}/unknown.toml"],
+        "unknown SAE 'b'",
+    ),
+    "vector of the wrong width": (
+        ["--model", "{model}", "--vector", "v={root}/narrow.npy@1"],
+        "--vector v:",
+    ),
+    "preset value beyond the configured limit": (
+        [
+            "--model",
+            "{model}",
+            "--sae",
+            "a={sae}@1",
+            "--presets",
+            "{root}/big.toml",
+            "--max-abs-edit-value",
+            "100",
+        ],
+        "at most 100",
+    ),
+    "preset of more edits than the configured limit": (
+        [
+            "--model",
+            "{model}",
+            "--sae",
+            "a={sae}@1",
+            "--presets",
+            "{root}/many.toml",
+            "--max-edits-per-request",
+            "20",
+        ],
+        "30 edits, more than the limit of 20",
+    ),
+    "preset of more edits on one SAE than the configured limit": (
+        [
+            "--model",
+            "{model}",
+            "--sae",
+            "a={sae}@1",
+            "--presets",
+            "{root}/many.toml",
+            "--max-edits-per-sae",
+            "20",
+        ],
+        "more than the limit of 20",
+    ),
+    "presets nested too deeply": (
+        ["--model", "{model}", "--sae", "a={sae}@1", "--presets", "{root}/deep.toml"],
+        "nested too deeply",
+    ),
     "CUDA graphs on a CPU": (
         ["--model", "{model}", "--device", "cpu", "--cuda-graphs", "on"],
         "--cuda-graphs on needs a CUDA device",
@@ -203,15 +268,17 @@ def test_the_process_exits_2_with_one_line_and_no_traceback(
     [
         "SAE of the wrong width",
         "label index out of range",
-        "vector of the wrong width",
-        "preset pinned to another SAE",
+        "label index of 5,000 digits",
+        "label index number of 5,000 digits",
+        "label file nested too deeply",
+        "label with a lone surrogate",
     ],
 )
 def test_a_file_that_fails_to_load_exits_2_with_one_line(
     problem: str, files: dict[str, str], tmp_path: Path
 ) -> None:
-    """Found while loading (after binding): still one clean line naming the file or the SAE."""
-    extra: list[str] = []
+    """Found while loading (after binding): still one clean line naming the file or the SAE.
+    (A vector of the wrong width and a preset that does not fit are found before binding.)"""
     if problem == "SAE of the wrong width":
         sae = save_sae(random_sae(48, 16, seed=0), tmp_path / "narrow")
         named = "narrow"
@@ -220,22 +287,23 @@ def test_a_file_that_fails_to_load_exits_2_with_one_line(
     if problem == "label index out of range":
         (sae / "explanations.json").write_text(json.dumps([{"index": 16, "description": "x"}]))
         named = "explanations.json"
-    if problem == "vector of the wrong width":
-        np.save(tmp_path / "v.npy", np.ones((2, 48), dtype=np.float32))
-        extra, named = ["--vector", f"v={tmp_path / 'v.npy'}@1"], "'v'"
-    if problem == "preset pinned to another SAE":
-        (tmp_path / "p.toml").write_text(
-            '[presets.x]\nedits = ["narrow:1=ablate"]\nsha256 = { narrow = "abc" }\n'
-        )
-        extra, named = ["--presets", str(tmp_path / "p.toml")], "pinned to another"
+    bad_labels = {
+        "label index of 5,000 digits": '[{"index": "' + "9" * 5000 + '", "description": "x"}]',
+        "label index number of 5,000 digits": '[{"index": ' + "9" * 5000 + ', "description": 1}]',
+        "label file nested too deeply": "[" * 100_000 + "]" * 100_000,
+        "label with a lone surrogate": '[{"index": "1", "description": "\\ud800 sea"}]',
+    }
+    if problem in bad_labels:
+        (sae / "explanations.json").write_text(bad_labels[problem])
+        named = "explanations.json"
     result = subprocess.run(
         [sys.executable, "-m", "steering_server", "--host", "127.0.0.1", "--port", "0",
-         "--metrics-port", "0", "--model", files["model"], "--sae", f"narrow={sae}@1", *extra],
+         "--metrics-port", "0", "--model", files["model"], "--sae", f"narrow={sae}@1"],
         capture_output=True,
         text=True,
         timeout=120,
     )  # fmt: skip
-    assert result.returncode == 2
+    assert result.returncode == 2, result.stderr[-2000:]
     assert "Traceback" not in result.stderr
     last = result.stderr.splitlines()[-1]
     assert last.startswith("steering-server: ") and named in last, result.stderr
@@ -247,3 +315,25 @@ def test_help_lists_every_setting() -> None:
         assert f"STEERING_{name.upper()}" in text, name
     for flag in ("--max-prompt-tokens", "--max-stop-strings", "--grace-period", "--log-format"):
         assert flag in text
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [["--help"], ["--port", "99999"], ["--model", "no/such/folder"], ["--demo", "--model", "m"]],
+)
+def test_help_and_bad_settings_are_answered_before_torch_is_imported(argv: list[str]) -> None:
+    """Parsing and the checks that need no file come first: a fresh process answers them
+    without importing torch or transformers (seconds of imports)."""
+    code = (
+        "import sys\n"
+        "from steering_server.cli import main\n"
+        "try:\n"
+        f"    main({argv!r})\n"
+        "except SystemExit:\n"
+        "    pass\n"
+        "print([m for m in ('torch', 'transformers') if m in sys.modules])\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120
+    )
+    assert result.stdout.splitlines()[-1] == "[]", result.stdout[-500:] + result.stderr[-2000:]

@@ -79,6 +79,9 @@ class GrpcEdge:
         options = [
             ("grpc.max_receive_message_length", s.max_message_bytes),
             ("grpc.max_send_message_length", s.max_message_bytes),
+            # gRPC binds with SO_REUSEPORT by default: a second server on the same port would
+            # bind too and take some of the connections. A port in use must refuse to start.
+            ("grpc.so_reuseport", 0),
         ]
         server = aio.server(interceptors=interceptors, options=options)
         pb_grpc.add_SteeringServiceServicer_to_server(self.servicer, server)

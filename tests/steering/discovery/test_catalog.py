@@ -13,7 +13,12 @@ import pytest
 
 import steering.discovery.catalog as catalog_module
 from steering.discovery.catalog import Catalog, FeatureMatch
-from steering.discovery.labels import LabelFileError, labels_beside, load_labels
+from steering.discovery.labels import (
+    MAX_LABEL_CHARS,
+    LabelFileError,
+    labels_beside,
+    load_labels,
+)
 from steering.discovery.words import stem, terms, words
 from steering.errors import InvalidRequestError, SteeringError
 
@@ -85,6 +90,13 @@ BAD_ARRAYS = {
     "not an object": ('[{"index": "1", "description": "a"}, 5]', "entry [1]", "object"),
     "label not text": ('[{"index": "1", "description": 5}]', "entry [0]", "not a string"),
     "malformed": ('[{"index": "1", "description": "a"},\n {"index": ', "line 2", "malformed"),
+    "lone surrogate": ('[{"index": "1", "description": "\\ud800 sea"}]', "entry [0]",
+                       "lone surrogate"),
+    "index of 5,000 digits": ('[{"index": "' + "9" * 5000 + '", "description": "a"}]',
+                              "entry [0]", "5000 digits"),
+    "number of 5,000 digits": ('[{"index": ' + "9" * 5000 + ', "description": "a"}]',
+                               "entry [0]", "5000 digits"),
+    "nested too deeply": ("[" * 100_000 + "]" * 100_000, "", "nested too deeply"),
 }  # fmt: skip
 
 BAD_LINES = {
@@ -96,6 +108,11 @@ BAD_LINES = {
                   "malformed"),
     "no label": ('{"feature": 1}', ":1:", "'label'"),
     "not an object": ('{"feature": 1, "label": "a"}\n"text"', ":2:", "object"),
+    "lone surrogate": ('{"feature": 1, "label": "a \\udfff"}', ":1:", "lone surrogate"),
+    "number of 5,000 digits": ('{"feature": ' + "1" * 5000 + ', "label": "a"}', ":1:",
+                               "5000 digits"),
+    "nested too deeply": ('{"feature": 1, "label": ' + "[" * 100_000 + "]" * 100_000 + "}",
+                          ":1:", "nested too deeply"),
 }  # fmt: skip
 
 
@@ -117,6 +134,24 @@ def test_a_bad_line_names_the_file_and_line(tmp_path: Path, case: str) -> None:
     with pytest.raises(LabelFileError) as caught:
         load_labels(file, D_SAE)
     assert f"{file}{where}" in str(caught.value) and why in str(caught.value)
+
+
+def test_a_bad_label_is_one_line(tmp_path: Path) -> None:
+    """A 5,000-digit index is named by its length, not printed whole."""
+    file = write(
+        tmp_path / "explanations.json", '[{"index": "' + "9" * 5000 + '", "description": "a"}]'
+    )
+    with pytest.raises(LabelFileError) as caught:
+        load_labels(file, D_SAE)
+    assert "9" * 100 not in str(caught.value) and "\n" not in str(caught.value)
+
+
+def test_long_labels_are_cut_at_the_documented_maximum(tmp_path: Path) -> None:
+    long = "sea " * 200
+    file = write(tmp_path / "labels.jsonl", json.dumps({"feature": 1, "label": long}))
+    (label,) = load_labels(file, D_SAE).values()
+    assert len(label) == MAX_LABEL_CHARS and label.endswith("…")
+    assert label.startswith("sea sea") and long.startswith(label[:-1])
 
 
 def test_a_missing_or_unreadable_file_names_the_file(tmp_path: Path) -> None:

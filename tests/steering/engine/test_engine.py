@@ -303,3 +303,25 @@ def test_a_long_prompt_is_refused_naming_the_limit_in_force(lm: LoadedModel) -> 
         assert f"limit of {in_force}" in err.value.message, err.value.message
         assert str(engine.config.limits.max_prompt_tokens) not in err.value.message
     engine.add(GenerationRequest((5,) * in_force))  # at the limit: taken
+
+
+@pytest.mark.parametrize("bad", [float("inf"), float("nan")])
+def test_a_row_without_edits_ignores_non_finite_weights_of_unedited_features(
+    lm: LoadedModel, bad: float
+) -> None:
+    """Unused columns of the per-slot tables point at feature 0: even where its weights are not
+    finite (loading refuses such files; built here directly), they never touch a row's output."""
+    d = int(lm.model.config.get_text_config().hidden_size)
+    sae = random_sae(d, 128, seed=1, threshold=0.02)
+    for tensor in (sae.W_enc[:, 0], sae.W_dec[0], sae.b_enc[:1], sae.threshold[:1]):
+        tensor.fill_(bad)
+    engine = Engine.from_loaded(lm, [SaeAttachment("early", sae, layer=1)])
+    prompt = _ids(lm, PROMPTS[0])
+    plain = engine.add(_greedy(prompt, (), 8))
+    steered = engine.add(_greedy(prompt, (FeatureEdit("early", 5, EditMode.SET, 6.0),), 8))
+    _run(engine)
+    assert _collect(plain.channel) == (
+        _reference(lm, engine.hooks, prompt, (), 8),
+        FinishReason.LENGTH,
+    )
+    assert _collect(steered.channel)[1] is FinishReason.LENGTH

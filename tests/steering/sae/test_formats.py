@@ -196,3 +196,12 @@ def test_encode_decode_follow_the_fixed_math(sae) -> None:
     shifted = type(sae)(**(sae.params() | {"b_enc": at_threshold[0]}))
     assert torch.count_nonzero(shifted.encode(zero_input)) == 0
     assert torch.allclose(sae.decode(f), f @ sae.W_dec + sae.b_dec)
+
+
+@pytest.mark.parametrize("name", ["W_dec", "b_enc", "threshold"])
+def test_values_that_overflow_float32_are_refused(tmp_path: Path, sae, name: str) -> None:
+    """Finite in float64, inf once cast to the float32 the server computes in: refused."""
+    params = {k: v.astype(np.float64) for k, v in _good(sae).items()}
+    params[name].reshape(-1)[1] = 1e300
+    with pytest.raises(SaeFormatError, match=rf"params\.npz: '{name}' .*float32"):
+        load_sae(_npz(tmp_path, params))

@@ -126,3 +126,13 @@ def test_a_vector_too_small_to_divide_by_says_so(tmp_path: Path) -> None:
         load_vectors(file)
     message = str(err.value)
     assert "vector 1" in message and "too small" in message and "zero" not in message
+
+
+def test_vectors_that_overflow_float32_are_refused(tmp_path: Path) -> None:
+    """Finite in float64, inf once cast to float32: refused, naming the file."""
+    content = np.ones((2, D_MODEL))
+    content[1, 3] = 1e300
+    np.save(tmp_path / "big.npy", content)
+    with pytest.raises(SaeFormatError, match="float32") as err:
+        load_vectors(tmp_path / "big.npy")
+    assert str(tmp_path / "big.npy") in str(err.value)
