@@ -36,6 +36,8 @@ class MockModel(nn.Module):
         self.config = SimpleNamespace(get_text_config=lambda: text)
         self.generation_config = SimpleNamespace(eos_token_id=[1])
         self.forwards = 0
+        # Per forward: (rows, tokens per row, whether it was a decode step over the slots).
+        self.fed: list[tuple[int, int, bool]] = []
         self.fail_next = 0  # raise in this many coming forwards
 
     def get_decoder(self) -> nn.Module:
@@ -53,6 +55,8 @@ class MockModel(nn.Module):
         **_: Any,
     ) -> SimpleNamespace:
         self.forwards += 1
+        decode = getattr(cache, "_read", None) is not None
+        self.fed.append((int(input_ids.shape[0]), int(input_ids.shape[1]), decode))
         if self.fail_next:
             self.fail_next -= 1
             raise RuntimeError("injected failure")

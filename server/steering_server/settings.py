@@ -141,7 +141,9 @@ class Settings(BaseSettings):
         64, ge=1, description="most edits a request holds on one SAE, its rules' included"
     )
     prefill_tokens_per_step: int = Field(
-        4096, ge=1, description="prompt tokens admitted per engine step (bounds decode stalls)"
+        4096,
+        ge=1,
+        description="prompt tokens computed per engine step, the chunk size of long prompts",
     )
     # Serving.
     auth_tokens: Annotated[list[str], NoDecode] = Field(

@@ -1,10 +1,10 @@
 """The running batch: which slot of the static KV cache each row holds, and its positions.
 
-A small contract in the manner of TGI: `prefill` makes a batch from prompts (one left-padded
-forward that writes each prompt into its own slot), `concatenate` joins batches, `filter` keeps
-some rows (a row that leaves frees its slot), `decode` runs one step over the slots. Joining and
-leaving move no cache: only the small per-row lists change. Knows nothing of sampling or
-requests.
+A small contract in the manner of TGI: `prefill_chunk` writes a piece of one prompt into its
+slot (one forward of that row alone, at its own shape: no padding, no other row), a prompt whose
+last chunk is in joins as a batch of one, `concatenate` joins batches, `filter` keeps some rows
+(a row that leaves frees its slot), `decode` runs one step over the slots. Joining and leaving
+move no cache: only the small per-row lists change. Knows nothing of sampling or requests.
 """
 
 from __future__ import annotations
@@ -16,7 +16,30 @@ import torch
 from steering.engine.decoder import Decoder
 from steering.engine.forward import PAD_ID, Forward, Steering, eager_attention, forward
 from steering.engine.slot_cache import SlotCache
-from steering.steer.plan import RowAsk
+from steering.steer.plan import Plan, RowAsk
+
+
+def prefill_chunk(
+    model: torch.nn.Module,
+    steering: Steering,
+    cache: SlotCache,
+    slot: int,
+    tokens: Sequence[int],
+    start: int,
+    plan: Plan,
+) -> tuple[torch.Tensor, Forward]:
+    """Feed `tokens`, a prompt's positions start..start+T-1, into `slot` (an earlier chunk
+    wrote its first `start` positions), steered and read by `plan` (the row's own, one row);
+    the last position's logits (1, V) and what the forward read."""
+    device = steering.special_ids.device
+    length = len(tokens)
+    ids = torch.tensor([list(tokens)], dtype=torch.long, device=device)  # (1, T)
+    positions = torch.arange(start, start + length, device=device)[None, :]
+    cache.chunk(slot, start, length)
+    masks = cache.chunk_masks(start, length, eager_attention(model))
+    tables = steering.step_tables(plan, ids)
+    logits = forward(model, steering, tables, ids, masks, positions, cache)
+    return logits, Forward(plan, tables, [range(length)], [0])
 
 
 class Batch:
@@ -44,43 +67,13 @@ class Batch:
         length = max(self.positions)
         return torch.tensor([[1] * p + [0] * (length - p) for p in self.positions])
 
-    @classmethod
-    def prefill(
-        cls,
-        model: torch.nn.Module,
-        steering: Steering,
-        cache: SlotCache,
-        slots: list[int],
-        keys: list[int],
-        prompts: Sequence[Sequence[int]],
-        asks: list[RowAsk],
-    ) -> tuple[Batch, torch.Tensor, Forward]:
-        """A batch of `prompts` (left-padded, one forward) written into `slots` of the cache,
-        their next-token logits (B, V), and what the forward read."""
-        device = steering.special_ids.device
-        width = max(len(p) for p in prompts)
-        padded = [[PAD_ID] * (width - len(p)) + list(p) for p in prompts]
-        ids = torch.tensor(padded, dtype=torch.long, device=device)  # (B, T)
-        lengths = torch.tensor([len(p) for p in prompts], dtype=torch.long, device=device)
-        mask = torch.arange(width, device=device)[None, :] >= (width - lengths[:, None])
-        positions = (mask.long().cumsum(dim=1) - 1).clamp_min(0)
-        cache.prefill(torch.tensor(slots, dtype=torch.long, device=device), lengths, width)
-        masks = cache.prefill_masks(lengths, width, eager_attention(model))
-        plan = steering.plan(asks)
-        tables = steering.step_tables(plan, ids, mask)
-        logits = forward(model, steering, tables, ids, masks, positions, cache)
-        done = Forward(
-            plan, tables, [range(width - len(p), width) for p in prompts], list(range(len(keys)))
-        )
-        return cls(keys, asks, slots, [len(p) for p in prompts]), logits, done
-
     def decode(self, decoder: Decoder, tokens: Sequence[int]) -> tuple[torch.Tensor, Forward]:
         """Feed each row its last sampled token; the logits (B, V) of the next one, and what the
-        forward read. The forward runs over slots 0..n-1 (row b of it is slot b); free slots
-        among them feed padding at position 0 and are never read."""
+        forward read. The forward runs over slots 0..n-1 (row b of it is slot b); other
+        slots among them feed padding at their parked position (see SlotCache), never read."""
         device = decoder.cache.shape.device
         n = max(self.slots) + 1
-        fed, at = [PAD_ID] * n, [0] * n
+        fed, at = [PAD_ID] * n, decoder.cache.parked[:n]
         for slot, token, position in zip(self.slots, tokens, self.positions, strict=True):
             fed[slot], at[slot] = token, position
         ids = torch.tensor(fed, dtype=torch.long, device=device)[:, None]  # (n, 1)

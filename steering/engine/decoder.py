@@ -153,13 +153,16 @@ class GraphedDecoder(Decoder):
             graph.logits, graph.tables = Decoder.__call__(self, graph.ids, graph.positions, keys)
         graph.replay = cuda_graph.replay
 
-    @staticmethod
-    def _fill(graph: _Graph, ids: torch.Tensor, positions: torch.Tensor) -> None:
-        n = ids.shape[0]
+    def _fill(self, graph: _Graph, ids: torch.Tensor, positions: torch.Tensor) -> None:
+        n, rows = ids.shape[0], graph.ids.shape[0]
         graph.ids[:n].copy_(ids)
         graph.ids[n:].fill_(PAD_ID)
         graph.positions[:n].copy_(positions)
-        graph.positions[n:].zero_()
+        parked = self.cache.parked[n:rows]  # the padding rows' slots: free, or mid-prompt
+        if any(parked):
+            graph.positions[n:].copy_(torch.tensor(parked, dtype=torch.long))
+        else:
+            graph.positions[n:].zero_()
 
 
 def replay_mismatch(eager: torch.Tensor, replayed: torch.Tensor) -> str | None:

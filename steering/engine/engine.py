@@ -2,10 +2,16 @@
 
 Synchronous: it owns the model, its steering hooks and the running batch, and speaks token ids
 only. `add`, `abort` and `finish` may be called from any thread; `step` (or `run`) from one
-engine thread. A step applies aborts, decodes the running batch by one token, then admits
-waiting requests into it (prefilled together, in one left-padded forward); rows that finish
-leave at once. Each running request holds one slot of a static KV cache, allocated at startup
-for `max_active_rows` requests of the longest prompt and generation the limits allow.
+engine thread. A step applies aborts, decodes the running batch by one token, then prefills
+within a token budget (`prefill_tokens_per_step`, counting every token a forward computes): the
+next chunk of each prompt already being prefilled, then waiting requests, first come first
+served. A prompt is cut into chunks of the budget's size from its first token, so where its
+chunks end depends on the request alone, and each chunk is one forward of that row alone at its
+own shape (never padded to another prompt), so one long prompt holds the running rows up by one
+chunk per step at most. A prompt whose last chunk is in joins the batch with its first token;
+rows that finish leave at once. Each running request holds one slot of a static KV cache,
+allocated at startup for `max_active_rows` requests of the longest prompt and generation the
+limits allow.
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ from typing import Any
 
 import torch
 
-from steering.engine.batch import Batch
+from steering.engine.batch import Batch, prefill_chunk
 from steering.engine.channel import OutputChannel
 from steering.engine.decoder import Decoder, GraphedDecoder
 from steering.engine.forward import Forward, Steering
@@ -33,7 +39,7 @@ from steering.errors import EngineClosedError, InvalidRequestError, QueueFullErr
 from steering.models.gemma import LoadedModel
 from steering.requests import FinishReason, GenerationRequest, Limits, validate_request
 from steering.steer.hooks import SaeAttachment, install_steering
-from steering.steer.plan import Readback, RowResult
+from steering.steer.plan import Plan, Readback, RowResult
 from steering.steer.slot_tables import SlotTables
 
 log = logging.getLogger(__name__)
@@ -42,11 +48,38 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class EngineConfig:
     limits: Limits = field(default_factory=Limits)
-    # Waiting requests are admitted in a step until their prompts reach this many tokens
-    # (at least one request per step), bounding how long a step's prefills stall decoding.
+    # The prompt tokens one step computes at most, and the size of a prompt's chunks: a longer
+    # prompt is prefilled over several steps, so no step's prefill stalls decoding for longer.
     prefill_tokens_per_step: int = 4096
     # Replay decode steps from CUDA graphs (a CUDA model only); see steering.engine.decoder.
     cuda_graphs: bool = False
+
+
+@dataclass(eq=False)
+class _Prompt:
+    """A running row whose prompt is being prefilled into its slot, one chunk per forward; its
+    plan (tables, rule latch, receipt totals) and its inspect readings span all the chunks."""
+
+    row: Row
+    slot: int
+    plan: Plan | None = None
+    done: int = 0  # positions of the prompt in its slot
+    named: list[tuple[float, ...]] = field(default_factory=list)
+    top: list[dict[str, list[tuple[int, int | float]]]] = field(default_factory=list)
+    sums: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    def read(self, result: RowResult | None) -> RowResult | None:
+        """Add a chunk's readings: those of the prompt so far, with the chunk's own watched
+        values and fired rules."""
+        if result is None:
+            return None
+        self.named += result.named
+        self.top += result.top
+        for sae, sums in result.sums.items():
+            self.sums[sae] = self.sums[sae] + sums if sae in self.sums else sums
+        return RowResult(
+            result.watched, result.fired, tuple(self.named), tuple(self.top), dict(self.sums)
+        )
 
 
 @dataclass(frozen=True)
@@ -81,6 +114,7 @@ class Engine:
         self._waiting: deque[Row] = deque()
         self._finish_requests: dict[int, FinishReason] = {}
         self._running: dict[int, Row] = {}
+        self._prompts: list[_Prompt] = []  # running rows still prefilling, first come first
         self._batch: Batch | None = None
         self._keys = itertools.count()
         self._closed = False
@@ -245,10 +279,11 @@ class Engine:
             self._waiting.clear()
         for row in rows:
             self._finish(row, reason, [], error)
+        self._retire()
         self._set_batch(None)
 
     def step(self) -> StepStats:
-        """One iteration: aborts, one decode step of the running batch, then admissions."""
+        """One iteration: aborts, one decode step of the running batch, then prefill chunks."""
         start, hook_start = time.perf_counter(), self.hooks.seconds
         on_step = self.on_step  # read once: a callback set mid-step starts with the next step
         finished: list[FinishedRequest] = []
@@ -312,91 +347,137 @@ class Engine:
         return generated
 
     def _admit(self, finished: list[FinishedRequest]) -> tuple[int, int, int]:
-        """Prefill waiting requests into free rows, in one forward; (requests, prompt tokens,
-        first tokens)."""
-        self._apply_finish_requests(
-            finished
-        )  # aborts that came during the decode: never prefill them
-        rows: list[Row] = []
-        tokens = 0
-        while (row := self._next_admission(len(rows), tokens)) is not None:
-            rows.append(row)
-            tokens += len(row.request.prompt_ids)
-            row.admitted_at = time.monotonic()
-            row.sampler = RowSampler.create(row.request.sampling, self.device)
-        if not rows:
-            return 0, 0, 0
-        held = set(self._batch.slots) if self._batch is not None else set()
-        free = [slot for slot in range(self._cache.shape.slots) if slot not in held]
-        try:
-            prefilled, logits, done = Batch.prefill(
-                self.model,
-                self._steering,
-                self._cache,
-                free[: len(rows)],  # the lowest free slots: decode steps run over slots 0..n-1
-                [row.key for row in rows],
-                [row.request.prompt_ids for row in rows],
-                [row.ask for row in rows],
-            )
-        except Exception:
-            log.exception("prefill failed for %d requests", len(rows))
-            for row in rows:
-                self._finish(
-                    row, FinishReason.ERROR, finished, "internal error while reading the prompt"
-                )
-            return len(rows), tokens, 0
-        generated = self._emit(rows, logits, done, finished)
-        joined = prefilled.filter(set(self._running))
-        if joined is not None:
-            for key, slot in zip(joined.keys, joined.slots, strict=True):
-                self._slots.write(slot, self._running[key].ask)
-        parts = [b for b in (self._batch, joined) if b is not None]
-        self._set_batch(Batch.concatenate(parts) if parts else None)
-        return len(rows), tokens, generated
+        """Prefill within the step's token budget: the next chunk of each prompt under way, then
+        waiting requests into free rows, in order of arrival (a chunk that does not fit in what
+        is left waits for the next step, and so does everything after it); (requests admitted,
+        prompt tokens computed, first tokens)."""
+        self._apply_finish_requests(finished)  # aborts that came during the decode: never prefill
+        left = self.config.prefill_tokens_per_step
+        admitted = tokens = generated = 0
+        under_way = iter(list(self._prompts))
+        while True:
+            prompt = next(under_way, None)
+            if prompt is None:
+                prompt = self._start(left)
+                if prompt is None:
+                    break
+                admitted += 1
+            size = self._chunk(prompt)
+            if size > left:
+                break
+            left -= size
+            tokens += size
+            generated += self._prefill(prompt, size, finished)
+        return admitted, tokens, generated
 
-    def _next_admission(self, admitted: int, tokens: int) -> Row | None:
+    def _chunk(self, prompt: _Prompt) -> int:
+        """The size of a prompt's next chunk: chunks of the budget's size from its first token."""
+        size = len(prompt.row.request.prompt_ids) - prompt.done
+        return min(size, self.config.prefill_tokens_per_step)
+
+    def _start(self, left: int) -> _Prompt | None:
+        """The next waiting request, given a free row and slot, if its first chunk fits."""
         with self._cond:
             if not self._waiting or len(self._running) >= self.config.limits.max_active_rows:
                 return None
-            prompt = len(self._waiting[0].request.prompt_ids)
-            if admitted and tokens + prompt > self.config.prefill_tokens_per_step:
+            first = min(
+                len(self._waiting[0].request.prompt_ids), self.config.prefill_tokens_per_step
+            )
+            if first > left:
                 return None
             row = self._waiting.popleft()
             self._running[row.key] = row
-            return row
+        row.admitted_at = time.monotonic()
+        row.sampler = RowSampler.create(row.request.sampling, self.device)
+        held = {p.slot for p in self._prompts}
+        held.update(self._batch.slots if self._batch is not None else ())
+        # The lowest free slot: decode steps run over slots 0..n-1.
+        slot = next(slot for slot in range(self._cache.shape.slots) if slot not in held)
+        prompt = _Prompt(row, slot)
+        self._prompts.append(prompt)
+        return prompt
+
+    def _prefill(self, prompt: _Prompt, size: int, finished: list[FinishedRequest]) -> int:
+        """Run a prompt's next chunk of `size` tokens; after its last, the row joins the batch
+        with its first token. The tokens emitted (0 or 1)."""
+        row, ids = prompt.row, prompt.row.request.prompt_ids
+        start = prompt.done
+        try:
+            if prompt.plan is None:  # the latch as the row came: rules fired before it
+                prompt.plan = self._steering.plan([row.ask])
+            logits, done = prefill_chunk(
+                self.model,
+                self._steering,
+                self._cache,
+                prompt.slot,
+                ids[start : start + size],
+                start,
+                prompt.plan,
+            )
+        except Exception:
+            log.exception("prefill failed for a request of %d prompt tokens", len(ids))
+            self._finish(
+                row, FinishReason.ERROR, finished, "internal error while reading the prompt"
+            )
+            self._retire()
+            return 0
+        prompt.done = start + size
+        self._cache.parked[prompt.slot] = prompt.done
+        if prompt.done < len(ids):
+            self._emit([row], None, done, finished, prompt)
+            self._retire()
+            return 0
+        self._prompts.remove(prompt)
+        self._cache.parked[prompt.slot] = 0
+        generated = self._emit([row], logits, done, finished, prompt)
+        if row.key in self._running:
+            self._slots.write(prompt.slot, row.ask)
+            joined = Batch([row.key], [row.ask], [prompt.slot], [len(ids)])
+            self._set_batch(Batch.concatenate([b for b in (self._batch, joined) if b is not None]))
+        return generated
 
     def _emit(
         self,
         rows: list[Row],
-        logits: torch.Tensor,
+        logits: torch.Tensor | None,
         done: Forward,
         finished: list[FinishedRequest],
+        prompt: _Prompt | None = None,
     ) -> int:
         """Sample each row's next token from logits (B, V); send it with what the forward read;
-        finish rows that are done (a prefill-only row with its readings)."""
+        finish rows that are done (a prefill-only row with its readings). No logits: a chunk of
+        a prompt (one row, `prompt`) before its last, which only reads."""
         # One device-to-host copy per step: each row's argmax, whether its logits are finite, and
         # what the hooks read (edit counts so far, watched features, rules fired, inspections).
         readback = Readback()
-        readback.add("greedy", logits.argmax(dim=-1))
-        readback.add("finite", torch.isfinite(logits).all(dim=-1))
+        if logits is not None:
+            readback.add("greedy", logits.argmax(dim=-1))
+            readback.add("finite", torch.isfinite(logits).all(dim=-1))
         done.queue(readback)
         readback.fetch()
-        greedy, finite = readback.get("greedy")[0], readback.get("finite")[0]
+        greedy, finite = (readback.get(n)[0] if n in readback else [] for n in ("greedy", "finite"))
         results = done.results(readback)
         now, emitted = time.monotonic(), 0
         for b, row in enumerate(rows):
             assert row.sampler is not None
-            if not finite[b]:
+            if logits is not None and not finite[b]:
                 self._finish(
                     row, FinishReason.ERROR, finished, "non-finite values in the model's output"
                 )
                 continue
             result = results[b]
             row.seen(done.source, done.at[b], readback)
+            if prompt is not None:
+                result = prompt.read(result)
+            if logits is None:  # a prompt's chunk before its last: record the rules that fired
+                if result is not None and result.fired:
+                    self._fire(row, result.fired, finished, end=False)
+                continue
             if row.request.inspect is not None:
                 self._finish(row, FinishReason.PREFILLED, finished, readings=result)
                 continue
-            if result is not None and result.fired and self._fire(row, result.fired, finished):
+            fired = result is not None and (result.fired or row.fired)
+            if fired and self._fire(row, result.fired if result else (), finished):
                 continue  # a stop rule: the token of this forward is not emitted
             try:
                 token = int(greedy[b]) if row.sampler.greedy else row.sampler.draw(logits[b])
@@ -415,12 +496,18 @@ class Engine:
                 self._finish(row, reason, finished, tokens=[token], watched=watched)
         return emitted
 
-    def _fire(self, row: Row, rules: tuple[int, ...], finished: list[FinishedRequest]) -> bool:
-        """Record rules that fired; True if one of them stopped the request."""
-        row.fired.update(rules)
-        for i in rules:
+    def _fire(
+        self, row: Row, rules: tuple[int, ...], finished: list[FinishedRequest], end: bool = True
+    ) -> bool:
+        """Record rules that fired; True if a stop rule has fired (with `end`: the request is
+        finished). A prompt's chunks read it whole, as one forward would (its receipts count
+        every position), and its rules switch on after it: a rule that fires in a chunk may
+        fire again in the next one, and counts once."""
+        new = [i for i in rules if i not in row.fired]
+        row.fired.update(new)
+        for i in new:
             self._rules_fired["stop" if row.request.rules[i].stop else "apply"] += 1
-        if any(row.request.rules[i].stop for i in rules):
+        if end and any(row.request.rules[i].stop for i in row.fired):
             self._finish(row, FinishReason.CONDITION, finished)
             return True
         return False
@@ -476,7 +563,11 @@ class Engine:
         )
 
     def _retire(self) -> None:
-        """Drop finished rows from the batch (and the padding only they needed)."""
+        """Drop finished rows from the batch (and the padding only they needed) and from the
+        prompts under way (their slots free)."""
+        for prompt in [p for p in self._prompts if p.row.key not in self._running]:
+            self._prompts.remove(prompt)
+            self._cache.parked[prompt.slot] = 0
         if self._batch is not None:
             self._set_batch(self._batch.filter(set(self._running)))
 

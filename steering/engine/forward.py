@@ -42,20 +42,19 @@ class Forward:
     at: list[int]  # per row of the batch, its row in the forward (its slot in a decode)
 
     def queue(self, readback: Readback) -> None:
-        """Set the latch of the rules that fired (on the device: they take effect from the next
-        forward), and add what the hooks left to the step's one copy to the host."""
+        """Set the latch of the rules that fired in a decode (on the device: they take effect
+        from the next forward), and add what the hooks left to the step's one copy to the host."""
         if self.tables is None:
             return
         if isinstance(self.source, SlotTables):
             assert self.tables.slots is not None
             self.source.queue(self.tables.slots.n, self.tables.out, readback)
             return
+        # A prefill's plan keeps its latch as the row came in through all of its prompt's
+        # chunks: a rule that fires in the prompt switches its edits on from the first decode
+        # step, wherever the chunks end (the engine records it; the slot's latch starts with it).
         plan = self.source
-        latch, totals = plan.latch, plan.totals
-        for sae, table in plan.rules.items():
-            fired = self.tables.out[f"fired.{sae}"]
-            assert isinstance(fired, torch.Tensor) and latch is not None
-            latch[table.ids] |= fired
+        totals = plan.totals
         gathered = []
         for sae, (rows, columns) in plan.receipt_gather.items():
             counts = self.tables.out.get(f"counts.{sae}")

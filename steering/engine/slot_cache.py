@@ -96,6 +96,11 @@ class SlotCache(Cache):  # type: ignore[misc]  # transformers is untyped
         self.values = [torch.zeros_like(k) for k in self.keys]
         self._writes: dict[str, _Writes] = {}
         self._read: dict[str, int] | None = None  # decode: key length read per layer type
+        self._chunk: tuple[int, int] | None = None  # a chunk: (its slot, its first position)
+        # Per slot, the position a decode step over it writes while the slot is not decoding: 0
+        # for a free slot, the next position of a prompt being prefilled (which its next chunk
+        # overwrites, and which no key its queries read lies at in a ring).
+        self.parked = [0] * shape.slots
 
     def prefill(self, slots: torch.Tensor, lengths: torch.Tensor, width: int) -> None:
         """The next forward feeds prompts left-padded to `width` tokens: row b is `lengths[b]`
@@ -111,6 +116,22 @@ class SlotCache(Cache):  # type: ignore[misc]  # transformers is untyped
             where = positions[rows, tokens] % keep
             self._writes[layer_type] = _Writes(rows, tokens, slots[rows], where)
         self._read = None
+        self._chunk = None
+
+    def chunk(self, slot: int, start: int, length: int) -> None:
+        """The next forward feeds one row: positions start..start+length-1 of the prompt in
+        `slot`, whose first `start` positions an earlier chunk wrote. Its attention reads the
+        slot's earlier keys (what a ring still holds of them) and its own."""
+        device = self.shape.device
+        self._writes = {}
+        for layer_type in set(self.shape.layer_types):
+            keep = self.shape.length(layer_type)
+            first = max(0, length - keep)  # a ring keeps only the chunk's last `keep` positions
+            tokens = torch.arange(first, length, device=device)
+            rows, slots = torch.zeros_like(tokens), torch.full_like(tokens, slot)
+            self._writes[layer_type] = _Writes(rows, tokens, slots, (start + tokens) % keep)
+        self._read = None
+        self._chunk = (slot, start)
 
     def decode(self, positions: torch.Tensor, length: int) -> None:
         """The next forward feeds one token to each of the first B slots, at `positions` (B,);
@@ -118,6 +139,7 @@ class SlotCache(Cache):  # type: ignore[misc]  # transformers is untyped
         rows = torch.arange(positions.shape[0], device=positions.device)
         self._writes = {}
         self._read = {}
+        self._chunk = None
         for layer_type in set(self.shape.layer_types):
             keep = self.shape.length(layer_type)
             zeros = torch.zeros_like(rows)
@@ -137,6 +159,14 @@ class SlotCache(Cache):  # type: ignore[misc]  # transformers is untyped
         layer_type = self.shape.layer_types[layer_idx]
         w = self._writes[layer_type]
         keys, values = self.keys[layer_idx], self.values[layer_idx]
+        if self._chunk is not None and self._chunk[1] > 0:
+            slot, start = self._chunk
+            held = min(start, self.shape.length(layer_type))  # what the slot holds before it
+            key_states = torch.cat([keys[slot : slot + 1, :, :held], key_states], dim=2)
+            value_states = torch.cat([values[slot : slot + 1, :, :held], value_states], dim=2)
+            keys[w.slots, :, w.positions] = key_states[w.rows, :, held + w.tokens]
+            values[w.slots, :, w.positions] = value_states[w.rows, :, held + w.tokens]
+            return key_states, value_states
         keys[w.slots, :, w.positions] = key_states[w.rows, :, w.tokens]
         values[w.slots, :, w.positions] = value_states[w.rows, :, w.tokens]
         if self._read is None:
@@ -161,6 +191,24 @@ class SlotCache(Cache):  # type: ignore[misc]  # transformers is untyped
         if self.shape.window is not None:
             masks[SLIDING] = masks[FULL] & ((i[:, None] - i[None, :]) < self.shape.window)
         return self._format({k: m[:, None] for k, m in masks.items()}, additive)
+
+    def chunk_masks(self, start: int, length: int, additive: bool) -> dict[str, torch.Tensor]:
+        """Per layer type, (1, 1, T, L) for a chunk of `length` positions from `start`: causal
+        over the slot's earlier keys (as `update` puts them before the chunk's) and its own."""
+        device = self.shape.device
+        queries = start + torch.arange(length, device=device)
+        masks = {}
+        for layer_type in set(self.shape.layer_types):
+            keep = self.shape.length(layer_type)
+            held = torch.arange(min(start, keep), device=device)
+            if start > keep:  # a ring: entry r holds the latest position before start at r
+                held = start - 1 - (start - 1 - held) % keep
+            keys = torch.cat([held, queries])
+            mask = keys[None, :] <= queries[:, None]
+            if layer_type == SLIDING and self.shape.window is not None:
+                mask &= (queries[:, None] - keys[None, :]) < self.shape.window
+            masks[layer_type] = mask[None, None]
+        return self._format(masks, additive)
 
     def decode_masks(
         self, positions: torch.Tensor, length: int, additive: bool

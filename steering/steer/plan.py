@@ -235,6 +235,8 @@ class Readback:
         self._parts.append(tensor)
 
     def fetch(self) -> None:
+        if not self._parts:
+            return
         # float64 holds every token id, count and float32 value exactly.
         flat = torch.cat([p.detach().reshape(-1).double() for p in self._parts]).tolist()
         start = 0

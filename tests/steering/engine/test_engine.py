@@ -325,3 +325,62 @@ def test_a_row_without_edits_ignores_non_finite_weights_of_unedited_features(
         FinishReason.LENGTH,
     )
     assert _collect(steered.channel)[1] is FinishReason.LENGTH
+
+
+@pytest.mark.parametrize("name", ["gemma2", "gemma3"])
+def test_readings_rules_and_receipts_are_the_same_in_chunks(
+    name: str, model_folders: dict[str, Path]
+) -> None:
+    from steering.engine import EngineConfig
+    from steering.requests import FeatureRef, InspectSpec, Rule
+
+    def run(budget: int) -> list[Any]:
+        lm = load_model(model_folders[name], dtype=torch.float32)
+        config = EngineConfig(prefill_tokens_per_step=budget)
+        engine = Engine.from_loaded(lm, _attachments(lm), config)
+        prompt = tuple(_ids(lm, PROMPTS[2]) + _ids(lm, PROMPTS[0]))
+        sampling = SamplingParams(max_new_tokens=8, ignore_eos=True)
+        apply = Rule(
+            FeatureRef("early", 5), -1.0, apply=(FeatureEdit("late", 8, EditMode.SET, 25.0),)
+        )
+        spec = InspectSpec(
+            ("early", "late"), top_k=4, features=(FeatureRef("late", 3),), means=True
+        )
+        requests = [
+            GenerationRequest(
+                prompt, sampling, EDITS[2], watch=(FeatureRef("late", 3),), rules=(apply,)
+            ),
+            GenerationRequest(prompt, sampling, EDITS[0], inspect=spec),
+            GenerationRequest(
+                prompt, sampling, EDITS[3], rules=(Rule(FeatureRef("early", 5), -1.0, stop=True),)
+            ),
+        ]
+        handles = [engine.add(r) for r in requests]
+        _run(engine)
+        outputs = []
+        for handle in handles:
+            outs = []
+            while (out := handle.channel.take(0)) is not None:
+                outs.append(out)
+            outputs.append(outs)
+        return outputs
+
+    whole, chunked = run(4096), run(3)
+    for one, other in zip(whole, chunked, strict=True):
+        assert [t for o in one for t in o.token_ids] == [t for o in other for t in o.token_ids]
+        assert one[-1].finish_reason is other[-1].finish_reason
+        assert one[-1].receipts == other[-1].receipts
+        watched = [x for o in one for w in o.watched for x in w]
+        assert watched == pytest.approx([x for o in other for w in o.watched for x in w], abs=1e-4)
+    assert whole[0][-1].receipts[-1].applied > 0  # the rule fired in the prompt, applied after
+    assert whole[2][-1].finish_reason is FinishReason.CONDITION
+    a, b = whole[1][-1].readings, chunked[1][-1].readings
+    assert a is not None and b is not None and len(a.named) == len(b.named) > 3
+    named = [x for r in a.named for x in r]
+    assert named == pytest.approx([x for r in b.named for x in r], abs=1e-4)
+    for ta, tb in zip(a.top, b.top, strict=True):
+        for sae in ("early", "late"):
+            assert [i for i, _ in ta[sae]] == [i for i, _ in tb[sae]]
+            assert [v for _, v in ta[sae]] == pytest.approx([v for _, v in tb[sae]], abs=1e-4)
+    for sae in ("early", "late"):
+        assert torch.allclose(a.sums[sae], b.sums[sae], atol=1e-3)

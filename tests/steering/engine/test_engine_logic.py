@@ -284,3 +284,94 @@ def test_stats_describe_each_step() -> None:
     done = [f for s in seen for f in s.finished]
     assert sorted(f.completion_tokens for f in done) == [1, 3]
     assert all(f.first_token_at is not None and f.finished_at >= f.queued_at for f in done)
+
+
+def _budget_engine(model: MockModel, budget: int, **limits: int) -> Engine:
+    config = EngineConfig(limits=Limits(**limits), prefill_tokens_per_step=budget)
+    return Engine(model, special_ids=[0], eos_ids=[], config=config)
+
+
+def _prefill_fed(model: MockModel) -> int:
+    """Prompt tokens the model computed since the last call (padding included)."""
+    fed = sum(rows * tokens for rows, tokens, decode in model.fed if not decode)
+    model.fed.clear()
+    return fed
+
+
+def test_a_step_never_computes_more_prompt_tokens_than_the_budget() -> None:
+    model = MockModel()
+    engine = _budget_engine(model, 8)
+    asks = [([3] * 20, 6), ([7, 2, 4], 9), ([5] * 7, 4), ([2] * 2, 12), ([4] * 17, 5)]
+    handles = [engine.add(_request(p, n)) for p, n in asks[:3]]
+    steps = []
+    for _ in range(3):
+        engine.step()
+        steps.append(_prefill_fed(model))
+    handles += [engine.add(_request(p, n)) for p, n in asks[3:]]  # arrive mid-chunk
+    while not engine.idle:
+        engine.step()
+        steps.append(_prefill_fed(model))
+    assert max(steps) <= 8
+    assert sum(steps) == sum(len(p) for p, _ in asks)  # no padding: only real tokens
+    for (prompt, n), handle in zip(asks, handles, strict=True):
+        assert _tokens(handle.channel) == (mock_reference(prompt, n), FinishReason.LENGTH)
+
+
+def test_a_long_prompt_holds_running_rows_up_by_one_chunk_per_step() -> None:
+    model = MockModel()
+    engine = _budget_engine(model, 4)
+    running = engine.add(_request([6, 1], 30))
+    engine.step()
+    long = engine.add(_request([9] * 22, 3))
+    got = []
+    for _ in range(6):  # 22 prompt tokens: chunks of 4, 4, 4, 4, 4, 2
+        stats = engine.step()
+        got.append((stats.prefill_tokens, stats.generated_tokens))
+    # Every step decodes the running row once; the last chunk adds the long prompt's first token.
+    assert got == [(4, 1)] * 5 + [(2, 2)]
+    _drain(engine)
+    assert _tokens(long.channel) == (mock_reference([9] * 22, 3), FinishReason.LENGTH)
+    tokens = []
+    while (out := running.channel.take(0)) is not None:
+        tokens += out.token_ids
+    assert tokens == mock_reference([6, 1], 30)
+
+
+def test_an_abort_mid_chunk_frees_the_slot_and_leaves_the_others_exact() -> None:
+    model = MockModel()
+    engine = _budget_engine(model, 5, max_active_rows=2)
+    a = engine.add(_request([3, 4], 20))
+    engine.step()
+    b = engine.add(_request([8] * 23, 5))
+    engine.step()
+    engine.step()  # b is two chunks in, in slot 1 beside a's decoding slot 0
+    engine.abort(b.key)
+    c = engine.add(_request([2] * 12, 6))  # takes the freed slot, its own chunks from token 0
+    _drain(engine)
+    out = b.channel.take(0)
+    assert out is not None and out.finish_reason is FinishReason.ABORTED and not out.token_ids
+    assert _tokens(c.channel) == (mock_reference([2] * 12, 6), FinishReason.LENGTH)
+    tokens = []
+    while (out := a.channel.take(0)) is not None:
+        tokens += out.token_ids
+    assert tokens == mock_reference([3, 4], 20)
+    assert engine.idle and engine._prompts == [] and engine._cache.parked == [0] * 2
+
+
+def test_a_prompt_in_a_slot_below_a_decoding_row_keeps_its_chunks() -> None:
+    model = MockModel()
+    engine = _budget_engine(model, 4, max_active_rows=2)
+    first = engine.add(_request([5], 2))
+    beside = engine.add(_request([3, 3], 25))
+    engine.step()
+    long = engine.add(_request([9, 8, 7] * 5, 4))
+    engine.step()  # first ends: long is prefilled into slot 0, below beside's decoding slot 1
+    assert [p.slot for p in engine._prompts] == [0] and engine._batch is not None
+    assert engine._batch.slots == [1]
+    _drain(engine)
+    assert _tokens(first.channel) == (mock_reference([5], 2), FinishReason.LENGTH)
+    assert _tokens(long.channel) == (mock_reference([9, 8, 7] * 5, 4), FinishReason.LENGTH)
+    tokens = []
+    while (out := beside.channel.take(0)) is not None:
+        tokens += out.token_ids
+    assert tokens == mock_reference([3, 3], 25)

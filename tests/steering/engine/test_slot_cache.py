@@ -228,3 +228,33 @@ def test_a_bfloat16_model_decodes_from_a_bfloat16_cache(model_folders: dict[str,
     for handle in handles:
         tokens, reason = _collect(handle.channel)
         assert reason is FinishReason.LENGTH and len(tokens) == 6
+
+
+@pytest.mark.parametrize("budget", [5, 13])
+def test_prompts_in_chunks_across_the_window_equal_generate_alone(
+    lm: LoadedModel, budget: int
+) -> None:
+    config = EngineConfig(prefill_tokens_per_step=budget)
+    engine = Engine.from_loaded(lm, _attachments(lm), config)
+    window = int(lm.model.config.get_text_config().sliding_window)
+    long = _ids(lm, LONG)
+    assert len(long) > 2 * window > 2 * budget - 2  # chunks that end inside and past the ring
+    asks = [(long, EDITS[0], 10), (_ids(lm, PROMPTS[1]), (), 30), (long[:-5], EDITS[2], 12)]
+    handles = [engine.add(_greedy(*asks[0]))]
+    engine.step()
+    handles.append(engine.add(_greedy(*asks[1])))  # joins while the long prompt is in chunks
+    aborted = engine.add(_greedy(long[3:], EDITS[3], 8))
+    for _ in range(3):
+        engine.step()
+    engine.abort(aborted.key)  # mid-chunk, or still waiting its turn
+    handles.append(engine.add(_greedy(*asks[2])))
+    steps = []
+    while not engine.idle:
+        steps.append(engine.step().prefill_tokens)
+    assert max(steps) <= budget
+    for (prompt, edits, n), handle in zip(asks, handles, strict=True):
+        assert _collect(handle.channel) == (
+            _reference(lm, engine.hooks, prompt, edits, n),
+            FinishReason.LENGTH,
+        )
+    assert _collect(aborted.channel) == ([], FinishReason.ABORTED)
