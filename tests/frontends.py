@@ -10,12 +10,14 @@ import torch
 
 from steering import SaeAttachment, load_model
 from steering.demo.toy import random_sae
-from steering.engine import Engine
+from steering.engine import Engine, EngineConfig
 from steering.frontend import FrontEnd
 
 
 @contextmanager
-def running_frontend(folder: Path, saes: Sequence[tuple[str, int, int, int]]) -> Iterator[FrontEnd]:
+def running_frontend(
+    folder: Path, saes: Sequence[tuple[str, int, int, int]], config: EngineConfig | None = None
+) -> Iterator[FrontEnd]:
     """`saes`: (name, layer, width, seed) of each SAE, in serving order."""
     loaded = load_model(folder, dtype=torch.float32)
     d_model = int(loaded.model.config.get_text_config().hidden_size)
@@ -23,7 +25,8 @@ def running_frontend(folder: Path, saes: Sequence[tuple[str, int, int, int]]) ->
         SaeAttachment(name, random_sae(d_model, width, seed=seed, threshold=0.02), layer)
         for name, layer, width, seed in saes
     ]
-    frontend = FrontEnd(Engine.from_loaded(loaded, attachments), loaded.tokenizer)
+    engine = Engine.from_loaded(loaded, attachments, config or EngineConfig())
+    frontend = FrontEnd(engine, loaded.tokenizer)
     frontend.start()
     try:
         yield frontend

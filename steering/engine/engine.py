@@ -114,6 +114,7 @@ class Engine:
         self._waiting: deque[Row] = deque()
         self._finish_requests: dict[int, FinishReason] = {}
         self._running: dict[int, Row] = {}
+        self._reserved = 0  # discovery calls in flight (see `reserve`)
         self._prompts: list[_Prompt] = []  # running rows still prefilling, first come first
         self._batch: Batch | None = None
         self._keys = itertools.count()
@@ -176,26 +177,63 @@ class Engine:
     # ---- any thread ---------------------------------------------------------------------------
 
     def add(
-        self, request: GenerationRequest, notify: Callable[[], None] | None = None
+        self,
+        request: GenerationRequest,
+        notify: Callable[[], None] | None = None,
+        *,
+        reserved: bool = False,
     ) -> RequestHandle:
-        """Queue a request; raises InvalidRequestError, QueueFullError or EngineClosedError."""
+        """Queue a request; raises InvalidRequestError, QueueFullError or EngineClosedError.
+
+        `reserved`: a text of a discovery call (prefill only) that `reserve` counted already;
+        it does not count again, and waits its turn for the discovery rows' share."""
         limits = self.limits
         validate_request(request, limits, self.d_sae_of)
         self._check_token_ids(request.prompt_ids)
         wanted = request.sampling.max_new_tokens or limits.default_max_new_tokens
         budget = min(wanted, self.slot_context - len(request.prompt_ids))
         row = Row(next(self._keys), request, OutputChannel(notify), budget, time.monotonic())
+        row.reserved = reserved and request.inspect is not None
         with self._cond:
             if self._closed:
                 raise EngineClosedError("the server is shutting down and takes no new requests")
-            capacity = limits.max_active_rows + limits.max_queued_requests
-            if len(self._waiting) + len(self._running) >= capacity:
-                raise QueueFullError(
-                    f"the server is at capacity ({capacity} requests in flight); retry later"
-                )
+            if not row.reserved:
+                self._check_capacity()
             self._waiting.append(row)
             self._cond.notify_all()
         return RequestHandle(row.key, row.channel)
+
+    def reserve(self) -> None:
+        """Count one discovery call (an Inspect, or a Contrast of any number of texts) as one
+        request in flight until `release`; raises QueueFullError at capacity, or
+        EngineClosedError. Its texts are then added with `reserved=True`."""
+        with self._cond:
+            if self._closed:
+                raise EngineClosedError("the server is shutting down and takes no new requests")
+            self._check_capacity()
+            self._reserved += 1
+
+    def release(self) -> None:
+        """A call that `reserve` counted has ended."""
+        with self._cond:
+            self._reserved -= 1
+
+    def _check_capacity(self) -> None:
+        """Raise QueueFullError if `max_active_rows + max_queued_requests` requests are in
+        flight: requests added unreserved, and the discovery calls reserved (under the lock)."""
+        limits = self.config.limits
+        capacity = limits.max_active_rows + limits.max_queued_requests
+        rows = itertools.chain(self._waiting, self._running.values())
+        if sum(not row.reserved for row in rows) + self._reserved >= capacity:
+            raise QueueFullError(
+                f"the server is at capacity ({capacity} requests in flight); retry later"
+            )
+
+    @property
+    def discovery_rows(self) -> int:
+        """The most rows discovery texts (reserved) hold at once: half the rows, at least one,
+        so that generation always has rows of its own beside any number of discovery calls."""
+        return max(1, self.config.limits.max_active_rows // 2)
 
     @property
     def limits(self) -> Limits:
@@ -380,12 +418,17 @@ class Engine:
         with self._cond:
             if not self._waiting or len(self._running) >= self.config.limits.max_active_rows:
                 return None
-            first = min(
-                len(self._waiting[0].request.prompt_ids), self.config.prefill_tokens_per_step
-            )
+            head: Row | None = self._waiting[0]
+            if head is not None and head.reserved and self._discovery_full():
+                # Discovery texts wait for their share; generation behind them goes first.
+                head = next((r for r in self._waiting if not r.reserved), None)
+            if head is None:
+                return None
+            row = head
+            first = min(len(row.request.prompt_ids), self.config.prefill_tokens_per_step)
             if first > left:
                 return None
-            row = self._waiting.popleft()
+            self._waiting.remove(row)
             self._running[row.key] = row
         row.admitted_at = time.monotonic()
         row.sampler = RowSampler.create(row.request.sampling, self.device)
@@ -396,6 +439,9 @@ class Engine:
         prompt = _Prompt(row, slot)
         self._prompts.append(prompt)
         return prompt
+
+    def _discovery_full(self) -> bool:
+        return sum(row.reserved for row in self._running.values()) >= self.discovery_rows
 
     def _prefill(self, prompt: _Prompt, size: int, finished: list[FinishedRequest]) -> int:
         """Run a prompt's next chunk of `size` tokens; after its last, the row joins the batch

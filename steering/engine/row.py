@@ -39,6 +39,7 @@ class Row:
     folded: list[list[int]] = field(default_factory=list)
     view: tuple[Counted, int, Readback] | None = None
     fired: set[int] = field(default_factory=set)  # its rules that fired
+    reserved: bool = False  # a text of a discovery call, which `Engine.reserve` counted
 
     @property
     def ask(self) -> RowAsk:

@@ -173,6 +173,16 @@ class FrontEnd:
         finally:
             self.in_flight -= 1
 
+    @contextmanager
+    def _discovery_call(self) -> Iterator[None]:
+        """An Inspect or Contrast: one request against the queue limits however many texts it
+        reads (QueueFullError at capacity); its texts take turns for the discovery rows."""
+        self.engine.reserve()
+        try:
+            yield
+        finally:
+            self.engine.release()
+
     def stop(self, timeout: float = 10.0) -> None:
         """Stop the engine thread; requests still in it end with EngineClosedError."""
         self.engine.stop()
@@ -334,7 +344,7 @@ class FrontEnd:
         return await loop.run_in_executor(self._tokenizer_thread, self.tokenize, request)
 
     async def _outputs(
-        self, request: GenerationRequest, admitted: AdmittedRequest | None
+        self, request: GenerationRequest, admitted: AdmittedRequest | None, reserved: bool = False
     ) -> AsyncGenerator[tuple[int, RequestOutput], None]:
         """A request's outputs from the engine, with its key, until the last one; raises for a
         request that failed or was aborted by a shutdown. Leaving early aborts the row."""
@@ -344,7 +354,7 @@ class FrontEnd:
             if not loop.is_closed():
                 loop.call_soon_threadsafe(ready.set)
 
-        handle = self.engine.add(request, notify=wake)
+        handle = self.engine.add(request, notify=wake, reserved=reserved)
         if admitted is not None and self.on_admitted is not None:
             self.on_admitted(admitted)
         done = False
@@ -374,7 +384,8 @@ class FrontEnd:
         )
         admitted = AdmittedRequest(request.request_id, len(ids), request.edits, kind=kind)
         readings = None
-        async with aclosing(self._outputs(engine_request, admitted)) as outputs:
+        # A text of a discovery call, which `_discovery_call` counted as one request.
+        async with aclosing(self._outputs(engine_request, admitted, reserved=True)) as outputs:
             async for _, out in outputs:
                 readings = out.readings
         return readings
@@ -383,7 +394,7 @@ class FrontEnd:
 
     async def inspect(self, request: InspectRequest) -> tuple[InspectedToken, ...]:
         """Every input token with its top features per SAE and the named features' values."""
-        with self._call():
+        with self._call(), self._discovery_call():
             return await self._inspect(request)
 
     async def _inspect(self, request: InspectRequest) -> tuple[InspectedToken, ...]:
@@ -434,7 +445,7 @@ class FrontEnd:
         self, request: ContrastRequest
     ) -> tuple[tuple[FeatureContrast, ...], tuple[FeatureContrast, ...]]:
         """The features that most separate two sets of texts (DESIGN: Contrast)."""
-        with self._call():
+        with self._call(), self._discovery_call():
             return await self._contrast(request)
 
     async def _contrast(
@@ -458,14 +469,15 @@ class FrontEnd:
         self, field: str, texts: Sequence[str], spec: InspectSpec
     ) -> dict[str, torch.Tensor]:
         """Per SAE, the mean over texts of each text's mean activation over its steerable
-        positions. At most max_active_rows texts are in the engine at once."""
+        positions. At most `Engine.discovery_rows` texts of a set are in the engine at once, so
+        the texts of concurrent calls take turns there."""
         requests = [TextRequest(prompt=text) for text in texts]
         for i, request in enumerate(requests):
             self._check_chars(request, f"{field}[{i}]")
         ids = [await self._tokenize(r) for r in requests]
         for i, prompt in enumerate(ids):
             self._check_text_ids(prompt, f"{field}[{i}]")
-        gate = asyncio.Semaphore(self.limits.max_active_rows)
+        gate = asyncio.Semaphore(self.engine.discovery_rows)
 
         async def one(prompt: tuple[int, ...], request: TextRequest) -> dict[str, torch.Tensor]:
             async with gate:

@@ -259,3 +259,33 @@ def test_a_contrast_text_of_special_tokens_only_is_refused(front: FrontEnd) -> N
         _run(front.contrast(ContrastRequest(("a sea",), (bos,))))
     assert err.value.field == "b[0]"
     assert set(special_token_ids(front.tokenizer)) >= {front.tokenizer.bos_token_id}
+
+
+def test_five_contrasts_beside_thirty_generates_all_complete_within_the_queue_limits(
+    model_folders: dict[str, Path],
+) -> None:
+    from steering.engine import EngineConfig
+    from steering.requests import ContrastRequest, Limits, SamplingParams, TextRequest
+
+    # 4 rows and 31 queued: 35 requests in flight, each Contrast one of them.
+    config = EngineConfig(limits=Limits(max_active_rows=4, max_queued_requests=31))
+    texts = tuple(f"The {word} was green and tall" for word in ("tree", "hill", "grass", "moss"))
+    others = tuple(f"A {word} ran by the sea" for word in ("dog", "cat", "fox", "child"))
+    with running_frontend(model_folders["gemma3"], (("s", 1, 64, 1),), config) as front:
+
+        async def generate(i: int) -> int:
+            request = TextRequest(
+                prompt=f"Story {i}:", sampling=SamplingParams(max_new_tokens=4, ignore_eos=True)
+            )
+            async with aclosing(front.generate(request)) as chunks:
+                return sum([len(c.token_ids) async for c in chunks])
+
+        async def everything() -> list[object]:
+            contrasts = [front.contrast(ContrastRequest(texts, others, top_k=3)) for _ in range(5)]
+            generates = [generate(i) for i in range(30)]
+            return list(await asyncio.gather(*contrasts, *generates))
+
+        results = asyncio.run(everything())
+    assert all(len(r[0]) == 3 and len(r[1]) == 3 for r in results[:5])  # type: ignore[index]
+    assert results[5:] == [4] * 30
+    assert front.engine.idle

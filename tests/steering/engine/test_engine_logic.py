@@ -375,3 +375,29 @@ def test_a_prompt_in_a_slot_below_a_decoding_row_keeps_its_chunks() -> None:
     while (out := beside.channel.take(0)) is not None:
         tokens += out.token_ids
     assert tokens == mock_reference([3, 3], 25)
+
+
+def test_a_discovery_call_is_one_request_and_its_texts_keep_to_their_share() -> None:
+    from steering.requests import InspectSpec
+
+    engine = _engine(max_active_rows=4, max_queued_requests=1)  # 5 requests in flight
+    engine.reserve()
+    engine.reserve()  # two discovery calls, of any number of texts
+    texts = [
+        engine.add(GenerationRequest((3, 4, i), inspect=InspectSpec()), reserved=True)
+        for i in range(12)
+    ]
+    generates = [engine.add(_request(PROMPTS[i], 6)) for i in range(3)]
+    with pytest.raises(QueueFullError):
+        engine.add(_request(PROMPTS[3], 6))
+    with pytest.raises(QueueFullError):
+        engine.reserve()
+    while not engine.idle:
+        engine.step()
+        assert sum(row.reserved for row in engine._running.values()) <= engine.discovery_rows
+    assert all(_tokens(t.channel)[1] is FinishReason.PREFILLED for t in texts)
+    for i, handle in enumerate(generates):
+        assert _tokens(handle.channel) == (mock_reference(PROMPTS[i], 6), FinishReason.LENGTH)
+    engine.release()
+    engine.release()
+    engine.add(_request(PROMPTS[3], 6))
