@@ -1,12 +1,13 @@
 """The static slot KV cache: per layer, one preallocated buffer of `slots` rows, and the masks.
 
-A request holds one slot from admission to leaving; its prefill writes its positions into the
-slot, each decode step writes one position per slot in place, and nothing else ever moves, so
-joining or leaving copies no other row's cache and every shape is known at startup. Full
+A request holds one slot from admission to leaving; its prompt's chunks write its positions into
+the slot, each decode step writes one position per slot in place, and nothing else ever moves,
+so joining or leaving copies no other row's cache and every shape is known at startup. Full
 attention layers keep `context` positions per slot; sliding-window layers keep only their
-window, as a ring (position p at p % window). A prefill never reads the cache (a slot starts
-empty), so a prompt longer than the window attends over its own keys and leaves only its last
-`window` positions in the ring. Knows nothing of requests, sampling or steering.
+window, as a ring (position p at p % window). A chunk attends over what its slot holds of the
+earlier chunks (in a ring, read before the chunk overwrites it) and its own keys, so a prompt
+longer than the window leaves only its last `window` positions in the ring. Knows nothing of
+requests, sampling or steering.
 """
 
 from __future__ import annotations
@@ -80,7 +81,7 @@ class _Writes:
 
 
 class SlotCache(Cache):  # type: ignore[misc]  # transformers is untyped
-    """The model's cache for every forward: `prefill(...)` or `decode(...)` first says where the
+    """The model's cache for every forward: `chunk(...)` or `decode(...)` first says where the
     forward's rows live, then each layer's `update` writes its keys in place."""
 
     def __init__(self, shape: CacheShape) -> None:
@@ -101,22 +102,6 @@ class SlotCache(Cache):  # type: ignore[misc]  # transformers is untyped
         # for a free slot, the next position of a prompt being prefilled (which its next chunk
         # overwrites, and which no key its queries read lies at in a ring).
         self.parked = [0] * shape.slots
-
-    def prefill(self, slots: torch.Tensor, lengths: torch.Tensor, width: int) -> None:
-        """The next forward feeds prompts left-padded to `width` tokens: row b is `lengths[b]`
-        tokens for slot `slots[b]`, at positions 0... Its attention reads only its own keys."""
-        device = self.shape.device
-        t = torch.arange(width, device=device)
-        positions = t[None, :] - (width - lengths[:, None])  # (B, T); negative: padding
-        self._writes = {}
-        for layer_type in set(self.shape.layer_types):
-            keep = self.shape.length(layer_type)
-            real = (positions >= 0) & (positions >= lengths[:, None] - keep)
-            rows, tokens = real.nonzero(as_tuple=True)
-            where = positions[rows, tokens] % keep
-            self._writes[layer_type] = _Writes(rows, tokens, slots[rows], where)
-        self._read = None
-        self._chunk = None
 
     def chunk(self, slot: int, start: int, length: int) -> None:
         """The next forward feeds one row: positions start..start+length-1 of the prompt in
@@ -155,7 +140,8 @@ class SlotCache(Cache):  # type: ignore[misc]  # transformers is untyped
         **__: object,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Write a layer's new keys and values (B, H, T, D) into their slots; return what its
-        attention reads: a prefill its own keys, a decode step the first B slots in place."""
+        attention reads: a chunk the slot's earlier keys and its own, a decode step the first B
+        slots in place."""
         layer_type = self.shape.layer_types[layer_idx]
         w = self._writes[layer_type]
         keys, values = self.keys[layer_idx], self.values[layer_idx]
@@ -176,21 +162,6 @@ class SlotCache(Cache):  # type: ignore[misc]  # transformers is untyped
 
     def get_seq_length(self, layer_idx: int = 0) -> int:
         return 0  # positions are always given explicitly
-
-    def prefill_masks(
-        self, lengths: torch.Tensor, width: int, additive: bool
-    ) -> dict[str, torch.Tensor]:
-        """Per layer type, (B, 1, T, T): causal over each row's own tokens (left-padded)."""
-        device = self.shape.device
-        i = torch.arange(width, device=device)
-        causal = i[None, :] <= i[:, None]  # (T, T) query i, key j
-        real = i[None, :] >= (width - lengths[:, None])  # (B, T) keys that are not padding
-        # A padding query sees itself only: never an all-masked row (NaN); its output is unused.
-        eye = torch.eye(width, dtype=torch.bool, device=device)
-        masks = {FULL: (real[:, None, :] & causal) | eye}  # (B, T, T)
-        if self.shape.window is not None:
-            masks[SLIDING] = masks[FULL] & ((i[:, None] - i[None, :]) < self.shape.window)
-        return self._format({k: m[:, None] for k, m in masks.items()}, additive)
 
     def chunk_masks(self, start: int, length: int, additive: bool) -> dict[str, torch.Tensor]:
         """Per layer type, (1, 1, T, L) for a chunk of `length` positions from `start`: causal

@@ -1,4 +1,5 @@
-"""The static slot KV cache: where prefill and decode write, the masks, and the engine on it."""
+"""The static slot KV cache: where prompt chunks and decode steps write, the masks, the engine
+on it."""
 
 from __future__ import annotations
 
@@ -37,29 +38,38 @@ def _keys(rows: list[list[float]]) -> torch.Tensor:
     return torch.tensor(rows, dtype=torch.float32)[:, None, :, None]
 
 
-def test_prefill_writes_each_prompt_into_its_slot_and_the_ring_keeps_the_window() -> None:
+def test_chunks_write_a_prompt_into_its_slot_and_the_ring_keeps_the_window() -> None:
     cache = _cache()
-    # Row 0 (slot 2): 5 tokens left-padded to 6; row 1 (slot 0): 6 tokens.
-    cache.prefill(torch.tensor([2, 0]), torch.tensor([5, 6]), 6)
-    keys = _keys([[-1, 10, 11, 12, 13, 14], [20, 21, 22, 23, 24, 25]])
+    cache.chunk(2, 0, 5)  # the first chunk of slot 2's prompt: positions 0..4
+    keys = _keys([[10, 11, 12, 13, 14]])
     for layer in (0, 1):
         seen, _ = cache.update(keys, keys, layer)
-        assert seen is keys  # a prefill attends over its own keys only
+        assert seen is keys  # a first chunk attends over its own keys only
     full, ring = cache.keys[0][:, 0, :, 0], cache.keys[1][:, 0, :, 0]
-    assert full[2, :5].tolist() == [10, 11, 12, 13, 14] and full[0, :6].tolist() == list(
-        range(20, 26)
-    )
-    assert full[1].eq(0).all() and full[2, 5:].eq(0).all()  # nothing else written
-    # Positions 2, 3, 4 of slot 2 at p % 3; positions 3, 4, 5 of slot 0.
-    assert ring[2].tolist() == [13, 14, 12] and ring[0].tolist() == [23, 24, 25]
+    assert full[2, :5].tolist() == [10, 11, 12, 13, 14]
+    assert full[:2].eq(0).all() and full[2, 5:].eq(0).all()  # nothing else written
+    assert ring[2].tolist() == [13, 14, 12]  # positions 2, 3, 4 at p % 3
+    cache.chunk(2, 5, 2)  # the next chunk, positions 5 and 6, reads what the slot holds
+    more = _keys([[15, 16]])
+    seen_full, _ = cache.update(more, more, 0)
+    seen_ring, _ = cache.update(more, more, 1)
+    assert seen_full[0, 0, :, 0].tolist() == [10, 11, 12, 13, 14, 15, 16]
+    assert seen_ring[0, 0, :, 0].tolist() == [
+        13,
+        14,
+        12,
+        15,
+        16,
+    ]  # the ring as it was, then its own
+    assert full[2, :7].tolist() == list(range(10, 17)) and ring[2].tolist() == [16, 14, 15]
 
 
 def test_decode_writes_one_position_per_slot_and_reads_the_slots_in_place() -> None:
     cache = _cache()
-    cache.prefill(torch.tensor([0, 1]), torch.tensor([2, 4]), 4)
-    prompt = _keys([[-1, -1, 1, 2], [5, 6, 7, 8]])
-    for layer in (0, 1):
-        cache.update(prompt, prompt, layer)
+    for slot, prompt in enumerate(([1.0, 2.0], [5.0, 6.0, 7.0, 8.0])):
+        cache.chunk(slot, 0, len(prompt))
+        for layer in (0, 1):
+            cache.update(_keys([prompt]), _keys([prompt]), layer)
     positions = torch.tensor([2, 4])
     cache.decode(positions, 5)
     token = _keys([[3], [9]])
@@ -73,17 +83,22 @@ def test_decode_writes_one_position_per_slot_and_reads_the_slots_in_place() -> N
     assert masks[SLIDING][:, 0, 0].tolist() == [[True] * 3, [True] * 3]
 
 
-def test_prefill_masks_are_causal_within_the_window_and_skip_padding() -> None:
+def test_chunk_masks_are_causal_within_the_window_over_what_the_slot_holds() -> None:
     cache = _cache(window=2)
-    masks = cache.prefill_masks(torch.tensor([2]), 3, additive=False)
-    assert masks[FULL][0, 0].tolist() == [
-        [True, False, False],  # a padding query sees itself only
-        [False, True, False],
-        [False, True, True],
+    first = cache.chunk_masks(0, 3, additive=False)
+    assert first[FULL][0, 0].tolist() == [
+        [True, False, False],
+        [True, True, False],
+        [True, True, True],
     ]
-    eager = cache.prefill_masks(torch.tensor([3]), 3, additive=True)[SLIDING][0, 0]
+    eager = cache.chunk_masks(0, 3, additive=True)[SLIDING][0, 0]
     low = torch.finfo(torch.float32).min
     assert eager.tolist() == [[0, low, low], [0, 0, low], [low, 0, 0]]
+    # Positions 3 and 4 after 0..2: the full layer holds 0, 1, 2; the ring of 2 holds 2 at
+    # entry 0 and 1 at entry 1 (keys [2, 1] then the chunk's own [3, 4]).
+    later = cache.chunk_masks(3, 2, additive=False)
+    assert later[FULL][0, 0].tolist() == [[True] * 4 + [False], [True] * 5]
+    assert later[SLIDING][0, 0].tolist() == [[True, False, True, False], [False, False, True, True]]
 
 
 def test_the_cache_size_is_known_before_any_request() -> None:
