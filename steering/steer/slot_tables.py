@@ -261,6 +261,20 @@ def slot_activations(
     return pre * (pre > threshold)
 
 
+def _affine_in_effect(
+    table: SaeSlots, step: SlotStep, k: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(n, K) each: which edits are on (used, and switched on by their latch unless they have
+    no rule), and their alpha and beta, the identity where off."""
+    n = step.n
+    on = table.used[:n, :k] & (
+        (table.switch[:n, :k] < 0) | step.latch.gather(1, table.switch[:n, :k].clamp_min(0))
+    )
+    alpha = torch.where(on, table.alpha[:n, :k], 1.0)
+    beta = torch.where(on, table.beta[:n, :k], 0.0)
+    return on, alpha, beta
+
+
 def steer_slots(
     x: torch.Tensor,
     sae: JumpReLUSAE,
@@ -274,11 +288,7 @@ def steer_slots(
     n = step.n
     features, used = table.features[:n, :k], table.used[:n, :k]
     f = slot_activations(x, sae, features, used)  # (n, T, K)
-    on = used & (
-        (table.switch[:n, :k] < 0) | step.latch.gather(1, table.switch[:n, :k].clamp_min(0))
-    )
-    alpha = torch.where(on, table.alpha[:n, :k], 1.0)
-    beta = torch.where(on, table.beta[:n, :k], 0.0)
+    on, alpha, beta = _affine_in_effect(table, step, k)
     gated = table.gated[:n, :k]
     w_dec = sae.W_dec.index_select(0, features.reshape(-1)).float().view(n, k, -1)  # (n, K, d)
     w_dec = torch.where(used[..., None], w_dec, 0.0)
@@ -336,13 +346,9 @@ def reconstruct_slots(
     f = sae.encode(xf)  # (n, T, d_sae)
     if k:
         features = table.features[:n, :k]
-        on = table.used[:n, :k] & (
-            (table.switch[:n, :k] < 0) | step.latch.gather(1, table.switch[:n, :k].clamp_min(0))
-        )
+        _, alpha, beta = _affine_in_effect(table, step, k)
         index = features[:, None, :].expand(-1, f.shape[1], -1)
         mine = f.gather(2, index)
-        alpha = torch.where(on, table.alpha[:n, :k], 1.0)
-        beta = torch.where(on, table.beta[:n, :k], 0.0)
         edited = edit_features(mine, alpha, beta, table.gated[:n, :k])
         # Unused entries add exactly 0, wherever their placeholder index points.
         f = f.scatter_add(2, index, edited - mine)
