@@ -16,6 +16,7 @@ from steering.demo import gemma
 from steering.demo.toy import build_tokenizer
 from steering.discovery.labels import load_labels
 from steering.errors import ModelError
+from steering.models import gguf
 from steering.models.gguf import GEMMA_CHAT_TEMPLATE, gguf_file, require_gguf_support
 from steering.sae.formats import file_sha256
 from steering.train import corpus
@@ -129,8 +130,9 @@ def test_converting_the_demo_model_says_so_once(
             return path
 
     monkeypatch.setattr(gemma, "_package", lambda: Package)
-    monkeypatch.setattr(gemma, "load_gguf", lambda path, dtype: (None, None))
-    monkeypatch.setattr(gemma, "save_folder", lambda model, tokenizer, folder: None)
+    # the demo imports the GGUF reader when it converts: patch it where it lives
+    monkeypatch.setattr(gguf, "load_gguf", lambda path, dtype: (None, None))
+    monkeypatch.setattr(gguf, "save_folder", lambda model, tokenizer, folder: None)
     assert not gemma.model_converted(tmp_path)
     with caplog.at_level("INFO", logger=gemma.__name__):
         gemma.prepare_model(tmp_path)
