@@ -31,7 +31,8 @@ def _start(ready: Path, log: Path) -> tuple[subprocess.Popen[bytes], str]:
         proc = subprocess.Popen(
             [
                 sys.executable, "-m", "steering_server", "--demo", "--host", "127.0.0.1",
-                "--port", "0", "--metrics-port", "0", "--ready-file", str(ready),
+                "--port", "0", "--metrics-port", "0", "--http-port", "0",
+                "--ready-file", str(ready),
             ],
             stdout=out,
             stderr=subprocess.STDOUT,
