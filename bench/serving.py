@@ -52,7 +52,8 @@ def server_process(model: Any, setup: Setup, max_rows: int) -> Iterator[str]:
         args = [
             sys.executable, "-m", "steering_server", "--model", str(folder),
             "--sae", f"a={sae}@{layer}", "--host", "127.0.0.1", "--port", "0",
-            "--metrics-port", "0", "--device", setup.device.type, "--dtype", dtype,
+            "--metrics-port", "0", "--http-port", "0", "--device", setup.device.type,
+            "--dtype", dtype,
             "--max-active-rows", str(max_rows), "--max-new-tokens", "4096",
             "--ready-file", str(ready),
         ]  # fmt: skip

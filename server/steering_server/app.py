@@ -1,8 +1,9 @@
 """Assembling and running the service: load, warm up, serve, drain.
 
-`SteeringApp.start()` binds the metrics endpoint and the gRPC edge (`grpc_api`, health
-NOT_SERVING), loads the model and SAEs (or the demo), starts the engine thread, runs one warm-up
-generation, then hands the front end to the edge and marks health SERVING. `drain()` is the
+`SteeringApp.start()` binds the metrics endpoint, the gRPC edge (`grpc_api`, health
+NOT_SERVING) and the HTTP edge (`http_api`, /health 503; not with `--no-http`), loads the model
+and SAEs (or the demo), starts the engine thread, runs one warm-up generation, then hands the
+front end to both edges and marks health SERVING. `drain()` is the
 SIGTERM path: NOT_SERVING, refuse new calls, let calls in flight finish within the grace period,
 then stop. Knows no transport's library: each edge is its own subpackage.
 """
@@ -33,6 +34,7 @@ from steering.sae.vectors import load_vectors
 from steering.steer.presets import Preset, load_presets
 from steering_server import hardware
 from steering_server.grpc_api.server import GrpcEdge
+from steering_server.http_api.server import HttpEdge
 from steering_server.metrics import Metrics
 from steering_server.preflight import StartupError
 from steering_server.settings import Settings
@@ -118,6 +120,7 @@ class SteeringApp:
         self.settings = settings
         self.metrics = Metrics()
         self.grpc = GrpcEdge(settings, self.metrics)
+        self.http = None if settings.no_http else HttpEdge(settings, self.metrics)
         self.frontend: FrontEnd | None = None
         self.metrics_port = 0
         self._metrics_http: Any = None
@@ -129,10 +132,17 @@ class SteeringApp:
         """The gRPC port, as bound (port 0 picks one)."""
         return self.grpc.port
 
+    @property
+    def http_port(self) -> int:
+        """The HTTP port, as bound (0: no HTTP)."""
+        return self.http.port if self.http is not None else 0
+
     async def start(self) -> None:
         s = self.settings
         self._start_metrics()
         await self.grpc.start()
+        if self.http is not None:
+            await self.http.start()
         loaded = await asyncio.to_thread(load, s)
         graphs = hardware.cuda_graphs_wanted(s.cuda_graphs, resolve_device(s.device))
         config = EngineConfig(s.limits(), s.prefill_tokens_per_step, cuda_graphs=graphs)
@@ -151,6 +161,8 @@ class SteeringApp:
         await self.frontend.warm_up()
         engine.on_step = self.metrics.on_step
         await self.grpc.serve(self.frontend)
+        if self.http is not None:
+            self.http.serve(self.frontend)
         log.info(
             "serving %s with SAEs %s", loaded.name, [a.name for a in loaded.attachments] or "none"
         )
@@ -165,6 +177,7 @@ class SteeringApp:
             "target": f"{_connect_host(self.settings.host)}:{self.port}",
             "port": self.port,
             "metrics_port": self.metrics_port,
+            "http_port": self.http_port,
             "pid": os.getpid(),
         }
         partial = file.with_name(f".{file.name}.partial")
@@ -197,6 +210,8 @@ class SteeringApp:
         self._draining = True
         grace = self.settings.grace_period_s if grace is None else grace
         await self.grpc.begin_drain()
+        if self.http is not None:
+            self.http.begin_drain()
         if self.frontend is not None:
             self.frontend.close()
         # Logged once it holds: health NOT_SERVING and new calls refused (tests wait for this).
@@ -209,6 +224,8 @@ class SteeringApp:
                 await asyncio.sleep(0.02)
             await asyncio.to_thread(self.frontend.stop)  # what is left ends as UNAVAILABLE
         await self.grpc.stop()
+        if self.http is not None:
+            await self.http.stop()
         if self._metrics_http is not None:
             self._metrics_http.shutdown()
         if self.settings.ready_file is not None:

@@ -91,6 +91,12 @@ class Metrics:
             "1 while decode replays CUDA graphs; 0 when off or fallen back to eager.",
             registry=r,
         )
+        self.http_requests = Counter(
+            "steering_http_requests",
+            "HTTP calls, by route template and status code.",
+            ["route", "status"],
+            registry=r,
+        )
         self._discovery_and_policies(r)
 
     def _discovery_and_policies(self, r: CollectorRegistry) -> None:
@@ -164,6 +170,10 @@ class Metrics:
     def on_finished(self, outcome: str, seconds: float) -> None:
         self.requests.labels(outcome).inc()
         self.request_duration.observe(seconds)
+
+    def on_http(self, route: str, status: int) -> None:
+        """An HTTP call answered: `route` is the route's template, never a value of the call."""
+        self.http_requests.labels(route, str(status)).inc()
 
     def on_discovery(self, rpc: str, outcome: str, seconds: float) -> None:
         self.discovery_requests.labels(rpc, outcome).inc()

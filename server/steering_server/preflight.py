@@ -8,6 +8,7 @@ where a check needs them, so `--help` and a bad setting are answered at once.
 
 from __future__ import annotations
 
+import socket
 import ssl
 from collections import Counter
 from pathlib import Path
@@ -30,6 +31,7 @@ def check(settings: Settings) -> None:
     _check_labels(settings)
     _check_presets(settings)
     _check_tls(settings)
+    _check_http_port(settings)
 
 
 def _check_mode(s: Settings) -> None:
@@ -187,3 +189,18 @@ def _check_tls(s: Settings) -> None:
 
 def _first_line(exc: BaseException) -> str:
     return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+
+
+def _check_http_port(s: Settings) -> None:
+    """The HTTP port is free (the other ports are refused when bound, before loading too)."""
+    if s.no_http or s.http_port == 0:
+        return
+    if s.http_port in (s.port, s.metrics_port):
+        raise StartupError(f"--http-port {s.http_port}: the same port as --port or --metrics-port")
+    family = socket.AF_INET6 if ":" in s.host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((s.host.strip("[]"), s.http_port))
+        except OSError as exc:
+            raise StartupError(f"--http-port: cannot bind {s.host}:{s.http_port} ({exc})") from None

@@ -102,6 +102,13 @@ class Settings(BaseSettings):
     )
     host: str = Field("0.0.0.0", description="address to bind")
     port: int = Field(50051, ge=0, le=65535, description="gRPC port (0 picks a free one)")
+    http_port: int = Field(
+        8000,
+        ge=0,
+        le=65535,
+        description="HTTP port: OpenAI-compatible and steering JSON routes (0 picks a free one)",
+    )
+    no_http: bool = Field(False, description="serve no HTTP (gRPC and metrics only)")
     metrics_port: int = Field(
         9090, ge=0, le=65535, description="Prometheus port (0 picks a free one)"
     )
@@ -163,7 +170,9 @@ class Settings(BaseSettings):
         json_schema_extra=_flag("--grace-period"),
     )
     max_message_bytes: int = Field(
-        4 * 1024 * 1024, ge=1024, description="largest gRPC message, in or out"
+        4 * 1024 * 1024,
+        ge=1024,
+        description="largest gRPC message, in or out, and largest HTTP request body",
     )
     log_level: str = Field("INFO", description="DEBUG, INFO, WARNING, ...")
     log_format: Literal["text", "json"] = Field(

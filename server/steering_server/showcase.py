@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 from steering.demo.gemma import DEMO_FEATURES, DEMO_PROMPT, model_converted
+from steering.demo.gemma import MODEL_NAME as DEMO_MODEL_NAME
 from steering_client import Completion, Edit, FeatureRef, SteeringClient
 
 NEW_TOKENS = 32
@@ -31,7 +32,8 @@ def _start(ready: Path, log: Path) -> tuple[subprocess.Popen[bytes], str]:
         proc = subprocess.Popen(
             [
                 sys.executable, "-m", "steering_server", "--demo", "--host", "127.0.0.1",
-                "--port", "0", "--metrics-port", "0", "--ready-file", str(ready),
+                "--port", "0", "--metrics-port", "0", "--http-port", "0",
+                "--ready-file", str(ready),
             ],
             stdout=out,
             stderr=subprocess.STDOUT,
@@ -44,7 +46,11 @@ def _start(ready: Path, log: Path) -> tuple[subprocess.Popen[bytes], str]:
             tail = log.read_text(errors="replace")[-2000:]
             raise SystemExit(f"the demo server did not start:\n{tail}")
         time.sleep(0.1)
-    return proc, str(json.loads(ready.read_text())["target"])
+    info = json.loads(ready.read_text())
+    print(
+        f"gRPC on {info['target']}; HTTP (OpenAI-compatible) on http://127.0.0.1:{info['http_port']}"
+    )
+    return proc, str(info["target"])
 
 
 def _starting_line() -> str:
@@ -131,6 +137,10 @@ def _by_hand() -> None:
         f"  .venv/bin/steering-client generate {DEMO_PROMPT!r} --edit {edit} --compare\n"
         f"  .venv/bin/steering-client generate 'Tell me a story.' --edit {edit} "
         f"--watch {chosen.sae}:{chosen.feature}\n"
+        "or over HTTP (port 8000 by default):\n"
+        "  curl -s localhost:8000/v1/completions -H 'content-type: application/json' -d "
+        f'\'{{"model": "{DEMO_MODEL_NAME}", "prompt": {json.dumps(DEMO_PROMPT)}, '
+        f'"max_tokens": 32, "temperature": 0, "steering": {{"edits": ["{edit}"]}}}}\'\n'
         "(steering-client --help lists the rest; the server stops with Ctrl-C)"
     )
 

@@ -432,6 +432,10 @@ class FrontEnd:
             )
         return tuple(tokens)
 
+    def token_texts(self, ids: Sequence[int]) -> list[str]:
+        """Each token decoded alone (a few at a time: generated tokens a caller watched)."""
+        return self._token_texts(ids)
+
     def _token_texts(self, ids: Sequence[int]) -> list[str]:
         """Each token decoded alone (on the tokenizer's thread)."""
         return [str(self.tokenizer.decode([token])) for token in ids]

@@ -27,7 +27,7 @@ class ServerProcess:
     def __init__(self, *args: str, env: dict[str, str] | None = None) -> None:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "steering_server", "--host", "127.0.0.1", "--port", "0",
-             "--metrics-port", "0", *args],
+             "--metrics-port", "0", "--http-port", "0", *args],
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,

@@ -22,6 +22,7 @@ class ServerThread:
             "host": "127.0.0.1",
             "port": 0,
             "metrics_port": 0,
+            "http_port": 0,  # never the default 8000: test servers run side by side
             "device": "cpu",
             "dtype": "float32",  # exactness tests compare with float32 references
         }

@@ -55,7 +55,7 @@ class Process:
 def cli_server(model_folders: dict[str, Path], sae_specs: list[str]):
     proc = Process(
         "--model", str(model_folders["gemma2"]), "--sae", sae_specs[0], "--host", "127.0.0.1",
-        "--port", "0", "--metrics-port", "0", "--grace-period", "20",
+        "--port", "0", "--metrics-port", "0", "--http-port", "0", "--grace-period", "20",
         env={"STEERING_MAX_ACTIVE_ROWS": "4", "STEERING_SAE": sae_specs[1]},
     )  # fmt: skip
     yield proc
@@ -95,7 +95,7 @@ def test_sigterm_drains_a_running_stream_and_exits_zero(cli_server: Process) -> 
 def test_grace_zero_ends_streams_with_unavailable(model_folders: dict[str, Path]) -> None:
     proc = Process(
         "--model", str(model_folders["gemma2"]), "--host", "127.0.0.1", "--port", "0",
-        "--metrics-port", "0", "--grace-period", "0",
+        "--metrics-port", "0", "--http-port", "0", "--grace-period", "0",
     )  # fmt: skip
     try:
         port = int(proc.wait_for(r"gRPC listening on 127\.0\.0\.1:(\d+)").group(1))
@@ -132,7 +132,7 @@ def test_the_ready_file_names_the_ports_while_serving(
     ready = tmp_path / "ready.json"
     proc = Process(
         "--model", str(model_folders["gemma2"]), "--host", "127.0.0.1", "--port", "0",
-        "--metrics-port", "0", "--ready-file", str(ready),
+        "--metrics-port", "0", "--http-port", "0", "--ready-file", str(ready),
     )  # fmt: skip
     try:
         end = time.monotonic() + 60

@@ -23,15 +23,19 @@ from tests.server.test_tls import _cert
 
 @pytest.fixture
 def held_ports() -> Iterator[list[str]]:
-    """`--port P --metrics-port M` of two ports this test holds open, so no server can bind."""
+    """`--port P --metrics-port M --http-port H` of three ports this test holds open, so no
+    server can bind."""
     sockets = []
-    for _ in range(2):
+    for _ in range(3):
         s = socket.socket()
         s.bind(("127.0.0.1", 0))
         s.listen()
         sockets.append(s)
     ports = [str(s.getsockname()[1]) for s in sockets]
-    yield ["--host", "127.0.0.1", "--port", ports[0], "--metrics-port", ports[1]]
+    yield [
+        "--host", "127.0.0.1", "--port", ports[0], "--metrics-port", ports[1],
+        "--http-port", ports[2],
+    ]  # fmt: skip
     for s in sockets:
         s.close()
 
@@ -298,7 +302,8 @@ def test_a_file_that_fails_to_load_exits_2_with_one_line(
         named = "explanations.json"
     result = subprocess.run(
         [sys.executable, "-m", "steering_server", "--host", "127.0.0.1", "--port", "0",
-         "--metrics-port", "0", "--model", files["model"], "--sae", f"narrow={sae}@1"],
+         "--metrics-port", "0", "--http-port", "0", "--model", files["model"],
+         "--sae", f"narrow={sae}@1"],
         capture_output=True,
         text=True,
         timeout=120,

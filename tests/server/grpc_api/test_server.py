@@ -20,7 +20,11 @@ def test_a_second_server_on_a_port_in_use_is_refused_naming_the_port(
     first = ServerThread(model=model_folders["gemma2"])
     try:
         settings = Settings(
-            host="127.0.0.1", port=first.app.port, metrics_port=0, model=model_folders["gemma2"]
+            host="127.0.0.1",
+            port=first.app.port,
+            metrics_port=0,
+            http_port=0,
+            model=model_folders["gemma2"],
         )
         second = GrpcEdge(settings, Metrics())
         with pytest.raises(StartupError, match=f"--port: cannot bind 127.0.0.1:{first.app.port}"):

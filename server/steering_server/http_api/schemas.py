@@ -1,0 +1,373 @@
+"""Pydantic models of every HTTP body, in and out: what `/openapi.json` describes.
+
+Edits and feature references are accepted as the CLI's strings (`SAE:FEATURE=MODE[:VALUE]
+[@active]`, `SAE:FEATURE`) or as objects; a string is parsed here, so a bad one is a 400 naming
+its place in the body. Whether an SAE, feature or value is acceptable is the core's to say.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+
+from steering.steer.presets import parse_edit
+
+EDIT_GRAMMAR = "SAE:FEATURE=MODE[:VALUE][@active]"
+REF_GRAMMAR = "SAE:FEATURE"
+
+
+class Body(BaseModel):
+    """A request body: unknown keys are kept (OpenAI clients send many) and checked by name
+    where they would change the output (see `convert.unsupported`)."""
+
+    model_config = ConfigDict(extra="allow")
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class EditBody(Strict):
+    """One feature edit: f' = value (set), f + value (add), value·f (scale), 0 (ablate)."""
+
+    sae: str
+    feature: int
+    mode: Literal["set", "add", "scale", "ablate"]
+    value: float = 0.0
+    only_when_active: bool = False
+
+
+class RefBody(Strict):
+    """One feature of one SAE."""
+
+    sae: str
+    feature: int
+
+
+def _edit_from_string(value: Any) -> Any:
+    if not isinstance(value, str):
+        return value
+    edit = parse_edit(value)  # ValueError: a 400 naming this edit's place
+    return {
+        "sae": edit.sae,
+        "feature": edit.feature,
+        "mode": edit.mode.value,
+        "value": edit.value,
+        "only_when_active": edit.only_when_active,
+    }
+
+
+def _ref_from_string(value: Any) -> Any:
+    if not isinstance(value, str):
+        return value
+    sae, colon, feature = value.strip().rpartition(":")
+    if not (colon and sae and feature.isascii() and feature.isdigit()) or "=" in value:
+        raise ValueError(f"expected {REF_GRAMMAR}, e.g. demo:632, got {value!r}")
+    return {"sae": sae, "feature": int(feature)}
+
+
+Edit = Annotated[
+    EditBody,
+    BeforeValidator(_edit_from_string, json_schema_input_type=str | EditBody),
+    Field(description=f"an edit: the string {EDIT_GRAMMAR} or an object"),
+]
+Ref = Annotated[
+    RefBody,
+    BeforeValidator(_ref_from_string, json_schema_input_type=str | RefBody),
+    Field(description=f"a feature: the string {REF_GRAMMAR} or an object"),
+]
+
+
+class RuleBody(Strict):
+    """When `when` is above `above`: apply edits from the next position on, or stop."""
+
+    when: Ref
+    above: float
+    apply: list[Edit] = Field(default_factory=list)
+    stop: bool = False
+
+
+class SteeringBody(Strict):
+    """The `steering` object of a completion request (GenerateRequest's steering fields)."""
+
+    edits: list[Edit] = Field(default_factory=list)
+    preset: str = ""
+    watch: list[Ref] = Field(default_factory=list)
+    rules: list[RuleBody] = Field(default_factory=list)
+
+
+class StreamOptions(Strict):
+    include_usage: bool = False
+
+
+class Sampling(Body):
+    """The OpenAI fields both completion routes share; refused ones are listed to be named."""
+
+    model: str
+    max_tokens: int | None = None
+    temperature: float | None = None  # None: 1.0, as OpenAI defines it
+    top_p: float | None = None
+    top_k: int | None = None  # vLLM's extension
+    seed: int | None = None
+    stop: str | list[str] | None = None
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    user: str | None = None
+    ignore_eos: bool = False  # vLLM's extension
+    n: int | None = None
+    logprobs: Any = None
+    top_logprobs: int | None = None
+    logit_bias: dict[str, float] | None = None
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+    steering: SteeringBody | None = None
+
+
+class CompletionRequest(Sampling):
+    prompt: str | list[str]
+    echo: bool = False
+    best_of: int | None = None
+    suffix: str | None = None
+
+
+class TextPart(Strict):
+    type: str
+    text: str = ""
+
+
+class Message(Body):
+    role: str
+    content: str | list[TextPart] | None = None
+
+
+class ChatRequest(Sampling):
+    messages: list[Message]
+    max_completion_tokens: int | None = None
+    tools: Any = None
+    tool_choice: Any = None
+    functions: Any = None
+    response_format: Any = None
+
+
+# ---- answers ------------------------------------------------------------------------------
+
+
+class Usage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+class ReceiptBody(BaseModel):
+    edit: str  # as EDIT_GRAMMAR
+    applied_positions: int
+    active_positions: int
+
+
+class WatchedBody(BaseModel):
+    token: str
+    token_id: int
+    activations: list[float]
+
+
+class SteeringAnswer(BaseModel):
+    """What the steering did: present when the request steered or watched."""
+
+    finish_reason: Literal["eos", "stop", "length", "condition"] | None = None
+    receipts: list[ReceiptBody] = Field(default_factory=list)
+    watched: list[WatchedBody] = Field(default_factory=list)
+
+
+class CompletionChoice(BaseModel):
+    index: int = 0
+    text: str
+    finish_reason: Literal["stop", "length"] | None = None
+    logprobs: None = None
+
+
+class ChatMessageOut(BaseModel):
+    role: Literal["assistant"] = "assistant"
+    content: str
+
+
+class ChatChoice(BaseModel):
+    index: int = 0
+    message: ChatMessageOut
+    finish_reason: Literal["stop", "length"] | None = None
+    logprobs: None = None
+
+
+class Delta(BaseModel):
+    role: Literal["assistant"] | None = None
+    content: str | None = None
+
+
+class ChatChunkChoice(BaseModel):
+    index: int = 0
+    delta: Delta
+    finish_reason: Literal["stop", "length"] | None = None
+    logprobs: None = None
+
+
+class Completion(BaseModel):
+    id: str
+    object: Literal["text_completion"] = "text_completion"
+    created: int
+    model: str
+    choices: list[CompletionChoice]
+    usage: Usage | None = None
+    steering: SteeringAnswer | None = None
+
+
+class ChatCompletion(BaseModel):
+    id: str
+    object: Literal["chat.completion"] = "chat.completion"
+    created: int
+    model: str
+    choices: list[ChatChoice]
+    usage: Usage | None = None
+    steering: SteeringAnswer | None = None
+
+
+class ChatCompletionChunk(BaseModel):
+    id: str
+    object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
+    created: int
+    model: str
+    choices: list[ChatChunkChoice]
+    usage: Usage | None = None
+    steering: SteeringAnswer | None = None
+
+
+class ModelCard(BaseModel):
+    id: str
+    object: Literal["model"] = "model"
+    created: int = 0
+    owned_by: str = "steering-server"
+
+
+class ModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ModelCard]
+
+
+class ErrorBody(BaseModel):
+    message: str
+    type: str
+    param: str | None = None
+    code: str | None = None
+
+
+class ErrorEnvelope(BaseModel):
+    error: ErrorBody
+
+
+# ---- the steering JSON routes (the proto's names, snake_case) ---------------------------------
+
+
+class ChatBody(Strict):
+    messages: list[Message]
+
+
+class InspectBody(Strict):
+    prompt: str | None = None
+    chat: ChatBody | None = None
+    saes: list[str] = Field(default_factory=list)
+    top_k: int = 0
+    features: list[Ref] = Field(default_factory=list)
+    edits: list[Edit] = Field(default_factory=list)
+
+
+class SearchBody(Strict):
+    query: str
+    sae: str = ""
+    limit: int = 0
+
+
+class ContrastBody(Strict):
+    a: list[str]
+    b: list[str]
+    sae: str = ""
+    top_k: int = 0
+
+
+class FeatureActivationBody(BaseModel):
+    sae: str
+    feature: int
+    activation: float
+    label: str
+
+
+class InspectedTokenBody(BaseModel):
+    token_id: int
+    text: str
+    special: bool
+    top: list[FeatureActivationBody]
+    features: list[FeatureActivationBody]
+
+
+class InspectAnswer(BaseModel):
+    tokens: list[InspectedTokenBody]
+
+
+class FeatureMatchBody(BaseModel):
+    sae: str
+    feature: int
+    label: str
+    score: float
+
+
+class SearchAnswer(BaseModel):
+    matches: list[FeatureMatchBody]
+
+
+class FeatureContrastBody(BaseModel):
+    sae: str
+    feature: int
+    mean_a: float
+    mean_b: float
+    label: str
+
+
+class ContrastAnswer(BaseModel):
+    toward_a: list[FeatureContrastBody]
+    toward_b: list[FeatureContrastBody]
+
+
+class ModelInfoBody(BaseModel):
+    name: str
+    num_layers: int
+    d_model: int
+    vocab_size: int
+    context_length: int
+    chat: bool
+    cuda_graphs: str
+
+
+class SaeInfoBody(BaseModel):
+    name: str
+    layer: int
+    d_sae: int
+    d_model: int
+    site: str
+    labels: int
+    kind: str
+    sha256: str
+
+
+class PresetBody(BaseModel):
+    name: str
+    description: str
+    edits: list[EditBody]
+
+
+class DescribeAnswer(BaseModel):
+    model: ModelInfoBody
+    saes: list[SaeInfoBody]
+    limits: dict[str, float]
+    presets: list[PresetBody]
+
+
+class HealthAnswer(BaseModel):
+    status: Literal["serving", "loading", "draining"]
