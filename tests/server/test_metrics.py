@@ -70,6 +70,7 @@ REQUIRED = {
     "steering_batch_size": "histogram",
     "steering_requests_running": "gauge",
     "steering_cuda_graphs": "gauge",
+    "steering_http_requests_total": "counter",
     "steering_requests_waiting": "gauge",
     "steering_discovery_requests_total": "counter",
     "steering_discovery_duration_seconds": "histogram",
