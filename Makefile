@@ -7,11 +7,16 @@ TORCH_VERSION ?= 2.13.0
 # TORCH_INDEX: a package index searched for torch besides pip's configured one (an extra index,
 # so a torch that pip's own index or find-links already holds is still found; pip takes the
 # highest version, and 2.13.0+cpu ranks above 2.13.0). Where `nvidia-smi` is absent it defaults
-# to PyTorch's CPU index, so a machine without an NVIDIA GPU gets the CPU wheel, not several GB
-# of CUDA wheels; with one it is empty (PyPI's CUDA build). Set it to pick another build
+# to PyTorch's CPU index (TORCH_CPU_INDEX), so a machine without an NVIDIA GPU gets the CPU wheel,
+# not several GB of CUDA wheels; with one it is empty (PyPI's CUDA build). A CPU index whose host
+# does not resolve is left out (a machine that reaches only its own package index would otherwise
+# retry it for every dependency of torch). Set TORCH_INDEX to pick another build
 # (`make TORCH_INDEX=https://download.pytorch.org/whl/cu130`), or empty to use pip's index alone.
+TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
 ifeq ($(origin TORCH_INDEX),undefined)
-TORCH_INDEX := $(if $(shell command -v nvidia-smi 2>/dev/null),,https://download.pytorch.org/whl/cpu)
+resolves = $(shell $(PYTHON) -c 'import socket, sys, urllib.parse; \
+	socket.getaddrinfo(urllib.parse.urlsplit(sys.argv[1]).hostname, 443)' $(1) 2>/dev/null && echo yes)
+TORCH_INDEX := $(if $(shell command -v nvidia-smi 2>/dev/null),,$(if $(call resolves,$(TORCH_CPU_INDEX)),$(TORCH_CPU_INDEX)))
 endif
 
 .PHONY: test lint check format demo bench clean

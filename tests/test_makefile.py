@@ -1,6 +1,7 @@
 """Where `make` takes torch from: PyTorch's CPU index beside pip's own where there is no NVIDIA
-GPU (PyPI's default torch brings several GB of CUDA wheels), PyPI's build where there is one,
-and TORCH_INDEX when given. Read from `make -n` (nothing is installed)."""
+GPU (PyPI's default torch brings several GB of CUDA wheels) and that index's host resolves,
+PyPI's build where there is one, and TORCH_INDEX when given. Read from `make -n` (nothing is
+installed); the CPU index is pointed at hosts that resolve (localhost) or never do (.invalid)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-CPU_INDEX = "https://download.pytorch.org/whl/cpu"
+CPU_INDEX = "https://localhost/whl/cpu"  # resolves anywhere
+UNREACHABLE = "https://pytorch.invalid/whl/cpu"  # resolves nowhere (RFC 2606)
 
 pytestmark = pytest.mark.skipif(shutil.which("make") is None, reason="needs make")
 
@@ -30,7 +32,15 @@ def _torch_install(tmp_path: Path, *args: str, gpu: bool) -> str:
     env["PATH"] = os.pathsep.join([str(bin_dir), *path])
     venv = tmp_path / "venv"
     out = subprocess.run(
-        ["make", "-n", "-B", f"VENV={venv}", *args, f"{venv}/.installed"],
+        [
+            "make",
+            "-n",
+            "-B",
+            f"VENV={venv}",
+            f"TORCH_CPU_INDEX={CPU_INDEX}",
+            *args,
+            f"{venv}/.installed",
+        ],
         cwd=ROOT,
         env=env,
         capture_output=True,
@@ -43,6 +53,10 @@ def _torch_install(tmp_path: Path, *args: str, gpu: bool) -> str:
 
 def test_without_a_gpu_torch_comes_from_the_cpu_index_beside_pips_own(tmp_path: Path) -> None:
     assert _torch_install(tmp_path, gpu=False) == f"torch==2.13.0 --extra-index-url {CPU_INDEX}"
+
+
+def test_a_cpu_index_that_does_not_resolve_is_left_out(tmp_path: Path) -> None:
+    assert _torch_install(tmp_path, f"TORCH_CPU_INDEX={UNREACHABLE}", gpu=False) == "torch==2.13.0"
 
 
 def test_with_a_gpu_torch_comes_from_pips_index(tmp_path: Path) -> None:
