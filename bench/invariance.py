@@ -57,6 +57,9 @@ def run(
 def main() -> None:
     p = argparse.ArgumentParser(prog="python -m bench.invariance", description=__doc__)
     p.add_argument("--preset", nargs="+", default=["tiny", "medium"])
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, default=1, help="torch threads")
+    p.add_argument("--layers", type=int, help="fewer decoder layers than the preset")
     p.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16"])
     p.add_argument("--requests", type=int, default=12)
     p.add_argument("--concurrent", type=int, default=4)
@@ -64,10 +67,12 @@ def main() -> None:
     p.add_argument("--new-tokens", type=int, default=48)
     p.add_argument("--fixed-rows", action="store_true", help="EngineConfig(fixed_decode_rows=True)")
     args = p.parse_args()
-    torch.set_num_threads(1)
+    torch.set_num_threads(args.threads)
     config = {"fixed_decode_rows": True} if args.fixed_rows else {}
     for preset in args.preset:
-        setup = Setup(preset, None, torch.device("cpu"), getattr(torch, args.dtype), 1, 0)
+        setup = Setup(
+            preset, args.layers, torch.device(args.device), getattr(torch, args.dtype), 1, 0
+        )
         model = build(setup)
         vocab = model.config.get_text_config().vocab_size
         (prompt,) = prompts(1, args.prompt_tokens, vocab, seed=5)
@@ -79,8 +84,9 @@ def main() -> None:
             seconds = time.perf_counter() - start
             differ = sum(out != alone for out in outs)
             pattern = "staggered" if staggered else "together"
+            pattern += " fixed rows" if args.fixed_rows else ""
             print(
-                f"{preset} {args.dtype} {pattern}{' fixed rows' if args.fixed_rows else ''}: "
+                f"{preset} {args.device} {args.dtype} {args.threads} thread(s) {pattern}: "
                 f"{differ} of {len(outs)} differ from the request alone ({seconds:.2f} s)",
                 flush=True,
             )
