@@ -3,6 +3,7 @@
 python -m bench --preset medium                       # every scenario, CPU defaults
 python -m bench --scenario overhead sparse --reps 7
 python -m bench --preset gemma-2-2b --layers 4        # the real 2B shape, fewer layers
+python -m bench --preset tiny --scenario stall mixed streams  # what one request costs others
 python -m bench --device cuda --dtype bfloat16 --preset gemma-2-2b --batches 1 64
 """
 
@@ -22,6 +23,7 @@ from bench.decode import decode_rates, join_cost
 from bench.discovery import inspect_cost, watch_overhead
 from bench.policies import rules_overhead, vector_batch
 from bench.scenarios import heterogeneous, overhead, sparse_vs_full
+from bench.scheduling import mixed, stall, streams
 from bench.serving import grpc_cost, serving
 
 SCENARIOS = (
@@ -36,6 +38,9 @@ SCENARIOS = (
     "vectors",
     "decode",
     "join",
+    "stall",
+    "mixed",
+    "streams",
 )
 
 
@@ -64,6 +69,9 @@ def main() -> None:
     p.add_argument("--clients", type=int, nargs="+", default=[1, 4, 8, 16, 32])
     p.add_argument("--prompt-tokens", type=int, default=32)
     p.add_argument("--new-tokens", type=int, default=32)
+    p.add_argument(
+        "--budget", type=int, default=256, help="the stall scenario's prefill token budget"
+    )
     p.add_argument("--json", type=Path, default=Path("bench/results/latest.json"))
     args = p.parse_args()
     torch.set_num_threads(args.threads)
@@ -96,6 +104,9 @@ def main() -> None:
             model, setup, args.batches, args.prompt_tokens, args.new_tokens
         ),
         "join": lambda: join_cost(model, setup, 32, 256, setup.reps),
+        "stall": lambda: stall(model, setup, args.budget),
+        "mixed": lambda: mixed(model, setup),
+        "streams": lambda: streams(model, setup, args.new_tokens),
         "vectors": lambda: vector_batch(
             model, setup, 16, args.prompt_tokens, args.new_tokens, Path(tempfile.mkdtemp())
         ),

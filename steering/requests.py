@@ -96,6 +96,7 @@ class InspectRequest:
     saes: tuple[str, ...] = ()  # whose top features to report; empty: all
     top_k: int = 0  # 0: DEFAULT_TOP_K
     features: tuple[FeatureRef, ...] = ()
+    no_top: bool = False  # no top lists, no full encode: only `features` are read (top_k 0)
 
 
 @dataclass(frozen=True)
@@ -296,6 +297,16 @@ def validate_query(query: str, limits: Limits) -> None:
             "query",
             f"{len(query)} characters, more than the limit of {limits.max_query_chars}",
         )
+
+
+def inspect_top_k(request: InspectRequest) -> int:
+    """Top features per token and SAE an Inspect asks for: 0 under no_top (which then needs
+    top_k 0), else its top_k or DEFAULT_TOP_K."""
+    if request.no_top:
+        if request.top_k:
+            raise InvalidRequestError("top_k", f"must be 0 when no_top is set, got {request.top_k}")
+        return 0
+    return request.top_k or DEFAULT_TOP_K
 
 
 def validate_inspect(spec: InspectSpec, limits: Limits, d_sae_of: Mapping[str, int]) -> None:

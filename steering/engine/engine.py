@@ -29,7 +29,7 @@ import torch
 
 from steering.engine.batch import Batch, prefill_chunk
 from steering.engine.channel import OutputChannel
-from steering.engine.decoder import Decoder, GraphedDecoder
+from steering.engine.decoder import Decoder, FixedDecoder, GraphedDecoder
 from steering.engine.forward import Forward, Steering
 from steering.engine.row import Row
 from steering.engine.sampling import RowSampler
@@ -53,6 +53,9 @@ class EngineConfig:
     prefill_tokens_per_step: int = 4096
     # Replay decode steps from CUDA graphs (a CUDA model only); see steering.engine.decoder.
     cuda_graphs: bool = False
+    # Decode every step at all max_active_rows rows and the whole slot context (see
+    # steering.engine.decoder.FixedDecoder): batch-invariant shapes, at a full batch's cost.
+    fixed_decode_rows: bool = False
 
 
 @dataclass(eq=False)
@@ -140,7 +143,11 @@ class Engine:
         self.slot_context = min(self.context_length, limits.max_prompt_tokens + most_new)
         shape = CacheShape.of(self.model, limits.max_active_rows, self.slot_context)
         self._cache = SlotCache(shape)
-        decoder = GraphedDecoder if self.config.cuda_graphs else Decoder
+        decoder: type[Decoder] = Decoder
+        if self.config.cuda_graphs:
+            decoder = GraphedDecoder
+        elif self.config.fixed_decode_rows:
+            decoder = FixedDecoder
         self._decoder = decoder(self.model, self._steering, self._cache)
         log.info(
             "KV cache: %d slots of %d positions (sliding layers: %s), %.1f MiB of %s",

@@ -42,6 +42,7 @@ from steering.requests import (
     Receipt,
     SamplingParams,
     TextRequest,
+    inspect_top_k,
     reply_bytes,
     validate_contrast,
     validate_inspect,
@@ -400,7 +401,7 @@ class FrontEnd:
     async def _inspect(self, request: InspectRequest) -> tuple[InspectedToken, ...]:
         self._validate(request.text)
         saes = request.saes or tuple(self.engine.d_sae_of)
-        top_k = request.top_k or DEFAULT_TOP_K
+        top_k = inspect_top_k(request)  # 0 under no_top: no full encode, no top lists
         spec = InspectSpec(saes, top_k, request.features)
         validate_inspect(spec, self.limits, self.engine.d_sae_of)
         ids = await self._tokenize(request.text)
@@ -408,7 +409,7 @@ class FrontEnd:
             self._tokenizer_thread, self._token_texts, ids
         )
         entries = top_k * len(saes) + len(spec.features)
-        reported = saes + tuple(f.sae for f in spec.features)
+        reported = (saes if top_k else ()) + tuple(f.sae for f in spec.features)
         text_bytes = sum(len(t.encode()) for t in texts)
         size = reply_bytes(len(ids), entries, self._entry_text_bytes(reported), text_bytes)
         remedy = "send a shorter text, or ask for a smaller top_k, fewer SAEs or features"

@@ -42,6 +42,13 @@ def test_inspect_sends_the_request_and_prints_a_line_per_token(
     ]
 
 
+def test_inspect_no_top_sends_no_top(fake: FakeSteering, target: str) -> None:
+    assert main(["--target", target, "inspect", "The sea", "--no-top", "--feature", "res2:7"]) == 0
+    (request,) = fake.requests
+    assert isinstance(request, pb.InspectRequest)
+    assert request.no_top and request.top_k == 0
+
+
 def test_inspect_reads_stdin_and_sends_a_chat(
     fake: FakeSteering, target: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:

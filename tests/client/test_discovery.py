@@ -78,6 +78,13 @@ def test_inspect_sends_every_field(fake: FakeSteering, call: Both) -> None:
     assert list(request.edits) == [edit.to_proto()]
 
 
+def test_inspect_sends_no_top(fake: FakeSteering, call: Both) -> None:
+    call("inspect", "The sea", features=[("res2", 7)], no_top=True)
+    (request,) = fake.requests
+    assert isinstance(request, pb.InspectRequest)
+    assert request.no_top and request.top_k == 0
+
+
 def test_inspect_defaults_and_chat(fake: FakeSteering, call: Both) -> None:
     call("inspect", "x")
     call("inspect", chat=[("user", "Hi"), {"role": "model", "content": "Yo"}])

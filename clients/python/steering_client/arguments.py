@@ -281,6 +281,11 @@ def _add_inspect_options(inspect: argparse.ArgumentParser) -> None:
     )
     _add_top_k(inspect, "top features per token and SAE (0: the server default, 8)")
     inspect.add_argument(
+        "--no-top",
+        action="store_true",
+        help="report no top features, only --feature ones (the server skips the full encode)",
+    )
+    inspect.add_argument(
         "--feature",
         type=_feature_ref,
         action="append",

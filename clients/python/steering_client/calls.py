@@ -63,13 +63,15 @@ class GenerateOptions(TypedDict, total=False):
 
 class InspectOptions(TypedDict, total=False):
     """`inspect`'s keyword arguments: `saes` to read (empty: all), `top_k` per token and SAE (0:
-    the server's default), `features` reported at every token, `edits` to steer while reading."""
+    the server's default), `features` reported at every token, `edits` to steer while reading;
+    `no_top` asks for no top lists (only `features`, and no full encode: top_k must stay 0)."""
 
     chat: Sequence[ChatMessage] | None
     saes: Iterable[str]
     top_k: int
     features: Iterable[FeatureLike]
     edits: Iterable[EditLike]
+    no_top: bool
     timeout: float | None
 
 
@@ -147,6 +149,7 @@ def inspect(
         top_k=options.get("top_k", 0),
         features=options.get("features", ()),
         edits=options.get("edits", ()),
+        no_top=options.get("no_top", False),
     )
     return Unary("Inspect", request, inspected_tokens, options.get("timeout"))
 

@@ -189,6 +189,7 @@ def _inspect(client: SteeringClient, args: argparse.Namespace) -> int:
         top_k=args.top_k,
         features=args.feature,
         edits=args.edit,
+        no_top=args.no_top,
     )
     print(format_inspected(tokens))
     return 0

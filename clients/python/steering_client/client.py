@@ -146,7 +146,9 @@ class SteeringClient(_Client):
         """Read a prompt or chat through the model and report what the SAEs read at every token.
 
         Each token carries the `top_k` most active features of each SAE in `saes` (empty: all;
-        top_k 0: the server's default, 8) and the activations of `features`, in their order.
+        top_k 0: the server's default, 8) and the activations of `features`, in their order;
+        `no_top=True` reports no top features (top_k must stay 0) and spares the server the
+        full encode of its SAEs.
         `edits` steer the model while it reads. Raises ValueError for a malformed request,
         SteeringClientError when the call fails.
         """

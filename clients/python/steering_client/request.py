@@ -84,11 +84,12 @@ def build_inspect_request(
     top_k: int,
     features: Iterable[FeatureLike],
     edits: Iterable[EditLike],
+    no_top: bool = False,
 ) -> pb.InspectRequest:
     request = pb.InspectRequest()
     _set_input(request, prompt, chat)
     request.saes.extend(_strings("saes", saes))
-    _set_scalars(request, {"top_k": top_k})
+    _set_scalars(request, {"top_k": top_k, "no_top": no_top})
     request.features.extend(_feature_refs("features", features))
     request.edits.extend(_edits(edits))
     return request

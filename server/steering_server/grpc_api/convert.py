@@ -72,7 +72,9 @@ def _rule(i: int, rule: pb.Rule) -> Rule:
 def inspect_request(request: pb.InspectRequest, request_id: str) -> InspectRequest:
     prompt, chat = _input(request)
     text = TextRequest(prompt=prompt, chat=chat, edits=_edits(request.edits), request_id=request_id)
-    return InspectRequest(text, tuple(request.saes), request.top_k, _refs(request.features))
+    return InspectRequest(
+        text, tuple(request.saes), request.top_k, _refs(request.features), request.no_top
+    )
 
 
 def contrast_request(request: pb.ContrastRequest) -> ContrastRequest:

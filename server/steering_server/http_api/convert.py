@@ -188,7 +188,7 @@ def inspect_request(body: s.InspectBody, request_id: str) -> InspectRequest:
     text = TextRequest(
         prompt=body.prompt, chat=chat, edits=edits(body.edits), request_id=request_id
     )
-    return InspectRequest(text, tuple(body.saes), body.top_k, refs(body.features))
+    return InspectRequest(text, tuple(body.saes), body.top_k, refs(body.features), body.no_top)
 
 
 def contrast_request(body: s.ContrastBody) -> ContrastRequest:

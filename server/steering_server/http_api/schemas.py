@@ -277,6 +277,7 @@ class InspectBody(Strict):
     top_k: int = 0
     features: list[Ref] = Field(default_factory=list)
     edits: list[Edit] = Field(default_factory=list)
+    no_top: bool = False
 
 
 class SearchBody(Strict):

@@ -241,6 +241,17 @@ def test_steering_routes_answer_as_grpc(http_server: ServerThread) -> None:
     assert [[f["feature"] for f in t["top"]] for t in tokens] == [
         [f.feature for f in t.top] for t in grpc.tokens
     ]
+    lean = {"prompt": PROMPT, "features": ["gs1:3"], "no_top": True}
+    lean_tokens = _post(http_server, "/v1/steering/inspect", lean).json()["tokens"]
+    lean_grpc = http_server.stub.Inspect(
+        pb.InspectRequest(
+            prompt=PROMPT, features=[pb.FeatureRef(sae="gs1", feature=3)], no_top=True
+        )
+    )
+    assert all(not t["top"] for t in lean_tokens) and all(not t.top for t in lean_grpc.tokens)
+    assert [[f["activation"] for f in t["features"]] for t in lean_tokens] == [
+        [f.activation for f in t.features] for t in lean_grpc.tokens
+    ]
     contrast = {"a": ["the sea"], "b": ["a desk"], "top_k": 2}
     answer = _post(http_server, "/v1/steering/contrast", contrast).json()
     assert len(answer["toward_a"]) == 2

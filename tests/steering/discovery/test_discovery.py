@@ -25,6 +25,7 @@ from steering.requests import (
     SamplingParams,
     TextRequest,
 )
+from steering.sae.jumprelu import JumpReLUSAE
 from tests.frontends import running_frontend
 from tests.reference import reference_forward
 
@@ -105,6 +106,32 @@ def test_inspect_equals_the_reference(front: FrontEnd, edits: tuple[FeatureEdit,
 def _top(f: torch.Tensor, k: int) -> list[tuple[int, float]]:
     active = [(float(v), i) for i, v in enumerate(f.tolist()) if v > 0]
     return [(i, v) for v, i in sorted(active, key=lambda p: (-p[0], p[1]))[:k]]
+
+
+def test_a_no_top_inspect_reads_the_named_features_without_a_full_encode(
+    front: FrontEnd, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """no_top: no top lists, the same named values as a normal Inspect, and no SAE's full
+    encode run for it (the named features are read from their encoder columns alone)."""
+    features = (FeatureRef("mid2", 7), FeatureRef("early", 5), FeatureRef("mid", 3))
+    text = TextRequest(prompt=PROMPT, edits=EDITS)
+    normal = _run(front.inspect(InspectRequest(text, features=features)))
+    encodes = 0
+    encode = JumpReLUSAE.encode
+
+    def counted(self: JumpReLUSAE, x: torch.Tensor) -> torch.Tensor:
+        nonlocal encodes
+        encodes += 1
+        return encode(self, x)
+
+    monkeypatch.setattr(JumpReLUSAE, "encode", counted)
+    lean = _run(front.inspect(InspectRequest(text, features=features, no_top=True)))
+    assert encodes == 0
+    assert any(t.top for t in normal) and not any(t.top for t in lean)
+    assert [t.token_id for t in lean] == [t.token_id for t in normal]
+    assert [t.features for t in lean] == [t.features for t in normal]
+    _run(front.inspect(InspectRequest(text, features=features)))
+    assert encodes > 0  # the counter sees a normal Inspect's encodes
 
 
 def test_edits_at_an_earlier_layer_change_what_later_saes_read(front: FrontEnd) -> None:
@@ -231,6 +258,10 @@ def _wait_idle(front: FrontEnd) -> None:
             "features",
         ),
         (lambda f: f.inspect(InspectRequest(TextRequest(prompt=" "))), "prompt"),
+        (
+            lambda f: f.inspect(InspectRequest(TextRequest(prompt="x"), top_k=3, no_top=True)),
+            "top_k",
+        ),
         (lambda f: f.contrast(ContrastRequest((), ("b",))), "a"),
         (lambda f: f.contrast(ContrastRequest(("a",), ("b",) * 257)), "b"),
         (lambda f: f.contrast(ContrastRequest(("a", " "), ("b",))), "a[1]"),

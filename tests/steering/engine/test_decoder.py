@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from steering import EditMode, FeatureEdit, LoadedModel, load_model
-from steering.engine import Engine
-from steering.engine.decoder import GraphedDecoder, replay_mismatch
+from steering.engine import Engine, EngineConfig
+from steering.engine.decoder import Decoder, FixedDecoder, GraphedDecoder, replay_mismatch
 from steering.requests import FeatureRef, GenerationRequest, Rule, SamplingParams
 from tests.steering.engine.test_engine import (
     EDITS,
@@ -149,3 +149,45 @@ def test_replay_mismatch_names_what_differs() -> None:
         replay_mismatch(eager, eager + torch.tensor([[0.0, 0.5, 0.0], [0, 0, 0]]))
     )
     assert replay_mismatch(eager, torch.full_like(eager, float("nan"))) is not None
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_fixed_decode_rows_runs_every_step_at_one_shape_and_equals_the_request_alone(
+    model_folders: dict[str, Path], dtype: torch.dtype, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """EngineConfig.fixed_decode_rows: every decode forward at max_active_rows rows and the
+    whole slot context, whatever runs; a mix of requests joining and leaving gives each one the
+    tokens it gets alone, steered or not."""
+    lm = load_model(model_folders["gemma2"], dtype=dtype)
+    engine = Engine.from_loaded(lm, _attachments(lm), EngineConfig(fixed_decode_rows=True))
+    assert isinstance(engine._decoder, FixedDecoder) and engine._slots.fixed
+    shapes: set[tuple[int, int]] = set()
+    eager = Decoder.__call__
+
+    def spied(self: Decoder, ids: torch.Tensor, positions: torch.Tensor, length: int) -> Any:
+        shapes.add((ids.shape[0], length))
+        return eager(self, ids, positions, length)
+
+    monkeypatch.setattr(Decoder, "__call__", spied)
+    prompts = [_ids(lm, p) for p in PROMPTS] + [_ids(lm, LONG)]
+    edits = [*EDITS, (FeatureEdit("late", 2, EditMode.ADD, 3.0),)]
+    lengths = [7, 12, 5, 9, 11, 8]
+    alone = []
+    for i, prompt in enumerate(prompts):
+        handle = engine.add(_greedy(prompt, edits[i], lengths[i]))
+        while not engine.idle:
+            engine.step()
+        alone.append(_collect(handle.channel)[0])
+    handles = {}
+    schedule = {0: [0, 1, 2], 2: [3], 4: [4, 5]}  # step -> requests added before it
+    for step in range(5):
+        for i in schedule.get(step, []):
+            handles[i] = engine.add(_greedy(prompts[i], edits[i], lengths[i]))
+        engine.step()
+    while not engine.idle:
+        engine.step()
+    shape = engine._cache.shape
+    assert shapes == {(shape.slots, shape.context)}
+    assert {i: _collect(h.channel)[0] for i, h in handles.items()} == dict(enumerate(alone))
+    if dtype == torch.float32:
+        assert alone[4] == _reference(lm, engine.hooks, prompts[4], edits[4], lengths[4])

@@ -939,10 +939,16 @@ class InspectRequest(_message.Message):
     TOP_K_FIELD_NUMBER: _builtins.int
     FEATURES_FIELD_NUMBER: _builtins.int
     EDITS_FIELD_NUMBER: _builtins.int
+    NO_TOP_FIELD_NUMBER: _builtins.int
     prompt: _builtins.str
     """Raw text."""
     top_k: _builtins.int
     """Top features per token and SAE; 0 means 8; at most Limits.max_top_k."""
+    no_top: _builtins.bool
+    """No top list: every InspectedToken.top is empty and the SAEs are not fully encoded, so the
+    call pays only for `features`. top_k must then be 0 (else INVALID_ARGUMENT); `saes` is
+    still checked.
+    """
     @_builtins.property
     def chat(self) -> Global___Chat:
         """A conversation, through the chat template."""
@@ -968,10 +974,11 @@ class InspectRequest(_message.Message):
         top_k: _builtins.int = ...,
         features: _abc.Iterable[Global___FeatureRef] | None = ...,
         edits: _abc.Iterable[Global___FeatureEdit] | None = ...,
+        no_top: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["chat", b"chat", "input", b"input", "prompt", b"prompt"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["chat", b"chat", "edits", b"edits", "features", b"features", "input", b"input", "prompt", b"prompt", "saes", b"saes", "top_k", b"top_k"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["chat", b"chat", "edits", b"edits", "features", b"features", "input", b"input", "no_top", b"no_top", "prompt", b"prompt", "saes", b"saes", "top_k", b"top_k"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_input: _TypeAlias = _typing.Literal["prompt", "chat"]  # noqa: Y015
     _WhichOneofArgType_input: _TypeAlias = _typing.Literal["input", b"input"]  # noqa: Y015
