@@ -148,7 +148,7 @@ class Settings(BaseSettings):
         64, ge=1, description="most edits a request holds on one SAE, its rules' included"
     )
     prefill_tokens_per_step: int = Field(
-        4096,
+        512,  # a long prompt holds running streams up by one 512-token chunk per step
         ge=1,
         description="prompt tokens computed per engine step, the chunk size of long prompts",
     )

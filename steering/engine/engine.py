@@ -50,7 +50,7 @@ class EngineConfig:
     limits: Limits = field(default_factory=Limits)
     # The prompt tokens one step computes at most, and the size of a prompt's chunks: a longer
     # prompt is prefilled over several steps, so no step's prefill stalls decoding for longer.
-    prefill_tokens_per_step: int = 4096
+    prefill_tokens_per_step: int = 512
     # Replay decode steps from CUDA graphs (a CUDA model only); see steering.engine.decoder.
     cuda_graphs: bool = False
     # Decode every step at all max_active_rows rows and the whole slot context (see
