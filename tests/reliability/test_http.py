@@ -543,3 +543,53 @@ def test_an_http_disconnect_storm_frees_every_row(rig: Rig, http: Http, scale: S
             rig.wait_until(lambda: rig.srv.metrics()["steering_requests_running"] == 0, 15)
     counted = rig.counters()
     assert counted["cancelled"] >= n * scale.storm_rounds, counted
+
+
+# ---- drain over HTTP, on the real process ---------------------------------------------------
+
+
+def test_sigterm_drains_an_http_stream_and_refuses_new_calls(
+    model_folders: dict[str, Path], sae_specs_reliability: list[str]
+) -> None:
+    """SIGTERM with an HTTP stream in flight: /health and new calls answer 503 at once, the
+    stream runs to its end (every token, usage, [DONE]), and the process exits 0."""
+    server = ServerProcess(
+        "--model", str(model_folders["gemma2"]), "--sae", sae_specs_reliability[0],
+        "--grace-period", "30",
+    )  # fmt: skip
+    try:
+        base = f"http://127.0.0.1:{server.http_port}"
+        model = httpx.get(base + "/v1/models", timeout=10).json()["data"][0]["id"]
+        body = {"model": model, "prompt": "Drain the sea", "max_tokens": 400, "temperature": 0,
+                "ignore_eos": True, "stream": True,
+                "stream_options": {"include_usage": True}}  # fmt: skip
+        events: list[str] = []
+        first = threading.Event()
+
+        def stream() -> int:
+            with httpx.stream("POST", base + COMPLETIONS, json=body, timeout=120) as response:
+                for line in response.iter_lines():
+                    if line.startswith("data: "):
+                        events.append(line.removeprefix("data: "))
+                        first.set()
+                return response.status_code
+
+        with ThreadPoolExecutor(1) as pool:
+            streaming = pool.submit(stream)
+            assert first.wait(60), "the stream never began"
+            server.terminate()
+            server.wait_for(r"draining")
+            assert events[-1] != "[DONE]", "the stream ended before the signal: nothing drained"
+            health = httpx.get(base + "/health", timeout=10)
+            refused = httpx.post(base + COMPLETIONS, json={**body, "stream": False}, timeout=10)
+            status = streaming.result(120)
+        assert health.status_code == 503 and health.json() == {"status": "draining"}
+        assert refused.status_code == 503, refused.text
+        assert refused.json()["error"]["code"] == "unavailable"
+        assert status == 200 and events[-1] == "[DONE]"
+        usage = json.loads(events[-2])["usage"]
+        assert usage["completion_tokens"] == 400, usage
+        assert server.proc.wait(30) == 0
+        assert not server.error_lines(), "".join(server.error_lines())
+    finally:
+        server.close()
