@@ -19,10 +19,10 @@ from steering import (
     apply_sparse_delta,
     build_tables,
 )
-from steering import hooks as hooks_module
 from steering.demo.toy import random_sae
 from steering.engine import Engine, EngineConfig
 from steering.requests import FeatureRef, GenerationRequest, Limits, Rule, SamplingParams
+from steering.steer import hooks as hooks_module
 from steering.steer.slot_tables import reconstruct_slots
 from steering.steer.tables import edit_counts, table_activations
 

@@ -10,7 +10,7 @@ import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -484,31 +484,43 @@ def _others(model: str) -> list[tuple[str, dict[str, Any]]]:
 
 
 def test_a_slow_http_reader_does_not_slow_the_others(rig: Rig, http: Http, scale: Scale) -> None:
-    """A stream read one event per interval: the other streams run to their end (equal to
-    their solo runs) while it is still at its first events, and it still reads its whole
-    answer, equal to its solo run."""
+    """A stream whose reader stops after its first event: the other streams run to their end
+    (equal to their solo runs) meanwhile, the engine finishes the slow one too (it never waits
+    for a reader), and the reader, once it reads on, gets its whole answer, equal to its solo
+    run."""
     model = _model(rig, http)
     others = _others(model)
     references = [http.reference(*o) for o in others]
-    slow_body = {"model": model, "prompt": "The slow reader", "max_tokens": 64,
-                 "temperature": 0, "ignore_eos": True, "stream": True}  # fmt: skip
+    # Long, and every event heavy with watched activations (on loopback the sockets' buffers
+    # still hold the whole stream: the server's writes never wait for this reader).
+    slow_body = {"model": model, "prompt": "The slow reader", "max_tokens": 480,
+                 "temperature": 0, "ignore_eos": True, "stream": True,
+                 "steering": {"watch": [f"res:{f}" for f in range(8)]
+                              + [f"deep:{f}" for f in range(8)]}}  # fmt: skip
     slow_reference = http.reference(COMPLETIONS, slow_body)
-    slow_reads = 6
+    slow_reads = 6  # then read one per interval, then the rest at once
     read: list[int] = []
-    read_when_others_done: list[int] = []
+    others_done = threading.Event()
+    while_paused: list[bool] = []  # [others finished, engine finished] while paused
 
     def slowly(i: int, event: object) -> None:
         read.append(i)
-        if i < slow_reads:
+        if i == 0:
+            while_paused.append(others_done.wait(30))
+            with suppress(AssertionError):
+                rig.wait_until(lambda: rig.engine.idle, timeout=30)
+            while_paused.append(bool(rig.engine.idle))
+        elif i < slow_reads:
             time.sleep(scale.slow_reader_interval_s)
 
     with ThreadPoolExecutor(1 + len(others)) as pool:
         slow = pool.submit(http.call, COMPLETIONS, slow_body, on_event=slowly)
         rig.wait_until(lambda: len(read) >= 1)
         results = list(pool.map(lambda o: http.call(*o), others))
-        read_when_others_done.append(len(read))
-        slow_answer = slow.result(60)
-    assert read_when_others_done[0] <= slow_reads, "the others waited for the slow reader"
+        others_done.set()
+        slow_answer = slow.result(120)
+    assert while_paused[0], "the others waited for the slow reader"
+    assert while_paused[1], "the engine waited for the slow reader"
     for answer, reference in zip(results, references, strict=True):
         assert answer.status == 200 and answer.done and answer.text == reference.text
     assert slow_answer.status == 200 and slow_answer.done
