@@ -537,18 +537,19 @@ def test_an_http_disconnect_storm_frees_every_row(rig: Rig, http: Http, scale: S
     def dropped(i: int) -> int:
         body = {"model": model, "prompt": f"Doomed {i}", "max_tokens": 400, "ignore_eos": True,
                 "stream": True, "temperature": 0}  # fmt: skip
-        with httpx.Client(base_url=http.base, timeout=60) as client:
-            with client.stream("POST", COMPLETIONS, json=body) as response:
-                assert response.status_code == 200
-                events = 0
-                for line in response.iter_lines():
-                    events += line.startswith("data: ")
-                    if events >= 1 + i % 3:
-                        break  # leave mid-stream: the connection closes with the client
+        with storm.stream("POST", COMPLETIONS, json=body) as response:
+            assert response.status_code == 200
+            events = 0
+            for line in response.iter_lines():
+                events += line.startswith("data: ")
+                if events >= 1 + i % 3:
+                    break  # leave mid-stream: a response left unread closes its connection
         rig.record("cancelled")
         return events
 
-    with rig.slowed(0.005), canary(http, model):  # 400 tokens take seconds: all leave early
+    limits = httpx.Limits(max_connections=n, max_keepalive_connections=0)
+    storm = httpx.Client(base_url=http.base, timeout=60, limits=limits)
+    with storm, rig.slowed(0.005), canary(http, model):  # 400 tokens take seconds: all leave
         for _ in range(scale.storm_rounds):
             with ThreadPoolExecutor(n) as pool:
                 assert all(pool.map(dropped, range(n)))
