@@ -24,7 +24,7 @@ from bench.discovery import inspect_cost, watch_overhead
 from bench.policies import rules_overhead, vector_batch
 from bench.scenarios import heterogeneous, overhead, sparse_vs_full
 from bench.scheduling import mixed, stall, streams
-from bench.serving import grpc_cost, serving
+from bench.serving import grpc_cost, http_cost, serving
 
 SCENARIOS = (
     "overhead",
@@ -32,6 +32,7 @@ SCENARIOS = (
     "sparse",
     "serving",
     "grpc",
+    "http",
     "watch",
     "inspect",
     "rules",
@@ -97,6 +98,7 @@ def main() -> None:
         "sparse": lambda: sparse_vs_full(model, setup, 8, args.prompt_tokens, args.new_tokens),
         "serving": lambda: serving(model, setup, args.clients, args.new_tokens),
         "grpc": lambda: grpc_cost(model, setup, 8, args.new_tokens),
+        "http": lambda: http_cost(model, setup, 8, args.new_tokens),
         "watch": lambda: watch_overhead(model, setup, (1, 16), args.prompt_tokens, args.new_tokens),
         "inspect": lambda: inspect_cost(model, setup),
         "rules": lambda: rules_overhead(model, setup, 16, args.prompt_tokens, args.new_tokens),

@@ -1,4 +1,5 @@
-"""Serving scenarios: N concurrent gRPC clients against a real server process, and its peers.
+"""Serving scenarios: N concurrent gRPC (or HTTP) clients against a real server process, and
+its peers.
 
 The server runs as a subprocess (as deployed), on loopback, with one torch thread; clients are
 threads of this process reading their streams. Peers: `model.generate` on a static batch (what
@@ -25,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import httpx2 as httpx
 import torch
 
 from bench.common import Setup, Table, interleave
@@ -40,6 +42,13 @@ from steering_proto.v1 import steering_pb2_grpc as pb_grpc
 @contextmanager
 def server_process(model: Any, setup: Setup, max_rows: int) -> Iterator[str]:
     """A `steering-server` subprocess serving `model` (saved to a temporary folder); its target."""
+    with server_ready(model, setup, max_rows) as ready:
+        yield str(ready["target"])
+
+
+@contextmanager
+def server_ready(model: Any, setup: Setup, max_rows: int) -> Iterator[dict[str, Any]]:
+    """A `steering-server` subprocess serving `model`; its ready file (gRPC target, HTTP port)."""
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / "model"
         model.save_pretrained(folder)
@@ -67,14 +76,15 @@ def server_process(model: Any, setup: Setup, max_rows: int) -> Iterator[str]:
             proc.wait(60)
 
 
-def _wait_ready(proc: subprocess.Popen[bytes], ready: Path, timeout: float = 600) -> str:
-    """The server's target, once it has written its ready file."""
+def _wait_ready(proc: subprocess.Popen[bytes], ready: Path, timeout: float = 600) -> dict[str, Any]:
+    """The server's ready file, once it has written it."""
     end = time.monotonic() + timeout
     while not ready.is_file():
         if proc.poll() is not None or time.monotonic() > end:
             raise RuntimeError("the server exited (or hung) before serving")
         time.sleep(0.05)
-    return str(json.loads(ready.read_text())["target"])
+    answer: dict[str, Any] = json.loads(ready.read_text())
+    return answer
 
 
 def _texts(n: int) -> list[str]:
@@ -219,4 +229,58 @@ def grpc_cost(model: Any, setup: Setup, n: int, new: int) -> list[Table]:
         )
     front.stop()
     engine.hooks.remove()
+    return [table]
+
+
+def http_stream(client: Any, model: str, prompt: str, new: int) -> tuple[int, float]:
+    """(tokens, end time) of one greedy stream over HTTP (server-sent events, as the `openai`
+    SDK reads them), its tokens counted by the usage chunk."""
+    body = {
+        "model": model, "prompt": prompt, "max_tokens": new, "temperature": 0,
+        "ignore_eos": True, "stream": True, "stream_options": {"include_usage": True},
+    }  # fmt: skip
+    tokens = 0
+    with client.stream("POST", "/v1/completions", json=body) as response:
+        response.raise_for_status()
+        for line in response.iter_lines():
+            if line.startswith("data: {") and '"usage":{' in line:
+                tokens = json.loads(line.removeprefix("data: "))["usage"]["completion_tokens"]
+    return tokens, time.perf_counter()
+
+
+def http_rates(client: Any, model: str, n: int, new: int) -> dict[str, float]:
+    """Aggregate tokens/s of `n` concurrent HTTP streams."""
+    start = time.perf_counter()
+    with ThreadPoolExecutor(n) as pool:
+        results = list(pool.map(lambda t: http_stream(client, model, t, new), _texts(n)))
+    assert all(r[0] == new for r in results), [r[0] for r in results]
+    return {"tokens/s": sum(r[0] for r in results) / (max(r[1] for r in results) - start)}
+
+
+def http_cost(model: Any, setup: Setup, n: int, new: int) -> list[Table]:
+    """The same n concurrent greedy streams over HTTP and over gRPC from one server process,
+    and through the front end in this process (on its own copy of the model)."""
+    front = FrontEnd(make_engine(copy.deepcopy(model), setup, n), build_tokenizer())
+    front.start()
+    limits = httpx.Limits(max_connections=n, max_keepalive_connections=n)
+    with (
+        server_ready(model, setup, n) as ready,
+        grpc.insecure_channel(ready["target"]) as channel,
+        httpx.Client(
+            base_url=f"http://127.0.0.1:{ready['http_port']}", limits=limits, timeout=600
+        ) as client,
+    ):
+        stub = pb_grpc.SteeringServiceStub(channel)
+        name = client.get("/v1/models").json()["data"][0]["id"]
+        runs = {
+            f"over gRPC, {n} streams": lambda: {
+                "tokens/s": grpc_rates(stub, n, new, concurrent=True)["tokens/s"]
+            },
+            f"over HTTP (SSE), {n} streams": lambda: http_rates(client, name, n, new),
+            f"front end in-process, {n} streams": lambda: frontend_rates(front, n, new),
+        }
+        table = interleave(
+            Table(f"HTTP cost, {n} streams", "", f"over gRPC, {n} streams"), runs, setup.reps
+        )
+    front.stop()
     return [table]

@@ -37,6 +37,10 @@ class ServerProcess:
         threading.Thread(target=self._read, daemon=True).start()
         self.port = int(self.wait_for(r"gRPC listening on 127\.0\.0\.1:(\d+)").group(1))
         self.metrics_port = int(self.wait_for(r"metrics on http://127\.0\.0\.1:(\d+)").group(1))
+        self.http_port = 0
+        if "--no-http" not in args:
+            http = self.wait_for(r"HTTP listening on http://127\.0\.0\.1:(\d+)")
+            self.http_port = int(http.group(1))
         self.wait_for(r"serving ")
         self.channel = grpc.insecure_channel(f"127.0.0.1:{self.port}")
         self.stub = pb_grpc.SteeringServiceStub(self.channel)

@@ -118,6 +118,12 @@ def _handlers(app: FastAPI, state: EdgeState) -> None:
 
     @app.exception_handler(HTTPException)
     async def on_http(request: Request, exc: HTTPException) -> JSONResponse:
+        if exc.status_code == 400:  # FastAPI's own: a body it could not parse (too deep)
+            if request.url.path in GENERATE_ROUTES:
+                call = GenerateCall(state.metrics, uuid.uuid4().hex, request.url.path)
+                call.end("invalid_argument")
+            problem = ProblemError(400, "the body is not valid JSON", code="invalid_value")
+            return _json(problem)
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code)
         return _json(ProblemError(exc.status_code, str(exc.detail), code=code))
 
@@ -451,12 +457,43 @@ class EdgeMiddleware:
 
         try:
             problem = self._refusal(scope, route)
+            if problem is None and b"content-length" not in dict(scope.get("headers") or []):
+                receive, problem = await self._counted(receive)
             if problem is None:
                 await self.app(scope, receive, sending)
             else:
                 await _json(problem)(scope, receive, sending)
         finally:
             self.state.metrics.on_http(route, status)
+
+    def _too_large(self) -> ProblemError:
+        limit = self.state.settings.max_message_bytes
+        return ProblemError(
+            413, f"the body is larger than max_message_bytes = {limit}", code="too_large"
+        )
+
+    async def _counted(self, receive: Receive) -> tuple[Receive, ProblemError | None]:
+        """A body sent without its length (chunked): read as it arrives, counting its bytes,
+        refused once past the limit; else replayed whole to the app."""
+        limit, body, more = self.state.settings.max_message_bytes, bytearray(), True
+        while more:
+            message = await receive()
+            if message["type"] != "http.request":  # the client left: the app will see it
+                return receive, None
+            body += message.get("body", b"")
+            if len(body) > limit:
+                return receive, self._too_large()
+            more = message.get("more_body", False)
+        sent = False
+
+        async def replay() -> Message:
+            nonlocal sent
+            if sent:
+                return await receive()
+            sent = True
+            return {"type": "http.request", "body": bytes(body), "more_body": False}
+
+        return replay, None
 
     def _refusal(self, scope: Scope, route: str) -> ProblemError | None:
         headers = dict(scope.get("headers") or [])
@@ -467,11 +504,8 @@ class EdgeMiddleware:
                 401, "missing or invalid bearer token", "authentication_error", "invalid_api_key"
             )
         length = headers.get(b"content-length", b"0")
-        limit = self.state.settings.max_message_bytes
-        if not length.isdigit() or int(length) > limit:
-            return ProblemError(
-                413, f"the body is larger than max_message_bytes = {limit}", code="too_large"
-            )
+        if not length.isdigit() or int(length) > self.state.settings.max_message_bytes:
+            return self._too_large()
         return None
 
     def _allowed(self, headers: dict[bytes, bytes]) -> bool:

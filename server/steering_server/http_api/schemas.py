@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
 from steering.steer.presets import parse_edit
 
@@ -17,14 +17,37 @@ EDIT_GRAMMAR = "SAE:FEATURE=MODE[:VALUE][@active]"
 REF_GRAMMAR = "SAE:FEATURE"
 
 
-class Body(BaseModel):
+def _lone_surrogate(value: Any) -> bool:
+    """Whether a string in `value` holds half a surrogate pair: JSON can write one ("\\ud800"),
+    but it is no Unicode text, and no tokenizer or encoder takes it."""
+    if isinstance(value, str):
+        return not value.isascii() and any("\ud800" <= c <= "\udfff" for c in value)
+    if isinstance(value, list):
+        return any(_lone_surrogate(v) for v in value)
+    if isinstance(value, dict):
+        return any(_lone_surrogate(k) or _lone_surrogate(v) for k, v in value.items())
+    return False
+
+
+class _Text(BaseModel):
+    @model_validator(mode="before")
+    @classmethod
+    def _unicode(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            for key, value in data.items():
+                if _lone_surrogate(key) or _lone_surrogate(value):
+                    raise ValueError(f"{key!r} holds a lone surrogate: not Unicode text")
+        return data
+
+
+class Body(_Text):
     """A request body: unknown keys are kept (OpenAI clients send many) and checked by name
     where they would change the output (see `convert.unsupported`)."""
 
     model_config = ConfigDict(extra="allow")
 
 
-class Strict(BaseModel):
+class Strict(_Text):
     model_config = ConfigDict(extra="forbid")
 
 

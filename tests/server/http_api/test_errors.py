@@ -3,6 +3,7 @@ that leaves aborts its row; the steering routes, health and the OpenAPI document
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections.abc import Iterator
@@ -116,6 +117,41 @@ def test_malformed_json_is_400(http_server: ServerThread) -> None:
 def test_a_body_over_the_limit_is_413(http_server: ServerThread, model_name: str) -> None:
     body = {"model": model_name, "prompt": "x" * (5 * 1024 * 1024)}
     _error(_post(http_server, "/v1/completions", body), 413, None)
+
+
+def test_a_chunked_body_over_the_limit_is_413(http_server: ServerThread, model_name: str) -> None:
+    """No Content-Length: the body is counted as it arrives and refused past the limit."""
+    body = json.dumps({"model": model_name, "prompt": "x" * (5 * 1024 * 1024)}).encode()
+    chunks = (body[i : i + 65536] for i in range(0, len(body), 65536))
+    response = httpx.post(
+        base_url(http_server) + "/v1/completions",
+        content=chunks,
+        headers={"content-type": "application/json"},
+        timeout=30,
+    )
+    assert _error(response, 413, None)["code"] == "too_large"
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        b'{"model": "MODEL", "prompt": "\\ud800 sea"}',  # valid JSON, but no Unicode text
+        b"[" * 5000 + b"]" * 5000,  # deeper than the parser goes
+    ],
+)
+def test_lone_surrogates_and_too_deep_bodies_are_400_and_counted(
+    http_server: ServerThread, model_name: str, content: bytes
+) -> None:
+    key = 'steering_requests_total{outcome="invalid_argument"}'
+    before = http_server.metrics().get(key, 0)
+    response = httpx.post(
+        base_url(http_server) + "/v1/completions",
+        content=content.replace(b"MODEL", model_name.encode()),
+        headers={"content-type": "application/json"},
+        timeout=30,
+    )
+    _error(response, 400, None)
+    assert http_server.metrics_reaching(key, before + 1)[key] == before + 1
 
 
 def test_unknown_model_and_route_are_404(client: Any, http_server: ServerThread) -> None:
