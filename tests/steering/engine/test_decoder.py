@@ -36,13 +36,20 @@ def _graphed(lm: LoadedModel) -> Engine:
     return engine
 
 
-def test_bucketed_static_decode_equals_generate(lm: LoadedModel) -> None:
-    engine = _graphed(lm)
-    decoder = engine._decoder
-    assert isinstance(decoder, GraphedDecoder) and engine._slots.fixed
+def _mix(lm: LoadedModel) -> tuple[list[list[int]], list[tuple[FeatureEdit, ...]], list[int]]:
+    """Six requests (one prompt longer than the window), steered differently, of six lengths."""
     prompts = [_ids(lm, p) for p in PROMPTS] + [_ids(lm, LONG)]
     edits = [*EDITS, (FeatureEdit("late", 2, EditMode.ADD, 3.0),)]
-    lengths = [7, 12, 5, 9, 11, 8]
+    return prompts, edits, [7, 12, 5, 9, 11, 8]
+
+
+def _joining_and_leaving(
+    engine: Engine,
+    prompts: list[list[int]],
+    edits: list[tuple[FeatureEdit, ...]],
+    lengths: list[int],
+) -> dict[int, Any]:
+    """Run the mix with requests joining at steps 0, 2 and 4 and leaving as they finish."""
     handles = {}
     schedule = {0: [0, 1, 2], 2: [3], 4: [4, 5]}  # step -> requests added before it
     for step in range(5):
@@ -51,6 +58,15 @@ def test_bucketed_static_decode_equals_generate(lm: LoadedModel) -> None:
         engine.step()
     while not engine.idle:
         engine.step()
+    return handles
+
+
+def test_bucketed_static_decode_equals_generate(lm: LoadedModel) -> None:
+    engine = _graphed(lm)
+    decoder = engine._decoder
+    assert isinstance(decoder, GraphedDecoder) and engine._slots.fixed
+    prompts, edits, lengths = _mix(lm)
+    handles = _joining_and_leaving(engine, prompts, edits, lengths)
     # Several buckets were used, one of them with padding rows beyond the held slots.
     assert len(decoder._graphs) >= 2 and any(rows == 8 for rows, _ in decoder._graphs)
     for i, handle in handles.items():
@@ -169,23 +185,14 @@ def test_fixed_decode_rows_runs_every_step_at_one_shape_and_equals_the_request_a
         return eager(self, ids, positions, length)
 
     monkeypatch.setattr(Decoder, "__call__", spied)
-    prompts = [_ids(lm, p) for p in PROMPTS] + [_ids(lm, LONG)]
-    edits = [*EDITS, (FeatureEdit("late", 2, EditMode.ADD, 3.0),)]
-    lengths = [7, 12, 5, 9, 11, 8]
+    prompts, edits, lengths = _mix(lm)
     alone = []
     for i, prompt in enumerate(prompts):
         handle = engine.add(_greedy(prompt, edits[i], lengths[i]))
         while not engine.idle:
             engine.step()
         alone.append(_collect(handle.channel)[0])
-    handles = {}
-    schedule = {0: [0, 1, 2], 2: [3], 4: [4, 5]}  # step -> requests added before it
-    for step in range(5):
-        for i in schedule.get(step, []):
-            handles[i] = engine.add(_greedy(prompts[i], edits[i], lengths[i]))
-        engine.step()
-    while not engine.idle:
-        engine.step()
+    handles = _joining_and_leaving(engine, prompts, edits, lengths)
     shape = engine._cache.shape
     assert shapes == {(shape.slots, shape.context)}
     assert {i: _collect(h.channel)[0] for i, h in handles.items()} == dict(enumerate(alone))
