@@ -26,7 +26,7 @@ from steering import LoadedModel, SaeAttachment, load_model, load_sae
 from steering.demo.gemma import MODEL_NAME as DEMO_MODEL_NAME
 from steering.demo.gemma import prepare_demo
 from steering.discovery.catalog import Catalog
-from steering.discovery.labels import labels_beside, load_labels
+from steering.discovery.labels import labels_beside, load_label_file
 from steering.engine import Engine, EngineConfig
 from steering.frontend import FrontEnd
 from steering.sae.formats import file_sha256, sae_file
@@ -106,13 +106,24 @@ def _catalog(
 ) -> Catalog:
     """Each SAE's labels: from --labels, else an explanations.json beside its file, else none."""
     given = {spec.name: spec.path for spec in settings.labels}
-    labels = {}
+    labels, typical_max, frequency = {}, {}, {}
     for attachment, (name, path, _) in zip(attachments, specs, strict=True):
         file = given.get(name) or labels_beside(path if path.is_file() else sae_file(path))
         if file is not None:
-            labels[name] = load_labels(file, attachment.sae.d_sae)
-            log.info("SAE %s: %d labels from %s", name, len(labels[name]), file)
-    return Catalog(labels)
+            read = load_label_file(file, attachment.sae.d_sae)
+            labels[name], typical_max[name], frequency[name] = (
+                read.labels,
+                read.typical_max,
+                read.frequency,
+            )
+            log.info(
+                "SAE %s: %d labels, %d typical maxima from %s",
+                name,
+                len(read.labels),
+                len(read.typical_max),
+                file,
+            )
+    return Catalog(labels, typical_max=typical_max, frequency=frequency)
 
 
 class SteeringApp:

@@ -31,22 +31,34 @@ EXACT_SCORE = 3.0
 
 @dataclass(frozen=True)
 class FeatureMatch:
-    """A labelled feature that matches a search; `score` as `Catalog.search` describes."""
+    """A labelled feature that matches a search; `score` as `Catalog.search` describes;
+    `typical_max` and `frequency` from the label file, 0 where unknown."""
 
     sae: str
     feature: int
     label: str
     score: float
+    typical_max: float = 0.0
+    frequency: float = 0.0
 
 
 class Catalog:
     """Feature labels of several SAEs, and a search over them through an index built once.
 
     Labels get ids ordered by (SAE name, feature), so one SAE is a contiguous id range and the
-    tie order of search results is the id order.
+    tie order of search results is the id order. `typical_max` and `frequency` (per SAE, per
+    feature, only where known) may cover features without a label.
     """
 
-    def __init__(self, labels: Mapping[str, Mapping[int, str]]) -> None:
+    def __init__(
+        self,
+        labels: Mapping[str, Mapping[int, str]],
+        *,
+        typical_max: Mapping[str, Mapping[int, float]] | None = None,
+        frequency: Mapping[str, Mapping[int, float]] | None = None,
+    ) -> None:
+        self._typical_max = {sae: dict(m) for sae, m in (typical_max or {}).items()}
+        self._frequency = {sae: dict(m) for sae, m in (frequency or {}).items()}
         self._saes = tuple(labels)
         self._names = sorted(labels)
         self._ranges: dict[str, tuple[int, int]] = {}
@@ -85,6 +97,14 @@ class Catalog:
         feats = self._features[lo:hi]
         i = int(np.searchsorted(feats, feature))
         return self._texts[lo + i] if i < len(feats) and feats[i] == feature else ""
+
+    def typical_max(self, sae: str, feature: int) -> float:
+        """The feature's typical maximum activation; 0.0 when unknown."""
+        return self._typical_max.get(sae, {}).get(feature, 0.0)
+
+    def frequency(self, sae: str, feature: int) -> float:
+        """The share of positions where the feature fires; 0.0 when unknown."""
+        return self._frequency.get(sae, {}).get(feature, 0.0)
 
     def search(self, query: str, *, sae: str = "", limit: int = 0) -> list[FeatureMatch]:
         """Labels holding any query word, best first; `sae` "" searches every SAE.
@@ -128,10 +148,12 @@ class Catalog:
     def _matches(self, gids: list[int], scores: list[float]) -> list[FeatureMatch]:
         saes = np.searchsorted(self._sae_starts, gids, side="right") - 1
         features = self._features[gids].tolist() if gids else []
-        return [
-            FeatureMatch(self._names[sae], feature, self._texts[gid], score)
-            for sae, feature, gid, score in zip(saes.tolist(), features, gids, scores, strict=True)
-        ]
+        matches = []
+        for sae_id, feature, gid, score in zip(saes.tolist(), features, gids, scores, strict=True):
+            sae = self._names[sae_id]
+            top, share = self.typical_max(sae, feature), self.frequency(sae, feature)
+            matches.append(FeatureMatch(sae, feature, self._texts[gid], score, top, share))
+        return matches
 
 
 # ---------------------------------------------------------------------------- the index

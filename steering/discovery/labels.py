@@ -1,16 +1,21 @@
 """Feature label files: Neuronpedia explanation exports and JSON Lines, per SAE.
 
-Reads `index`/`description` (or `feature`/`label`) and ignores every other field; every problem
-is a `LabelFileError` naming the file and the entry or line. Labels longer than
+Reads `index`/`description` (or `feature`/`label`), and where present a feature's typical maximum
+(`maxActApprox`, Neuronpedia's field, or `maxActivation`) and firing frequency (`frac_nonzero`
+or `frequency`); every other field is ignored. A typical maximum that is not a finite positive
+number, or a frequency outside (0, 1], is unknown (kept as absent), not an error: exports write
+0 for features they never saw fire. Every other problem is a `LabelFileError` naming the file
+and the entry or line. Labels longer than
 `MAX_LABEL_CHARS` are cut there (ending in "…"), so a label never outgrows a reply.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from steering.errors import SteeringError
@@ -34,8 +39,28 @@ def labels_beside(sae_file: Path) -> Path | None:
     return candidate if candidate.is_file() else None
 
 
+MAX_FIELDS = ("maxActApprox", "maxActivation")  # a feature's typical maximum, first found wins
+FREQUENCY_FIELDS = ("frac_nonzero", "frequency")
+
+
+@dataclass(frozen=True)
+class LabelFile:
+    """What one label file says per feature: labels, typical maxima and frequencies (each only
+    where known)."""
+
+    labels: dict[int, str] = field(default_factory=dict)
+    typical_max: dict[int, float] = field(default_factory=dict)
+    frequency: dict[int, float] = field(default_factory=dict)
+
+
 def load_labels(path: str | Path, d_sae: int) -> dict[int, str]:
     """Feature -> label from a label file; a feature's first non-empty label wins."""
+    return load_label_file(path, d_sae).labels
+
+
+def load_label_file(path: str | Path, d_sae: int) -> LabelFile:
+    """A label file's labels, typical maxima and frequencies; for each feature the first entry
+    that gives one wins."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8-sig")
@@ -43,16 +68,38 @@ def load_labels(path: str | Path, d_sae: int) -> dict[int, str]:
         raise LabelFileError(f"{path}: cannot read the label file ({exc})") from exc
     is_array = text.lstrip().startswith("[")
     entries = _array_entries(path, text) if is_array else _line_entries(path, text)
-    labels: dict[int, str] = {}
-    for where, raw_index, raw_label in entries:
+    out = LabelFile()
+    for where, raw_index, raw_label, item in entries:
         feature = _feature_index(raw_index, d_sae, where)
         label = _label_text(raw_label, where)
-        if label and feature not in labels:
-            labels[feature] = label
-    return labels
+        if label and feature not in out.labels:
+            out.labels[feature] = label
+        top = _first_number(item, MAX_FIELDS)
+        if top is not None and top > 0 and feature not in out.typical_max:
+            out.typical_max[feature] = top
+        share = _first_number(item, FREQUENCY_FIELDS)
+        if share is not None and 0 < share <= 1 and feature not in out.frequency:
+            out.frequency[feature] = share
+    return out
 
 
-Entry = tuple[str, object, object]  # (where, for errors), raw index, raw label
+# (where, for errors), raw index, raw label, the whole entry
+Entry = tuple[str, object, object, dict[str, object]]
+
+
+def _first_number(item: dict[str, object], keys: tuple[str, ...]) -> float | None:
+    """The first of `keys` that holds a finite number (or a string of one); None when none."""
+    for key in keys:
+        raw = item.get(key)
+        if isinstance(raw, bool) or raw is None:
+            continue
+        try:
+            value = float(raw) if isinstance(raw, int | float | str) else math.nan
+        except (ValueError, OverflowError):
+            continue
+        if math.isfinite(value):
+            return value
+    return None
 
 
 def _array_entries(path: Path, text: str) -> Iterator[Entry]:
@@ -67,7 +114,8 @@ def _array_entries(path: Path, text: str) -> Iterator[Entry]:
         raise LabelFileError(f"{path}: expected a JSON array")
     for position, item in enumerate(data):
         where = f"{path}: entry [{position}]"
-        yield where, _field(item, "index", where), _field(item, "description", where)
+        obj = _object(item, where)
+        yield where, _field(obj, "index", where), _field(obj, "description", where), obj
 
 
 def _line_entries(path: Path, text: str) -> Iterator[Entry]:
@@ -83,7 +131,8 @@ def _line_entries(path: Path, text: str) -> Iterator[Entry]:
             raise LabelFileError(f"{where}: malformed JSON: {exc.msg}") from exc
         except RecursionError:
             raise LabelFileError(f"{where}: malformed JSON: nested too deeply") from None
-        yield where, _field(item, "feature", where), _field(item, "label", where)
+        obj = _object(item, where)
+        yield where, _field(obj, "feature", where), _field(obj, "label", where), obj
 
 
 @dataclass(frozen=True)
@@ -103,9 +152,13 @@ def _json(text: str) -> object:
     )
 
 
-def _field(item: object, key: str, where: str) -> object:
+def _object(item: object, where: str) -> dict[str, object]:
     if not isinstance(item, dict):
         raise LabelFileError(f"{where}: expected a JSON object, got {type(item).__name__}")
+    return item
+
+
+def _field(item: dict[str, object], key: str, where: str) -> object:
     if key not in item:
         raise LabelFileError(f"{where}: no {key!r} field")
     return item[key]

@@ -120,7 +120,9 @@ INSPECTED = pb.InspectResponse(
 
 MATCHES = pb.SearchFeaturesResponse(
     matches=[
-        pb.FeatureMatch(sae="res2", feature=7, label="the sea", score=2.5),
+        pb.FeatureMatch(
+            sae="res2", feature=7, label="the sea", score=2.5, typical_max=12.5, frequency=0.125
+        ),
         pb.FeatureMatch(sae="res2", feature=130, label="sea creatures", score=1.25),
     ]
 )

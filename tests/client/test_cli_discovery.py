@@ -82,8 +82,8 @@ def test_search_prints_score_feature_and_label(
     assert main(["--target", target, "search", "the sea", "--sae", "res2", "--limit", "5"]) == 0
     assert fake.requests == [pb.SearchFeaturesRequest(query="the sea", sae="res2", limit=5)]
     assert capsys.readouterr().out.splitlines() == [
-        "   2.500  res2:7    the sea",
-        "   1.250  res2:130  sea creatures",
+        "   2.500  res2:7    the sea  (typical max 12.5, fires at 12.5% of tokens)",
+        "   1.250  res2:130  sea creatures",  # neither known: nothing shown
     ]
 
 

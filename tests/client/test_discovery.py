@@ -117,7 +117,7 @@ def test_search_sends_and_reads_matches(fake: FakeSteering, call: Both) -> None:
     matches = call("search", "the sea", sae="res2", limit=3)
     assert fake.requests == [pb.SearchFeaturesRequest(query="the sea", sae="res2", limit=3)]
     assert matches == (
-        FeatureMatch("res2", 7, "the sea", 2.5),
+        FeatureMatch("res2", 7, "the sea", 2.5, typical_max=12.5, frequency=0.125),
         FeatureMatch("res2", 130, "sea creatures", 1.25),
     )
     call("search", "waves")

@@ -4,6 +4,7 @@ Contrast, and watch and receipts on Generate; bad input is INVALID_ARGUMENT nami
 from __future__ import annotations
 
 import json
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -29,6 +30,7 @@ def labelled(
     export = [
         {"index": str(i), "description": f"  {text} ", "extra": 1} for i, text in LABELS_A.items()
     ]
+    export[1] |= {"maxActApprox": 6.5, "frac_nonzero": 0.125}  # feature 7, "the sea"
     (root / "a" / "explanations.json").write_text(json.dumps(export))
     lines = [{"feature": 1, "label": "city streets at night"}, {"feature": 2, "label": "sea"}]
     (root / "b.jsonl").write_text("\n".join(json.dumps(x) for x in lines))
@@ -52,6 +54,19 @@ def test_labels_are_counted_and_searched(labelled: ServerThread) -> None:
     assert [(m.sae, m.feature, m.label) for m in only_a.matches] == [
         ("a", 3, "ocean waves and ships")
     ]
+
+
+def test_search_carries_typical_max_and_frequency(labelled: ServerThread) -> None:
+    found = labelled.stub.SearchFeatures(pb.SearchFeaturesRequest(query="sea", sae="a"))
+    stats = {m.feature: (m.typical_max, m.frequency) for m in found.matches}
+    assert stats[7] == (6.5, 0.125) and stats[11] == (0.0, 0.0)  # 0: unknown
+    url = f"http://127.0.0.1:{labelled.app.http_port}/v1/steering/search"
+    body = json.dumps({"query": "sea", "sae": "a"}).encode()
+    post = urllib.request.Request(url, body, {"Content-Type": "application/json"})
+    with urllib.request.urlopen(post, timeout=30) as answer:
+        matches = json.load(answer)["matches"]
+    http_stats = {m["feature"]: (m["typical_max"], m["frequency"]) for m in matches}
+    assert http_stats == stats
 
 
 def test_inspect_reports_every_token_with_labels(labelled: ServerThread) -> None:

@@ -50,12 +50,16 @@ class InspectedToken:
 
 @dataclass(frozen=True)
 class FeatureMatch:
-    """A labelled feature that matches a search; a higher score is better (within one search)."""
+    """A labelled feature that matches a search; a higher score is better (within one search).
+    `typical_max` (the feature's typical maximum activation) and `frequency` (the share of
+    positions where it fires) are 0 when unknown."""
 
     sae: str
     feature: int
     label: str
     score: float
+    typical_max: float = 0.0
+    frequency: float = 0.0
 
 
 @dataclass(frozen=True)

@@ -131,13 +131,23 @@ def format_inspected(tokens: Sequence[InspectedToken]) -> str:
 
 
 def format_matches(matches: Sequence[FeatureMatch]) -> str:
-    """One match per line, best first: score, `sae:index`, label."""
+    """One match per line, best first: score, `sae:index`, label, then the typical maximum and
+    firing frequency in parentheses where the server knows them."""
     refs = [f"{m.sae}:{m.feature}" for m in matches]
     width = max(len(ref) for ref in refs)
     return "\n".join(
-        f"{m.score:8.3f}  {ref:<{width}}  {m.label}".rstrip()
+        f"{m.score:8.3f}  {ref:<{width}}  {m.label}{_dose(m)}".rstrip()
         for m, ref in zip(matches, refs, strict=True)
     )
+
+
+def _dose(match: FeatureMatch) -> str:
+    known = []
+    if match.typical_max > 0:
+        known.append(f"typical max {match.typical_max:g}")
+    if match.frequency > 0:
+        known.append(f"fires at {match.frequency * 100:.3g}% of tokens")
+    return f"  ({', '.join(known)})" if known else ""
 
 
 def format_contrast(contrast: Contrast) -> str:

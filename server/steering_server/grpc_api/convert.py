@@ -192,7 +192,14 @@ def contrast_response(
 def search_response(matches: Sequence[FeatureMatch]) -> pb.SearchFeaturesResponse:
     return pb.SearchFeaturesResponse(
         matches=[
-            pb.FeatureMatch(sae=m.sae, feature=m.feature, label=m.label, score=m.score)
+            pb.FeatureMatch(
+                sae=m.sae,
+                feature=m.feature,
+                label=m.label,
+                score=m.score,
+                typical_max=m.typical_max,
+                frequency=m.frequency,
+            )
             for m in matches
         ]
     )

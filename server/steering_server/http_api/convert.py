@@ -264,7 +264,14 @@ def contrast_answer(
 def search_answer(matches: Sequence[FeatureMatch]) -> s.SearchAnswer:
     return s.SearchAnswer(
         matches=[
-            s.FeatureMatchBody(sae=m.sae, feature=m.feature, label=m.label, score=m.score)
+            s.FeatureMatchBody(
+                sae=m.sae,
+                feature=m.feature,
+                label=m.label,
+                score=m.score,
+                typical_max=m.typical_max,
+                frequency=m.frequency,
+            )
             for m in matches
         ]
     )

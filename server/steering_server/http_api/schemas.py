@@ -340,6 +340,8 @@ class FeatureMatchBody(BaseModel):
     feature: int
     label: str
     score: float
+    typical_max: float = 0.0  # 0: unknown
+    frequency: float = 0.0  # 0: unknown
 
 
 class SearchAnswer(BaseModel):

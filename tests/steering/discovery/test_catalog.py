@@ -17,6 +17,7 @@ from steering.discovery.labels import (
     MAX_LABEL_CHARS,
     LabelFileError,
     labels_beside,
+    load_label_file,
     load_labels,
 )
 from steering.discovery.words import stem, terms, words
@@ -54,6 +55,44 @@ def test_reads_a_neuronpedia_export(tmp_path: Path) -> None:
         9: "nine, second entry",
     }
     assert load_labels(str(file), D_SAE) == load_labels(file, D_SAE)
+
+
+def test_reads_typical_maxima_and_frequencies(tmp_path: Path) -> None:
+    entries = [
+        {"index": "1", "description": "one", "maxActApprox": 12.5, "frac_nonzero": 0.01},
+        {"index": "2", "description": "two", "maxActivation": "3.25", "frequency": 0.5},
+        {"index": "3", "description": "three", "maxActApprox": 0, "frac_nonzero": 0},
+        {"index": "4", "description": "four", "maxActApprox": -2.0, "frequency": 1.5},
+        {"index": "5", "description": "five", "maxActApprox": "inf", "frac_nonzero": "nan"},
+        {"index": "6", "description": "six", "maxActApprox": "NaN", "maxActivation": 7.0},
+        {"index": "7", "description": None, "maxActApprox": True, "frequency": [0.1]},
+        {"index": "8", "description": None, "maxActApprox": 9.0},  # no label, a maximum
+        {"index": "1", "description": "later", "maxActApprox": 99.0, "frac_nonzero": 0.9},
+    ]  # fmt: skip
+    read = load_label_file(write(tmp_path / "explanations.json", json.dumps(entries)), D_SAE)
+    assert read.typical_max == {1: 12.5, 2: 3.25, 6: 7.0, 8: 9.0}
+    assert read.frequency == {1: 0.01, 2: 0.5}
+    assert read.labels == {1: "one", 2: "two", 3: "three", 4: "four", 5: "five", 6: "six"}
+    lines = write(
+        tmp_path / "labels.jsonl",
+        '{"feature": 4, "label": "x", "maxActivation": 2.0, "frequency": 0.25}\n'
+        '{"feature": 5, "label": "y", "maxActApprox": 1e400}\n',
+    )
+    read = load_label_file(lines, D_SAE)
+    assert (read.typical_max, read.frequency) == ({4: 2.0}, {4: 0.25})
+
+
+def test_search_results_carry_typical_max_and_frequency() -> None:
+    catalog = Catalog(
+        {"a": {1: "sea waves", 2: "sea"}},
+        typical_max={"a": {1: 40.0, 3: 5.0}},
+        frequency={"a": {1: 0.002}},
+    )
+    by_feature = {m.feature: m for m in catalog.search("sea")}
+    assert (by_feature[1].typical_max, by_feature[1].frequency) == (40.0, 0.002)
+    assert (by_feature[2].typical_max, by_feature[2].frequency) == (0.0, 0.0)
+    assert catalog.typical_max("a", 3) == 5.0  # unlabelled features keep their maximum
+    assert catalog.typical_max("a", 2) == catalog.typical_max("b", 1) == 0.0
 
 
 def test_reads_json_lines(tmp_path: Path) -> None:

@@ -1118,6 +1118,8 @@ class FeatureMatch(_message.Message):
     FEATURE_FIELD_NUMBER: _builtins.int
     LABEL_FIELD_NUMBER: _builtins.int
     SCORE_FIELD_NUMBER: _builtins.int
+    TYPICAL_MAX_FIELD_NUMBER: _builtins.int
+    FREQUENCY_FIELD_NUMBER: _builtins.int
     sae: _builtins.str
     """Name of the SAE."""
     feature: _builtins.int
@@ -1126,6 +1128,12 @@ class FeatureMatch(_message.Message):
     """The feature's label."""
     score: _builtins.float
     """Relevance; higher is better (comparable within one response only)."""
+    typical_max: _builtins.float
+    """The feature's typical maximum activation (from the label file's maxActApprox or
+    maxActivation); 0 when unknown. A relative edit's value is a multiple of it.
+    """
+    frequency: _builtins.float
+    """The share of positions where the feature fires (frac_nonzero or frequency); 0 when unknown."""
     def __init__(
         self,
         *,
@@ -1133,10 +1141,12 @@ class FeatureMatch(_message.Message):
         feature: _builtins.int = ...,
         label: _builtins.str = ...,
         score: _builtins.float = ...,
+        typical_max: _builtins.float = ...,
+        frequency: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["feature", b"feature", "label", b"label", "sae", b"sae", "score", b"score"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["feature", b"feature", "frequency", b"frequency", "label", b"label", "sae", b"sae", "score", b"score", "typical_max", b"typical_max"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
