@@ -95,6 +95,7 @@ def load(settings: Settings) -> Loaded:
             {a.name: a.sae.d_sae for a in attachments},
             {a.name: a.sha256 for a in attachments},
             settings.limits(),
+            catalog.typical_max,
         )
     return Loaded(model, attachments, name, catalog, presets)
 

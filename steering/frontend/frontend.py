@@ -23,7 +23,7 @@ import torch
 from steering.discovery import results as discovery
 from steering.discovery.catalog import Catalog, FeatureMatch
 from steering.discovery.results import FeatureContrast, InspectedToken
-from steering.edits import EditMode, FeatureEdit
+from steering.edits import EditMode, FeatureEdit, resolve_relative
 from steering.engine.channel import RequestOutput
 from steering.engine.engine import Engine
 from steering.engine.stats import AdmittedRequest
@@ -249,6 +249,20 @@ class FrontEnd:
             start += 1
         return (bos, *ids[start:])
 
+    def _resolved(self, request: TextRequest) -> TextRequest:
+        """The request with its relative edits (its own and its rules') made absolute through
+        the catalog's typical maxima; what cannot be resolved is left for validation to refuse."""
+        if not any(e.relative for e in request.edits) and not any(
+            e.relative for rule in request.rules for e in rule.apply
+        ):
+            return request
+        d_sae_of, top = self.engine.d_sae_of, self.catalog.typical_max
+        rules = tuple(
+            replace(rule, apply=resolve_relative(rule.apply, top, d_sae_of))
+            for rule in request.rules
+        )
+        return replace(request, edits=resolve_relative(request.edits, top, d_sae_of), rules=rules)
+
     def _validate(self, request: TextRequest) -> None:
         validate_text(request, self.limits, self.engine.d_sae_of, chat=self.chat)
         self._check_chars(request, "prompt" if request.prompt is not None else "chat.messages")
@@ -268,7 +282,7 @@ class FrontEnd:
     async def _generate(
         self, request: TextRequest, *, report: bool
     ) -> AsyncGenerator[TextChunk, None]:
-        request = self._with_preset(request)
+        request = self._resolved(self._with_preset(request))
         self._validate(request)
         prompt_ids = await self._tokenize(request)
         engine_request = GenerationRequest(
@@ -399,6 +413,7 @@ class FrontEnd:
             return await self._inspect(request)
 
     async def _inspect(self, request: InspectRequest) -> tuple[InspectedToken, ...]:
+        request = replace(request, text=self._resolved(request.text))
         self._validate(request.text)
         saes = request.saes or tuple(self.engine.d_sae_of)
         top_k = inspect_top_k(request)  # 0 under no_top: no full encode, no top lists

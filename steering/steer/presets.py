@@ -3,7 +3,10 @@ to the SAE files they were written for (sha256), so a recipe never lands on anot
 
     [presets.calm]
     description = "calm sea"
-    edits = ["res12:1234=set:8", "res12:77=ablate", "res20:5=add:2@active"]
+    edits = ["res12:1234=set:8", "res12:77=ablate", "res20:5=add:2@active", "res20:9=set:1.5x"]
+
+A value ending in `x` is relative: that many times the feature's typical maximum (from its label
+file), resolved once when the presets are loaded.
     sha256 = { res12 = "<lowercase hex of the SAE's parameter file>" }
 """
 
@@ -13,12 +16,12 @@ import math
 import re
 import sys
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from steering.edits import EditMode, FeatureEdit, validate_edits
+from steering.edits import EditMode, FeatureEdit, resolve_relative, validate_edits
 from steering.errors import InvalidRequestError, SteeringError
 from steering.requests import Limits
 
@@ -39,7 +42,8 @@ class Preset:
 
 
 def parse_edit(text: str) -> FeatureEdit:
-    """`SAE:FEATURE=MODE[:VALUE][@active]`, as the client's CLI writes edits; ValueError if not."""
+    """`SAE:FEATURE=MODE[:VALUE[x]][@active]`, as the client's CLI writes edits (`x`: the value
+    is relative, that many times the feature's typical maximum); ValueError if not."""
     spec = text.strip()
     active = spec.endswith(ACTIVE)
     match = EDIT.match(spec.removesuffix(ACTIVE))
@@ -52,10 +56,13 @@ def parse_edit(text: str) -> FeatureEdit:
     raw = match["value"]
     if (raw is None) != (mode is EditMode.ABLATE):
         raise ValueError(f"{mode.value} {'takes no' if raw else 'needs a'} value in {text!r}")
-    value = float(raw) if raw is not None else 0.0
+    relative = raw is not None and raw.rstrip().endswith("x")
+    if relative and mode not in (EditMode.SET, EditMode.ADD):
+        raise ValueError(f"a relative value (x) applies to set and add only, in {text!r}")
+    value = float(raw.rstrip().removesuffix("x")) if raw is not None else 0.0
     if not math.isfinite(value):
         raise ValueError(f"the value must be finite in {text!r}")
-    return FeatureEdit(match["sae"], int(match["feature"]), mode, value, active)
+    return FeatureEdit(match["sae"], int(match["feature"]), mode, value, active, relative)
 
 
 def load_presets(
@@ -63,9 +70,11 @@ def load_presets(
     d_sae_of: Mapping[str, int],
     sha256_of: Mapping[str, str],
     limits: Limits | None = None,
+    typical_max: Callable[[str, int], float] | None = None,
 ) -> dict[str, Preset]:
     """The presets of a TOML file, checked against the served SAEs (width, pinned sha256) and
-    the limits in force (a preset a request could not carry would fail every request)."""
+    the limits in force (a preset a request could not carry would fail every request); relative
+    edits resolved through `typical_max` (0 unknown: such an edit is refused)."""
     file = Path(path)
     try:
         tables = _toml(file).get("presets", {})
@@ -77,9 +86,13 @@ def load_presets(
         raise PresetFileError(f"{file}: expected [presets.NAME] tables")
     limits = limits or Limits()
     return {
-        name: _preset(file, name, table, d_sae_of, sha256_of, limits)
+        name: _preset(file, name, table, d_sae_of, sha256_of, limits, typical_max or _unknown)
         for name, table in tables.items()
     }
+
+
+def _unknown(sae: str, feature: int) -> float:
+    return 0.0
 
 
 def _first_line(exc: BaseException) -> str:
@@ -101,12 +114,14 @@ def _preset(
     d_sae_of: Mapping[str, int],
     sha256_of: Mapping[str, str],
     limits: Limits,
+    typical_max: Callable[[str, int], float],
 ) -> Preset:
     where = f"{file}: preset {name!r}"
     if not isinstance(table, dict) or not isinstance(table.get("edits", []), list):
         raise PresetFileError(f"{where}: expected a table with an `edits` list")
     try:
         edits = tuple(parse_edit(str(text)) for text in table.get("edits", []))
+        edits = resolve_relative(edits, typical_max, d_sae_of)
         validate_edits(edits, d_sae_of, max_abs_value=limits.max_abs_edit_value)
     except (ValueError, InvalidRequestError) as exc:
         raise PresetFileError(f"{where}: {exc}") from None

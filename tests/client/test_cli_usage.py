@@ -40,6 +40,15 @@ def test_one_edit_flag_takes_comma_separated_edits(
     assert list(request.edits) == [edit.to_proto() for edit in expected]
 
 
+def test_an_edit_flag_sends_a_relative_value(fake: FakeSteering, target: str) -> None:
+    assert main(["--target", target, "generate", "The sea", "--edit", "demo:632=set:1.5x"]) == 0
+    (request,) = fake.requests
+    assert isinstance(request, pb.GenerateRequest)
+    assert list(request.edits) == [
+        pb.FeatureEdit(sae="demo", feature=632, mode=pb.EDIT_MODE_SET, value=1.5, relative=True)
+    ]
+
+
 def test_edit_help_says_commas_separate_edits(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:

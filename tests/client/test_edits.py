@@ -20,6 +20,8 @@ from steering_proto.v1 import steering_pb2 as pb
         ("  res12:3=SET:2 ", Edit("res12", 3, "set", 2.0)),
         ("gemma:res:12:5=add:1", Edit("gemma:res:12", 5, "add", 1.0)),  # ':' inside the SAE name
         ("res12:4294967295=set:1", Edit("res12", 2**32 - 1, "set", 1.0)),
+        ("demo:632=set:1.5x", Edit("demo", 632, "set", 1.5, relative=True)),
+        ("demo:632=add:-0.5x@active", Edit("demo", 632, "add", -0.5, True, relative=True)),
     ],
 )
 def test_parse_edit_accepts(text: str, expected: Edit) -> None:
@@ -47,6 +49,9 @@ def test_parse_edit_accepts(text: str, expected: Edit) -> None:
         ("res12:1=set:8@sometimes", "unknown suffix '@sometimes' (did you mean @active?)"),
         ("demo:632=set:490@activ", "unknown suffix '@activ' (did you mean @active?)"),
         ("demo:632=ablate@actve", "unknown suffix '@actve' (did you mean @active?)"),
+        ("demo:632=scale:2x", "applies to set and add only"),
+        ("demo:632=set:x", "set needs a value"),
+        ("demo:632=set:1.5xx", "must be a number"),
     ],
 )
 def test_parse_edit_rejects_with_a_reason(text: str, why: str) -> None:
@@ -99,6 +104,7 @@ def test_parse_edits_names_the_bad_edit(text: str, why: str) -> None:
         Edit.add("res12", 5, -2.5, only_when_active=True),
         Edit.scale("a:b", 0, 0.5),
         Edit.ablate("res12", 9, only_when_active=True),
+        Edit("demo", 632, "set", 1.5, relative=True),
     ],
 )
 def test_str_round_trips_through_parse_edit(edit: Edit) -> None:
@@ -114,11 +120,21 @@ def test_str_round_trips_through_parse_edit(edit: Edit) -> None:
         ({"sae": "r", "feature": 1, "mode": "boost", "value": 1.0}, "unknown mode"),
         ({"sae": "r", "feature": 1, "mode": "add", "value": float("nan")}, "finite"),
         ({"sae": "r", "feature": 1, "mode": "ablate", "value": 2.0}, "takes no value"),
+        (
+            {"sae": "r", "feature": 1, "mode": "scale", "value": 2.0, "relative": True},
+            "set and add",
+        ),
     ],
 )
 def test_edit_rejects_impossible_edits(kwargs: dict[str, object], why: str) -> None:
     with pytest.raises(ValueError, match=why):
         Edit(**kwargs)  # type: ignore[arg-type]
+
+
+def test_a_relative_edit_travels_as_relative() -> None:
+    msg = Edit("demo", 632, "set", 1.5, relative=True).to_proto()
+    assert (msg.value, msg.relative) == (1.5, True)
+    assert Edit.from_proto(msg) == Edit("demo", 632, "set", 1.5, relative=True)
 
 
 def test_to_proto_carries_every_field() -> None:

@@ -4,9 +4,11 @@ Contrast, and watch and receipts on Generate; bad input is INVALID_ARGUMENT nami
 from __future__ import annotations
 
 import json
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -60,13 +62,60 @@ def test_search_carries_typical_max_and_frequency(labelled: ServerThread) -> Non
     found = labelled.stub.SearchFeatures(pb.SearchFeaturesRequest(query="sea", sae="a"))
     stats = {m.feature: (m.typical_max, m.frequency) for m in found.matches}
     assert stats[7] == (6.5, 0.125) and stats[11] == (0.0, 0.0)  # 0: unknown
-    url = f"http://127.0.0.1:{labelled.app.http_port}/v1/steering/search"
-    body = json.dumps({"query": "sea", "sae": "a"}).encode()
-    post = urllib.request.Request(url, body, {"Content-Type": "application/json"})
-    with urllib.request.urlopen(post, timeout=30) as answer:
-        matches = json.load(answer)["matches"]
+    matches = _post(labelled, "/v1/steering/search", {"query": "sea", "sae": "a"})["matches"]
     http_stats = {m["feature"]: (m["typical_max"], m["frequency"]) for m in matches}
     assert http_stats == stats
+
+
+def _post(srv: ServerThread, path: str, body: object) -> Any:
+    url = f"http://127.0.0.1:{srv.app.http_port}{path}"
+    post = urllib.request.Request(
+        url, json.dumps(body).encode(), {"Content-Type": "application/json"}
+    )
+    try:
+        with urllib.request.urlopen(post, timeout=30) as answer:
+            return json.load(answer)
+    except urllib.error.HTTPError as exc:
+        return {"status": exc.code} | json.load(exc)
+
+
+def test_a_relative_edit_runs_as_value_times_typical_max(labelled: ServerThread) -> None:
+    """a:7 has typical maximum 6.5: `set:1.5x` is `set:9.75`, token for token, over gRPC and
+    HTTP; receipts show 9.75; a:3 has none, so a relative edit of it is refused naming it."""
+
+    def greedy(*edits: pb.FeatureEdit) -> list[pb.GenerateResponse]:
+        return labelled.generate(
+            request("The sea was calm", edits=list(edits), max_new_tokens=8, ignore_eos=True)
+        )
+
+    relative = edit("a", 7, pb.EDIT_MODE_SET, 1.5)
+    relative.relative = True
+    got, want = greedy(relative), greedy(edit("a", 7, pb.EDIT_MODE_SET, 9.75))
+    ids = [[i for c in chunks for i in c.token_ids] for chunks in (got, want, greedy())]
+    assert ids[0] == ids[1] != ids[2]
+    (receipt,) = got[-1].receipts
+    assert (receipt.edit.value, receipt.edit.relative) == (9.75, False)
+
+    assert labelled.app.frontend is not None
+    body = {"model": labelled.app.frontend.name, "prompt": "The sea was calm", "max_tokens": 8}
+    body |= {"temperature": 0, "ignore_eos": True}
+    texts = []
+    for edits in (["a:7=set:1.5x"], [{"sae": "a", "feature": 7, "mode": "set", "value": 1.5,
+                                     "relative": True}], ["a:7=set:9.75"]):  # fmt: skip
+        answer = _post(labelled, "/v1/completions", body | {"steering": {"edits": edits}})
+        assert [r["edit"] for r in answer["steering"]["receipts"]] == ["a:7=set:9.75"], answer
+        texts.append(answer["choices"][0]["text"])
+    assert texts[0] == texts[1] == texts[2]
+
+    no_max = edit("a", 3, pb.EDIT_MODE_SET, 1.5)
+    no_max.relative = True
+    with pytest.raises(grpc.RpcError) as err:
+        greedy(no_max)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert err.value.details().startswith("edits[0].relative: "), err.value.details()
+    answer = _post(labelled, "/v1/completions", body | {"steering": {"edits": ["a:3=set:1.5x"]}})
+    assert answer["status"] == 400 and answer["error"]["param"] == "steering.edits[0].relative"
+    labelled.wait_idle()
 
 
 def test_inspect_reports_every_token_with_labels(labelled: ServerThread) -> None:

@@ -25,7 +25,8 @@ PROTO_TO_MODE: dict[int, str] = {value: name for name, value in MODE_TO_PROTO.it
 VALUELESS_MODES = frozenset({"ablate"})
 MAX_FEATURE = 2**32 - 1  # FeatureEdit.feature is a uint32
 
-GRAMMAR = "SAE:FEATURE=MODE[:VALUE][@active]"
+GRAMMAR = "SAE:FEATURE=MODE[:VALUE][@active]"  # a VALUE may end in x: relative
+RELATIVE_MODES = frozenset({"set", "add"})
 REF_GRAMMAR = "SAE:FEATURE"
 _ACTIVE_SUFFIX = "@active"
 # SAE names may hold ':' themselves: the feature is what follows the last ':' before '='.
@@ -39,6 +40,8 @@ class Edit:
     """One edit of one SAE feature: f' = value (set), f + value (add), value·f (scale), 0 (ablate).
 
     With `only_when_active`, the edit applies only at positions where the feature is active.
+    With `relative` (set and add only), `value` is a multiple of the feature's typical maximum
+    (`FeatureMatch.typical_max`); the server turns it into the absolute value it applies.
     """
 
     sae: str
@@ -46,6 +49,7 @@ class Edit:
     mode: str
     value: float = 0.0
     only_when_active: bool = False
+    relative: bool = False
 
     def __post_init__(self) -> None:
         if not self.sae:
@@ -60,6 +64,8 @@ class Edit:
             raise ValueError(f"edit: value must be finite, got {self.value}")
         if self.mode in VALUELESS_MODES and self.value != 0.0:
             raise ValueError(f"edit: {self.mode} takes no value, got {self.value:g}")
+        if self.relative and self.mode not in RELATIVE_MODES:
+            raise ValueError(f"edit: a relative value applies to set and add only, not {self.mode}")
 
     @classmethod
     def set(cls, sae: str, feature: int, value: float, *, only_when_active: bool = False) -> Edit:
@@ -90,6 +96,7 @@ class Edit:
             mode=MODE_TO_PROTO[self.mode],
             value=self.value,
             only_when_active=self.only_when_active,
+            relative=self.relative,
         )
 
     @classmethod
@@ -102,11 +109,13 @@ class Edit:
         if mode is None:
             raise ValueError(f"edit: unknown mode {msg.mode} of {msg.sae}:{msg.feature}")
         value = 0.0 if mode in VALUELESS_MODES else msg.value
-        return cls(msg.sae, msg.feature, mode, value, msg.only_when_active)
+        relative = msg.relative and mode in RELATIVE_MODES
+        return cls(msg.sae, msg.feature, mode, value, msg.only_when_active, relative)
 
     def __str__(self) -> str:
         """The CLI form, which `parse_edit` reads back."""
         value = "" if self.mode in VALUELESS_MODES else f":{self.value:g}"
+        value += "x" if self.relative else ""
         active = _ACTIVE_SUFFIX if self.only_when_active else ""
         return f"{self.sae}:{self.feature}={self.mode}{value}{active}"
 
@@ -154,9 +163,11 @@ def parse_feature_ref(text: str) -> FeatureRef:
 
 
 def parse_edit(text: str) -> Edit:
-    """Read `SAE:FEATURE=MODE[:VALUE][@active]`, e.g. `res12:1234=set:8` or `res12:7=ablate@active`.
+    """Read `SAE:FEATURE=MODE[:VALUE[x]][@active]`, e.g. `res12:1234=set:8`, `res12:7=ablate@active`
+    or `res12:1234=set:1.5x` (1.5 times the feature's typical maximum).
 
-    MODE is set, add, scale or ablate; ablate takes no VALUE, the others need one.
+    MODE is set, add, scale or ablate; ablate takes no VALUE, the others need one; a VALUE ending
+    in `x` (set and add only) is relative.
     Raises ValueError naming what is wrong.
     """
     spec = text.strip()
@@ -171,8 +182,14 @@ def parse_edit(text: str) -> Edit:
     if mode not in MODE_TO_PROTO:
         raise _bad(text, f"unknown mode {match['mode']!r} (one of {', '.join(MODE_TO_PROTO)})")
     feature = _parse_feature(text, match["feature"])
-    value = _parse_value(text, mode, match["value"])
-    return Edit(match["sae"].strip(), feature, mode, value, active)
+    raw = match["value"]
+    relative = raw is not None and raw.strip().endswith("x")
+    if relative:
+        if mode not in RELATIVE_MODES:
+            raise _bad(text, "a relative value (x) applies to set and add only")
+        raw = raw.strip().removesuffix("x")
+    value = _parse_value(text, mode, raw)
+    return Edit(match["sae"].strip(), feature, mode, value, active, relative)
 
 
 def parse_edits(text: str) -> list[Edit]:

@@ -116,7 +116,7 @@ def _edit(i: int, edit: pb.FeatureEdit, field: str = "edits") -> FeatureEdit:
     if edit.mode not in MODE_OF:
         raise InvalidRequestError(f"{field}[{i}].mode", "set a mode: SET, ADD, SCALE or ABLATE")
     return FeatureEdit(
-        edit.sae, edit.feature, MODE_OF[edit.mode], edit.value, edit.only_when_active
+        edit.sae, edit.feature, MODE_OF[edit.mode], edit.value, edit.only_when_active, edit.relative
     )
 
 
@@ -152,6 +152,7 @@ def edit_message(edit: FeatureEdit) -> pb.FeatureEdit:
         mode=PB_MODE_OF[edit.mode],
         value=edit.value,
         only_when_active=edit.only_when_active,
+        relative=edit.relative,
     )
 
 

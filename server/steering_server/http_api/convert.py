@@ -169,7 +169,8 @@ def _rule(rule: s.RuleBody) -> Rule:
 
 def edits(bodies: Sequence[s.EditBody]) -> tuple[FeatureEdit, ...]:
     return tuple(
-        FeatureEdit(e.sae, e.feature, EditMode(e.mode), e.value, e.only_when_active) for e in bodies
+        FeatureEdit(e.sae, e.feature, EditMode(e.mode), e.value, e.only_when_active, e.relative)
+        for e in bodies
     )
 
 
@@ -204,6 +205,8 @@ def edit_text(edit: FeatureEdit) -> str:
     if edit.mode is not EditMode.ABLATE:
         short = f"{edit.value:g}"
         value = ":" + (short if float(short) == edit.value else repr(edit.value))
+    if value and edit.relative:
+        value += "x"
     active = "@active" if edit.only_when_active else ""
     return f"{edit.sae}:{edit.feature}={edit.mode.value}{value}{active}"
 
@@ -224,6 +227,7 @@ def edit_body(edit: FeatureEdit) -> s.EditBody:
         mode=edit.mode.value,
         value=edit.value,
         only_when_active=edit.only_when_active,
+        relative=edit.relative,
     )
 
 

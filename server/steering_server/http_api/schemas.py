@@ -59,6 +59,7 @@ class EditBody(Strict):
     mode: Literal["set", "add", "scale", "ablate"]
     value: float = 0.0
     only_when_active: bool = False
+    relative: bool = False  # value x the feature's typical maximum (set and add only)
 
 
 class RefBody(Strict):
@@ -78,6 +79,7 @@ def _edit_from_string(value: Any) -> Any:
         "mode": edit.mode.value,
         "value": edit.value,
         "only_when_active": edit.only_when_active,
+        "relative": edit.relative,
     }
 
 

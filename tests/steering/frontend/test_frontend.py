@@ -25,9 +25,11 @@ from steering.frontend import FrontEnd, TextChunk
 from steering.requests import (
     ChatMessage,
     ContrastRequest,
+    FeatureRef,
     FinishReason,
     GenerationRequest,
     InspectRequest,
+    Rule,
     SamplingParams,
     TextRequest,
 )
@@ -318,3 +320,41 @@ def test_usage_counts_the_tokens_given_when_the_engine_ran_ahead_of_a_stop(
         assert delivered == ids[:given]
         assert last.completion_tokens == given
         assert "".join(c.text for c in chunks) == full[: full.index(stop)]
+
+
+def test_a_relative_edit_is_the_absolute_edit_times_the_typical_max(
+    model_folders: dict[str, Path],
+) -> None:
+    """`set:1.5x` on a feature of typical maximum 5 runs exactly as `set:7.5`; the receipt shows
+    7.5; a feature without a typical maximum is refused naming the edit's `relative` field."""
+    loaded = load_model(model_folders["gemma2"], dtype=torch.float32)
+    sae = SaeAttachment("s", random_sae(64, 32, seed=3, threshold=0.02), layer=1)
+    catalog = Catalog({}, typical_max={"s": {4: 5.0}})
+    front = FrontEnd(Engine.from_loaded(loaded, [sae]), loaded.tokenizer, catalog=catalog)
+    front.start()
+    try:
+        relative = (FeatureEdit("s", 4, EditMode.SET, 1.5, relative=True),)
+        absolute = (FeatureEdit("s", 4, EditMode.SET, 7.5),)
+        got = _run(_collect(front, TextRequest(prompt="Hi", sampling=GREEDY, edits=relative)))
+        want = _run(_collect(front, TextRequest(prompt="Hi", sampling=GREEDY, edits=absolute)))
+        plain = _run(_collect(front, TextRequest(prompt="Hi", sampling=GREEDY)))
+        ids = [[i for c in chunks for i in c.token_ids] for chunks in (got, want, plain)]
+        assert ids[0] == ids[1] != ids[2]
+        assert [r.edit for r in got[-1].receipts] == list(absolute)
+        rule = Rule(
+            FeatureRef("s", 1), 0.5, apply=(FeatureEdit("s", 4, EditMode.ADD, 2.0, relative=True),)
+        )
+        resolved = front._resolved(TextRequest(prompt="Hi", rules=(rule,)))
+        assert resolved.rules[0].apply == (FeatureEdit("s", 4, EditMode.ADD, 10.0),)
+        bad = [
+            (FeatureEdit("s", 5, EditMode.SET, 1.5, relative=True), "edits[0].relative"),
+            (FeatureEdit("s", 4, EditMode.SET, 3000.0, relative=True), "edits[0].value"),
+            (FeatureEdit("s", 99, EditMode.SET, 1.0, relative=True), "edits[0].feature"),
+            (FeatureEdit("s", 4, EditMode.SCALE, 2.0, relative=True), "edits[0].relative"),
+        ]
+        for edit, field in bad:
+            with pytest.raises(InvalidRequestError) as err:
+                _run(_collect(front, TextRequest(prompt="Hi", sampling=GREEDY, edits=(edit,))))
+            assert err.value.field == field, (edit, err.value)
+    finally:
+        front.stop()

@@ -443,6 +443,7 @@ class FeatureEdit(_message.Message):
     MODE_FIELD_NUMBER: _builtins.int
     VALUE_FIELD_NUMBER: _builtins.int
     ONLY_WHEN_ACTIVE_FIELD_NUMBER: _builtins.int
+    RELATIVE_FIELD_NUMBER: _builtins.int
     sae: _builtins.str
     """Name of the SAE that holds the feature, as listed in DescribeModelResponse.saes."""
     feature: _builtins.int
@@ -458,6 +459,13 @@ class FeatureEdit(_message.Message):
     """Apply the edit only at positions where the feature is already active (f(i) > 0);
     elsewhere the position is left as it is. False (the default) edits every position.
     """
+    relative: _builtins.bool
+    """SET and ADD only: `value` is a multiple of the feature's typical maximum
+    (FeatureMatch.typical_max; e.g. 1.5 with a maximum of 40 is 60). The server resolves it to
+    the absolute value before checking Limits.max_abs_edit_value; receipts report that absolute
+    value (relative false). A feature without a typical maximum, or another mode, is
+    INVALID_ARGUMENT naming `relative`.
+    """
     def __init__(
         self,
         *,
@@ -466,10 +474,11 @@ class FeatureEdit(_message.Message):
         mode: Global___EditMode.ValueType = ...,
         value: _builtins.float = ...,
         only_when_active: _builtins.bool = ...,
+        relative: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["feature", b"feature", "mode", b"mode", "only_when_active", b"only_when_active", "sae", b"sae", "value", b"value"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["feature", b"feature", "mode", b"mode", "only_when_active", b"only_when_active", "relative", b"relative", "sae", b"sae", "value", b"value"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
