@@ -7,6 +7,7 @@ every other rule is the core's (`steering.requests`), applied by the front end.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import asdict
 
 from steering.discovery.catalog import FeatureMatch
 from steering.discovery.results import FeatureActivation, FeatureContrast, InspectedToken
@@ -172,38 +173,20 @@ def inspect_response(tokens: Sequence[InspectedToken]) -> pb.InspectResponse:
 
 
 def _activation(a: FeatureActivation) -> pb.FeatureActivation:
-    return pb.FeatureActivation(
-        sae=a.sae, feature=a.feature, activation=a.activation, label=a.label
-    )
+    return pb.FeatureActivation(**asdict(a))  # the proto's fields are the domain's
 
 
 def contrast_response(
     toward_a: Sequence[FeatureContrast], toward_b: Sequence[FeatureContrast]
 ) -> pb.ContrastResponse:
-    def message(c: FeatureContrast) -> pb.FeatureContrast:
-        return pb.FeatureContrast(
-            sae=c.sae, feature=c.feature, mean_a=c.mean_a, mean_b=c.mean_b, label=c.label
-        )
-
     return pb.ContrastResponse(
-        toward_a=[message(c) for c in toward_a], toward_b=[message(c) for c in toward_b]
+        toward_a=[pb.FeatureContrast(**asdict(c)) for c in toward_a],
+        toward_b=[pb.FeatureContrast(**asdict(c)) for c in toward_b],
     )
 
 
 def search_response(matches: Sequence[FeatureMatch]) -> pb.SearchFeaturesResponse:
-    return pb.SearchFeaturesResponse(
-        matches=[
-            pb.FeatureMatch(
-                sae=m.sae,
-                feature=m.feature,
-                label=m.label,
-                score=m.score,
-                typical_max=m.typical_max,
-                frequency=m.frequency,
-            )
-            for m in matches
-        ]
-    )
+    return pb.SearchFeaturesResponse(matches=[pb.FeatureMatch(**asdict(m)) for m in matches])
 
 
 def limits_message(limits: Limits, kv_cache_bytes: int = 0) -> pb.Limits:

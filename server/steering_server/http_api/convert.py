@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Sequence
+from dataclasses import asdict
 from typing import Any
 
 from steering.discovery.catalog import FeatureMatch
@@ -232,9 +233,7 @@ def edit_body(edit: FeatureEdit) -> s.EditBody:
 
 
 def _activation(a: FeatureActivation) -> s.FeatureActivationBody:
-    return s.FeatureActivationBody(
-        sae=a.sae, feature=a.feature, activation=a.activation, label=a.label
-    )
+    return s.FeatureActivationBody(**asdict(a))  # the body's fields are the domain's
 
 
 def inspect_answer(tokens: Sequence[InspectedToken]) -> s.InspectAnswer:
@@ -255,30 +254,14 @@ def inspect_answer(tokens: Sequence[InspectedToken]) -> s.InspectAnswer:
 def contrast_answer(
     toward_a: Sequence[FeatureContrast], toward_b: Sequence[FeatureContrast]
 ) -> s.ContrastAnswer:
-    def body(c: FeatureContrast) -> s.FeatureContrastBody:
-        return s.FeatureContrastBody(
-            sae=c.sae, feature=c.feature, mean_a=c.mean_a, mean_b=c.mean_b, label=c.label
-        )
-
     return s.ContrastAnswer(
-        toward_a=[body(c) for c in toward_a], toward_b=[body(c) for c in toward_b]
+        toward_a=[s.FeatureContrastBody(**asdict(c)) for c in toward_a],
+        toward_b=[s.FeatureContrastBody(**asdict(c)) for c in toward_b],
     )
 
 
 def search_answer(matches: Sequence[FeatureMatch]) -> s.SearchAnswer:
-    return s.SearchAnswer(
-        matches=[
-            s.FeatureMatchBody(
-                sae=m.sae,
-                feature=m.feature,
-                label=m.label,
-                score=m.score,
-                typical_max=m.typical_max,
-                frequency=m.frequency,
-            )
-            for m in matches
-        ]
-    )
+    return s.SearchAnswer(matches=[s.FeatureMatchBody(**asdict(m)) for m in matches])
 
 
 def limits_body(limits: Limits, kv_cache_bytes: int) -> dict[str, float]:
