@@ -100,6 +100,38 @@ FINISH_REASON_CONDITION: FinishReason.ValueType  # 4
 """A rule with `stop` fired (see Rule)."""
 Global___FinishReason: _TypeAlias = FinishReason  # noqa: Y015
 
+class _SearchBy:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _SearchByEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_SearchBy.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    SEARCH_BY_UNSPECIFIED: _SearchBy.ValueType  # 0
+    """The default: SEARCH_BY_LABELS."""
+    SEARCH_BY_LABELS: _SearchBy.ValueType  # 1
+    """The query's words against the labels."""
+    SEARCH_BY_ACTIVATION: _SearchBy.ValueType  # 2
+    """The model reads the query as a prompt; features ranked by their mean activation over its
+    steerable positions divided by their typical maximum (raw activation where unknown).
+    """
+    SEARCH_BY_BOTH: _SearchBy.ValueType  # 3
+    """Both lists merged, label hits first, each feature once."""
+
+class SearchBy(_SearchBy, metaclass=_SearchByEnumTypeWrapper):
+    """How SearchFeatures finds features."""
+
+SEARCH_BY_UNSPECIFIED: SearchBy.ValueType  # 0
+"""The default: SEARCH_BY_LABELS."""
+SEARCH_BY_LABELS: SearchBy.ValueType  # 1
+"""The query's words against the labels."""
+SEARCH_BY_ACTIVATION: SearchBy.ValueType  # 2
+"""The model reads the query as a prompt; features ranked by their mean activation over its
+steerable positions divided by their typical maximum (raw activation where unknown).
+"""
+SEARCH_BY_BOTH: SearchBy.ValueType  # 3
+"""Both lists merged, label hits first, each feature once."""
+Global___SearchBy: _TypeAlias = SearchBy  # noqa: Y015
+
 @_typing.final
 class GenerateRequest(_message.Message):
     """One generation request: an input, how to sample, and which SAE features to edit."""
@@ -288,6 +320,7 @@ class FeatureActivation(_message.Message):
     FEATURE_FIELD_NUMBER: _builtins.int
     ACTIVATION_FIELD_NUMBER: _builtins.int
     LABEL_FIELD_NUMBER: _builtins.int
+    TYPICAL_MAX_FIELD_NUMBER: _builtins.int
     sae: _builtins.str
     """Name of the SAE."""
     feature: _builtins.int
@@ -298,6 +331,8 @@ class FeatureActivation(_message.Message):
     """
     label: _builtins.str
     """The feature's label, or empty when it has none."""
+    typical_max: _builtins.float
+    """The feature's typical maximum activation (FeatureMatch.typical_max); 0 when unknown."""
     def __init__(
         self,
         *,
@@ -305,10 +340,11 @@ class FeatureActivation(_message.Message):
         feature: _builtins.int = ...,
         activation: _builtins.float = ...,
         label: _builtins.str = ...,
+        typical_max: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["activation", b"activation", "feature", b"feature", "label", b"label", "sae", b"sae"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["activation", b"activation", "feature", b"feature", "label", b"label", "sae", b"sae", "typical_max", b"typical_max"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -379,6 +415,7 @@ class SamplingParams(_message.Message):
     SEED_FIELD_NUMBER: _builtins.int
     STOP_FIELD_NUMBER: _builtins.int
     IGNORE_EOS_FIELD_NUMBER: _builtins.int
+    TOP_LOGPROBS_FIELD_NUMBER: _builtins.int
     max_new_tokens: _builtins.int
     """Most tokens to generate, in tokens. 0 takes the server default
     (Limits.default_max_new_tokens); at most Limits.max_new_tokens.
@@ -401,6 +438,11 @@ class SamplingParams(_message.Message):
     """Keep generating past end-of-sequence tokens (EOS, and <end_of_turn> for chat) until
     max_new_tokens or a stop string. False (the default) stops at them.
     """
+    top_logprobs: _builtins.int
+    """Set (0 to Limits.max_top_logprobs): every generated token carries its log-probability and
+    this many most likely tokens with theirs (GenerateResponse.logprobs), from the logits the
+    sampler holds, at temperature 1 and before top_k/top_p cuts. Unset: no log-probabilities.
+    """
     @_builtins.property
     def stop(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Stop strings: generation ends as soon as the decoded text contains one of them, and the
@@ -418,14 +460,20 @@ class SamplingParams(_message.Message):
         seed: _builtins.int | None = ...,
         stop: _abc.Iterable[_builtins.str] | None = ...,
         ignore_eos: _builtins.bool = ...,
+        top_logprobs: _builtins.int | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_seed", b"_seed", "seed", b"seed"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_seed", b"_seed", "_top_logprobs", b"_top_logprobs", "seed", b"seed", "top_logprobs", b"top_logprobs"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_seed", b"_seed", "ignore_eos", b"ignore_eos", "max_new_tokens", b"max_new_tokens", "seed", b"seed", "stop", b"stop", "temperature", b"temperature", "top_k", b"top_k", "top_p", b"top_p"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_seed", b"_seed", "_top_logprobs", b"_top_logprobs", "ignore_eos", b"ignore_eos", "max_new_tokens", b"max_new_tokens", "seed", b"seed", "stop", b"stop", "temperature", b"temperature", "top_k", b"top_k", "top_logprobs", b"top_logprobs", "top_p", b"top_p"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__seed: _TypeAlias = _typing.Literal["seed"]  # noqa: Y015
     _WhichOneofArgType__seed: _TypeAlias = _typing.Literal["_seed", b"_seed"]  # noqa: Y015
+    _WhichOneofReturnType__top_logprobs: _TypeAlias = _typing.Literal["top_logprobs"]  # noqa: Y015
+    _WhichOneofArgType__top_logprobs: _TypeAlias = _typing.Literal["_top_logprobs", b"_top_logprobs"]  # noqa: Y015
+    @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__seed) -> _WhichOneofReturnType__seed | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__top_logprobs) -> _WhichOneofReturnType__top_logprobs | None: ...
 
 Global___SamplingParams: _TypeAlias = SamplingParams  # noqa: Y015
 
@@ -499,6 +547,7 @@ class GenerateResponse(_message.Message):
     SEED_FIELD_NUMBER: _builtins.int
     WATCHED_FIELD_NUMBER: _builtins.int
     RECEIPTS_FIELD_NUMBER: _builtins.int
+    LOGPROBS_FIELD_NUMBER: _builtins.int
     text: _builtins.str
     """This chunk's new text, decoded incrementally (a token that completes no character yet
     may add its text to a later chunk). Excludes any matched stop string and what follows it.
@@ -528,6 +577,10 @@ class GenerateResponse(_message.Message):
     def receipts(self) -> _containers.RepeatedCompositeFieldContainer[Global___EditReceipt]:
         """Last message only: one receipt per edit in effect, even if it applied nowhere."""
 
+    @_builtins.property
+    def logprobs(self) -> _containers.RepeatedCompositeFieldContainer[Global___TokenLogprobs]:
+        """One entry per token_ids entry when SamplingParams.top_logprobs is set; empty otherwise."""
+
     def __init__(
         self,
         *,
@@ -538,16 +591,75 @@ class GenerateResponse(_message.Message):
         seed: _builtins.int | None = ...,
         watched: _abc.Iterable[Global___WatchedToken] | None = ...,
         receipts: _abc.Iterable[Global___EditReceipt] | None = ...,
+        logprobs: _abc.Iterable[Global___TokenLogprobs] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_seed", b"_seed", "seed", b"seed", "usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_seed", b"_seed", "finish_reason", b"finish_reason", "receipts", b"receipts", "seed", b"seed", "text", b"text", "token_ids", b"token_ids", "usage", b"usage", "watched", b"watched"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_seed", b"_seed", "finish_reason", b"finish_reason", "logprobs", b"logprobs", "receipts", b"receipts", "seed", b"seed", "text", b"text", "token_ids", b"token_ids", "usage", b"usage", "watched", b"watched"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__seed: _TypeAlias = _typing.Literal["seed"]  # noqa: Y015
     _WhichOneofArgType__seed: _TypeAlias = _typing.Literal["_seed", b"_seed"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType__seed) -> _WhichOneofReturnType__seed | None: ...
 
 Global___GenerateResponse: _TypeAlias = GenerateResponse  # noqa: Y015
+
+@_typing.final
+class TokenLogprobs(_message.Message):
+    """A generated token's log-probability and the most likely tokens at its position."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LOGPROB_FIELD_NUMBER: _builtins.int
+    TOP_FIELD_NUMBER: _builtins.int
+    logprob: _builtins.float
+    """The log-probability of the token generated (natural log)."""
+    @_builtins.property
+    def top(self) -> _containers.RepeatedCompositeFieldContainer[Global___TopLogprob]:
+        """The SamplingParams.top_logprobs most likely tokens, most likely first (ties: lower id)."""
+
+    def __init__(
+        self,
+        *,
+        logprob: _builtins.float = ...,
+        top: _abc.Iterable[Global___TopLogprob] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["logprob", b"logprob", "top", b"top"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TokenLogprobs: _TypeAlias = TokenLogprobs  # noqa: Y015
+
+@_typing.final
+class TopLogprob(_message.Message):
+    """One candidate token and its log-probability."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TOKEN_ID_FIELD_NUMBER: _builtins.int
+    TEXT_FIELD_NUMBER: _builtins.int
+    LOGPROB_FIELD_NUMBER: _builtins.int
+    token_id: _builtins.int
+    """The token's id."""
+    text: _builtins.str
+    """The token decoded alone."""
+    logprob: _builtins.float
+    """Its log-probability (natural log)."""
+    def __init__(
+        self,
+        *,
+        token_id: _builtins.int = ...,
+        text: _builtins.str = ...,
+        logprob: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["logprob", b"logprob", "text", b"text", "token_id", b"token_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TopLogprob: _TypeAlias = TopLogprob  # noqa: Y015
 
 @_typing.final
 class WatchedToken(_message.Message):
@@ -737,6 +849,8 @@ class ModelInfo(_message.Message):
     CONTEXT_LENGTH_FIELD_NUMBER: _builtins.int
     CHAT_FIELD_NUMBER: _builtins.int
     CUDA_GRAPHS_FIELD_NUMBER: _builtins.int
+    DTYPE_FIELD_NUMBER: _builtins.int
+    BATCH_INVARIANCE_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """The model's name (its folder or Hugging Face id, e.g. "gemma-2-2b")."""
     num_layers: _builtins.int
@@ -758,6 +872,12 @@ class ModelInfo(_message.Message):
     the eager step), "off", or "fallback: <why>" when a graph failed that check or its capture
     and the server went back to eager decoding.
     """
+    dtype: _builtins.str
+    """The dtype the model computes in: "float32", "bfloat16" or "float16"."""
+    batch_invariance: _builtins.str
+    """What keeps a request's results independent of what shares its batch, as in force (e.g.
+    "fixed decode rows; prefill chunks by request"); empty when nothing does.
+    """
     def __init__(
         self,
         *,
@@ -768,10 +888,12 @@ class ModelInfo(_message.Message):
         context_length: _builtins.int = ...,
         chat: _builtins.bool = ...,
         cuda_graphs: _builtins.str = ...,
+        dtype: _builtins.str = ...,
+        batch_invariance: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["chat", b"chat", "context_length", b"context_length", "cuda_graphs", b"cuda_graphs", "d_model", b"d_model", "name", b"name", "num_layers", b"num_layers", "vocab_size", b"vocab_size"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch_invariance", b"batch_invariance", "chat", b"chat", "context_length", b"context_length", "cuda_graphs", b"cuda_graphs", "d_model", b"d_model", "dtype", b"dtype", "name", b"name", "num_layers", b"num_layers", "vocab_size", b"vocab_size"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -858,6 +980,9 @@ class Limits(_message.Message):
     MAX_RULES_PER_REQUEST_FIELD_NUMBER: _builtins.int
     MAX_EDITS_PER_SAE_FIELD_NUMBER: _builtins.int
     KV_CACHE_BYTES_FIELD_NUMBER: _builtins.int
+    MAX_TOP_LOGPROBS_FIELD_NUMBER: _builtins.int
+    MAX_SWEEP_PROMPTS_FIELD_NUMBER: _builtins.int
+    MAX_SWEEP_STRENGTHS_FIELD_NUMBER: _builtins.int
     max_prompt_tokens: _builtins.int
     """Most tokens a prompt (or rendered chat) may hold, BOS included."""
     max_new_tokens: _builtins.int
@@ -906,6 +1031,12 @@ class Limits(_message.Message):
     """Bytes of the KV cache the server allocated at startup: max_active_rows slots, each holding a
     prompt of max_prompt_tokens and max_new_tokens more. Every admitted request fits.
     """
+    max_top_logprobs: _builtins.int
+    """Largest SamplingParams.top_logprobs."""
+    max_sweep_prompts: _builtins.int
+    """Most prompts in one SweepRequest."""
+    max_sweep_strengths: _builtins.int
+    """Most strengths in one SweepRequest."""
     def __init__(
         self,
         *,
@@ -927,10 +1058,13 @@ class Limits(_message.Message):
         max_rules_per_request: _builtins.int = ...,
         max_edits_per_sae: _builtins.int = ...,
         kv_cache_bytes: _builtins.int = ...,
+        max_top_logprobs: _builtins.int = ...,
+        max_sweep_prompts: _builtins.int = ...,
+        max_sweep_strengths: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["default_max_new_tokens", b"default_max_new_tokens", "kv_cache_bytes", b"kv_cache_bytes", "max_abs_edit_value", b"max_abs_edit_value", "max_active_rows", b"max_active_rows", "max_batch_size", b"max_batch_size", "max_contrast_texts", b"max_contrast_texts", "max_edits_per_request", b"max_edits_per_request", "max_edits_per_sae", b"max_edits_per_sae", "max_inspect_features", b"max_inspect_features", "max_new_tokens", b"max_new_tokens", "max_prompt_tokens", b"max_prompt_tokens", "max_queued_requests", b"max_queued_requests", "max_rules_per_request", b"max_rules_per_request", "max_search_results", b"max_search_results", "max_stop_string_chars", b"max_stop_string_chars", "max_stop_strings", b"max_stop_strings", "max_top_k", b"max_top_k", "max_watched_features", b"max_watched_features"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["default_max_new_tokens", b"default_max_new_tokens", "kv_cache_bytes", b"kv_cache_bytes", "max_abs_edit_value", b"max_abs_edit_value", "max_active_rows", b"max_active_rows", "max_batch_size", b"max_batch_size", "max_contrast_texts", b"max_contrast_texts", "max_edits_per_request", b"max_edits_per_request", "max_edits_per_sae", b"max_edits_per_sae", "max_inspect_features", b"max_inspect_features", "max_new_tokens", b"max_new_tokens", "max_prompt_tokens", b"max_prompt_tokens", "max_queued_requests", b"max_queued_requests", "max_rules_per_request", b"max_rules_per_request", "max_search_results", b"max_search_results", "max_stop_string_chars", b"max_stop_string_chars", "max_stop_strings", b"max_stop_strings", "max_sweep_prompts", b"max_sweep_prompts", "max_sweep_strengths", b"max_sweep_strengths", "max_top_k", b"max_top_k", "max_top_logprobs", b"max_top_logprobs", "max_watched_features", b"max_watched_features"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1072,22 +1206,26 @@ class SearchFeaturesRequest(_message.Message):
     QUERY_FIELD_NUMBER: _builtins.int
     SAE_FIELD_NUMBER: _builtins.int
     LIMIT_FIELD_NUMBER: _builtins.int
+    BY_FIELD_NUMBER: _builtins.int
     query: _builtins.str
     """Words to look for (case-insensitive, stemmed)."""
     sae: _builtins.str
     """Search this SAE's labels only; empty means all."""
     limit: _builtins.int
     """Most matches; 0 means 10; at most Limits.max_search_results."""
+    by: Global___SearchBy.ValueType
+    """What is searched: the labels (the default), the model's reading of the query, or both."""
     def __init__(
         self,
         *,
         query: _builtins.str = ...,
         sae: _builtins.str = ...,
         limit: _builtins.int = ...,
+        by: Global___SearchBy.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["limit", b"limit", "query", b"query", "sae", b"sae"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["by", b"by", "limit", b"limit", "query", b"query", "sae", b"sae"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1129,6 +1267,7 @@ class FeatureMatch(_message.Message):
     SCORE_FIELD_NUMBER: _builtins.int
     TYPICAL_MAX_FIELD_NUMBER: _builtins.int
     FREQUENCY_FIELD_NUMBER: _builtins.int
+    FOUND_BY_FIELD_NUMBER: _builtins.int
     sae: _builtins.str
     """Name of the SAE."""
     feature: _builtins.int
@@ -1143,6 +1282,8 @@ class FeatureMatch(_message.Message):
     """
     frequency: _builtins.float
     """The share of positions where the feature fires (frac_nonzero or frequency); 0 when unknown."""
+    found_by: _builtins.str
+    """How it was found: "labels" or "activation"."""
     def __init__(
         self,
         *,
@@ -1152,10 +1293,11 @@ class FeatureMatch(_message.Message):
         score: _builtins.float = ...,
         typical_max: _builtins.float = ...,
         frequency: _builtins.float = ...,
+        found_by: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["feature", b"feature", "frequency", b"frequency", "label", b"label", "sae", b"sae", "score", b"score", "typical_max", b"typical_max"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["feature", b"feature", "found_by", b"found_by", "frequency", b"frequency", "label", b"label", "sae", b"sae", "score", b"score", "typical_max", b"typical_max"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1268,3 +1410,378 @@ class FeatureContrast(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___FeatureContrast: _TypeAlias = FeatureContrast  # noqa: Y015
+
+@_typing.final
+class DescribeFeatureRequest(_message.Message):
+    """Which feature to describe."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SAE_FIELD_NUMBER: _builtins.int
+    FEATURE_FIELD_NUMBER: _builtins.int
+    TOP_TOKENS_FIELD_NUMBER: _builtins.int
+    sae: _builtins.str
+    """Name of the SAE."""
+    feature: _builtins.int
+    """Feature index within that SAE, in [0, SaeInfo.d_sae)."""
+    top_tokens: _builtins.int
+    """Tokens listed in each of FeatureCard.promoted and FeatureCard.suppressed; 0 means 10; at
+    most Limits.max_top_k.
+    """
+    def __init__(
+        self,
+        *,
+        sae: _builtins.str = ...,
+        feature: _builtins.int = ...,
+        top_tokens: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["feature", b"feature", "sae", b"sae", "top_tokens", b"top_tokens"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DescribeFeatureRequest: _TypeAlias = DescribeFeatureRequest  # noqa: Y015
+
+@_typing.final
+class FeatureCard(_message.Message):
+    """What a researcher reads before steering one feature."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SAE_FIELD_NUMBER: _builtins.int
+    FEATURE_FIELD_NUMBER: _builtins.int
+    LABEL_FIELD_NUMBER: _builtins.int
+    TYPICAL_MAX_FIELD_NUMBER: _builtins.int
+    FREQUENCY_FIELD_NUMBER: _builtins.int
+    TOP_CONTEXTS_FIELD_NUMBER: _builtins.int
+    PROMOTED_FIELD_NUMBER: _builtins.int
+    SUPPRESSED_FIELD_NUMBER: _builtins.int
+    sae: _builtins.str
+    """Name of the SAE."""
+    feature: _builtins.int
+    """Feature index within that SAE."""
+    label: _builtins.str
+    """The feature's label, or empty."""
+    typical_max: _builtins.float
+    """Typical maximum activation; 0 when unknown."""
+    frequency: _builtins.float
+    """Share of positions where it fires; 0 when unknown."""
+    @_builtins.property
+    def top_contexts(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Texts where it fires most, the token marked [[like this]]; empty when unknown."""
+
+    @_builtins.property
+    def promoted(self) -> _containers.RepeatedCompositeFieldContainer[Global___TokenWeight]:
+        """The tokens its decoder direction promotes most: the largest W_dec[i] · W_U, largest first."""
+
+    @_builtins.property
+    def suppressed(self) -> _containers.RepeatedCompositeFieldContainer[Global___TokenWeight]:
+        """The tokens it suppresses most: the smallest W_dec[i] · W_U, smallest first."""
+
+    def __init__(
+        self,
+        *,
+        sae: _builtins.str = ...,
+        feature: _builtins.int = ...,
+        label: _builtins.str = ...,
+        typical_max: _builtins.float = ...,
+        frequency: _builtins.float = ...,
+        top_contexts: _abc.Iterable[_builtins.str] | None = ...,
+        promoted: _abc.Iterable[Global___TokenWeight] | None = ...,
+        suppressed: _abc.Iterable[Global___TokenWeight] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["feature", b"feature", "frequency", b"frequency", "label", b"label", "promoted", b"promoted", "sae", b"sae", "suppressed", b"suppressed", "top_contexts", b"top_contexts", "typical_max", b"typical_max"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FeatureCard: _TypeAlias = FeatureCard  # noqa: Y015
+
+@_typing.final
+class TokenWeight(_message.Message):
+    """A vocabulary token and a weight."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TOKEN_ID_FIELD_NUMBER: _builtins.int
+    TEXT_FIELD_NUMBER: _builtins.int
+    WEIGHT_FIELD_NUMBER: _builtins.int
+    token_id: _builtins.int
+    """The token's id."""
+    text: _builtins.str
+    """The token decoded alone."""
+    weight: _builtins.float
+    """The weight (for FeatureCard: W_dec[i] · W_U of the token)."""
+    def __init__(
+        self,
+        *,
+        token_id: _builtins.int = ...,
+        text: _builtins.str = ...,
+        weight: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["text", b"text", "token_id", b"token_id", "weight", b"weight"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TokenWeight: _TypeAlias = TokenWeight  # noqa: Y015
+
+@_typing.final
+class ScoreRequest(_message.Message):
+    """A text to score: a prompt and its continuation, read together as one prefill."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROMPT_FIELD_NUMBER: _builtins.int
+    CONTINUATION_FIELD_NUMBER: _builtins.int
+    EDITS_FIELD_NUMBER: _builtins.int
+    FEATURES_FIELD_NUMBER: _builtins.int
+    prompt: _builtins.str
+    """The context, tokenized as GenerateRequest.prompt (with BOS); not scored."""
+    continuation: _builtins.str
+    """The text scored, tokenized without BOS and appended to the prompt's tokens; non-empty."""
+    @_builtins.property
+    def edits(self) -> _containers.RepeatedCompositeFieldContainer[Global___FeatureEdit]:
+        """Edits applied while reading (as GenerateRequest.edits); empty scores under the unsteered
+        model.
+        """
+
+    @_builtins.property
+    def features(self) -> _containers.RepeatedCompositeFieldContainer[Global___FeatureRef]:
+        """Features whose activations are reported at every continuation token, in this order; at
+        most Limits.max_inspect_features.
+        """
+
+    def __init__(
+        self,
+        *,
+        prompt: _builtins.str = ...,
+        continuation: _builtins.str = ...,
+        edits: _abc.Iterable[Global___FeatureEdit] | None = ...,
+        features: _abc.Iterable[Global___FeatureRef] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["continuation", b"continuation", "edits", b"edits", "features", b"features", "prompt", b"prompt"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ScoreRequest: _TypeAlias = ScoreRequest  # noqa: Y015
+
+@_typing.final
+class ScoreResponse(_message.Message):
+    """Per continuation token, its log-probability and the named features' activations."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TOKENS_FIELD_NUMBER: _builtins.int
+    MEAN_LOGPROB_FIELD_NUMBER: _builtins.int
+    MEAN_ACTIVATIONS_FIELD_NUMBER: _builtins.int
+    PROMPT_TOKENS_FIELD_NUMBER: _builtins.int
+    mean_logprob: _builtins.float
+    """Mean of tokens' logprob."""
+    prompt_tokens: _builtins.int
+    """Tokens of the prompt, BOS included."""
+    @_builtins.property
+    def tokens(self) -> _containers.RepeatedCompositeFieldContainer[Global___ScoredToken]:
+        """One per continuation token, in order."""
+
+    @_builtins.property
+    def mean_activations(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
+        """Per ScoreRequest.features entry, its mean activation over the continuation's tokens."""
+
+    def __init__(
+        self,
+        *,
+        tokens: _abc.Iterable[Global___ScoredToken] | None = ...,
+        mean_logprob: _builtins.float = ...,
+        mean_activations: _abc.Iterable[_builtins.float] | None = ...,
+        prompt_tokens: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["mean_activations", b"mean_activations", "mean_logprob", b"mean_logprob", "prompt_tokens", b"prompt_tokens", "tokens", b"tokens"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ScoreResponse: _TypeAlias = ScoreResponse  # noqa: Y015
+
+@_typing.final
+class ScoredToken(_message.Message):
+    """One continuation token."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TOKEN_ID_FIELD_NUMBER: _builtins.int
+    TEXT_FIELD_NUMBER: _builtins.int
+    LOGPROB_FIELD_NUMBER: _builtins.int
+    ACTIVATIONS_FIELD_NUMBER: _builtins.int
+    token_id: _builtins.int
+    """The token's id."""
+    text: _builtins.str
+    """The token decoded alone."""
+    logprob: _builtins.float
+    """Its log-probability given every token before it (natural log)."""
+    @_builtins.property
+    def activations(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
+        """ScoreRequest.features' activations where the model reads this token (before their SAE's
+        own edits), same order.
+        """
+
+    def __init__(
+        self,
+        *,
+        token_id: _builtins.int = ...,
+        text: _builtins.str = ...,
+        logprob: _builtins.float = ...,
+        activations: _abc.Iterable[_builtins.float] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["activations", b"activations", "logprob", b"logprob", "text", b"text", "token_id", b"token_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ScoredToken: _TypeAlias = ScoredToken  # noqa: Y015
+
+@_typing.final
+class SweepRequest(_message.Message):
+    """One feature's edit at several strengths on several prompts."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FEATURE_FIELD_NUMBER: _builtins.int
+    MODE_FIELD_NUMBER: _builtins.int
+    STRENGTHS_FIELD_NUMBER: _builtins.int
+    PROMPTS_FIELD_NUMBER: _builtins.int
+    MAX_NEW_TOKENS_FIELD_NUMBER: _builtins.int
+    ONLY_WHEN_ACTIVE_FIELD_NUMBER: _builtins.int
+    mode: Global___EditMode.ValueType
+    """The edit's mode; EDIT_MODE_UNSPECIFIED means SET. ABLATE is INVALID_ARGUMENT."""
+    max_new_tokens: _builtins.int
+    """New tokens per generation (greedy); 0 takes Limits.default_max_new_tokens."""
+    only_when_active: _builtins.bool
+    """As FeatureEdit.only_when_active."""
+    @_builtins.property
+    def feature(self) -> Global___FeatureRef:
+        """The feature edited and whose concept presence is measured."""
+
+    @_builtins.property
+    def strengths(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
+        """Strengths, in order: multiples of the feature's typical maximum when it has one (as a
+        relative edit), activation units otherwise. Empty means 0, 0.25, 0.5, 1, 2, 4, 8. At most
+        Limits.max_sweep_strengths; strength 0 (the unsteered baseline) is always measured.
+        """
+
+    @_builtins.property
+    def prompts(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Prompts, 1 to Limits.max_sweep_prompts, each tokenized as GenerateRequest.prompt."""
+
+    def __init__(
+        self,
+        *,
+        feature: Global___FeatureRef | None = ...,
+        mode: Global___EditMode.ValueType = ...,
+        strengths: _abc.Iterable[_builtins.float] | None = ...,
+        prompts: _abc.Iterable[_builtins.str] | None = ...,
+        max_new_tokens: _builtins.int = ...,
+        only_when_active: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["feature", b"feature"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["feature", b"feature", "max_new_tokens", b"max_new_tokens", "mode", b"mode", "only_when_active", b"only_when_active", "prompts", b"prompts", "strengths", b"strengths"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SweepRequest: _TypeAlias = SweepRequest  # noqa: Y015
+
+@_typing.final
+class SweepPoint(_message.Message):
+    """What one strength did, over all prompts."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STRENGTH_FIELD_NUMBER: _builtins.int
+    VALUE_FIELD_NUMBER: _builtins.int
+    CONCEPT_FIELD_NUMBER: _builtins.int
+    LOGPROB_FIELD_NUMBER: _builtins.int
+    REPETITION_FIELD_NUMBER: _builtins.int
+    TEXTS_FIELD_NUMBER: _builtins.int
+    RECOMMENDATION_FIELD_NUMBER: _builtins.int
+    strength: _builtins.float
+    """The strength, as in the request."""
+    value: _builtins.float
+    """The edit's value in activation units (strength × typical max, or the strength itself)."""
+    concept: _builtins.float
+    """Mean concept presence: the feature's mean activation when the unsteered model reads each
+    output, averaged over prompts.
+    """
+    logprob: _builtins.float
+    """Mean log-probability per output token under the unsteered model, averaged over prompts."""
+    repetition: _builtins.float
+    """Share of repeated 3-grams of output tokens, averaged over prompts."""
+    @_builtins.property
+    def texts(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The outputs, one per prompt in request order."""
+
+    @_builtins.property
+    def recommendation(self) -> Global___SweepRecommendation:
+        """Last point only: the recommended strength."""
+
+    def __init__(
+        self,
+        *,
+        strength: _builtins.float = ...,
+        value: _builtins.float = ...,
+        concept: _builtins.float = ...,
+        logprob: _builtins.float = ...,
+        repetition: _builtins.float = ...,
+        texts: _abc.Iterable[_builtins.str] | None = ...,
+        recommendation: Global___SweepRecommendation | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["recommendation", b"recommendation"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["concept", b"concept", "logprob", b"logprob", "recommendation", b"recommendation", "repetition", b"repetition", "strength", b"strength", "texts", b"texts", "value", b"value"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SweepPoint: _TypeAlias = SweepPoint  # noqa: Y015
+
+@_typing.final
+class SweepRecommendation(_message.Message):
+    """The smallest strength reaching at least half of the largest concept gain over strength 0
+    while the log-probability stays within 1 nat of strength 0's.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FOUND_FIELD_NUMBER: _builtins.int
+    STRENGTH_FIELD_NUMBER: _builtins.int
+    VALUE_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    found: _builtins.bool
+    """Whether any strength qualifies."""
+    strength: _builtins.float
+    """The recommended strength, as in the request (when found)."""
+    value: _builtins.float
+    """Its value in activation units (when found)."""
+    reason: _builtins.str
+    """Why, in words (also when none qualifies)."""
+    def __init__(
+        self,
+        *,
+        found: _builtins.bool = ...,
+        strength: _builtins.float = ...,
+        value: _builtins.float = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["found", b"found", "reason", b"reason", "strength", b"strength", "value", b"value"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SweepRecommendation: _TypeAlias = SweepRecommendation  # noqa: Y015

@@ -61,6 +61,21 @@ class SteeringServiceStub:
                 request_serializer=steering_dot_v1_dot_steering__pb2.ContrastRequest.SerializeToString,
                 response_deserializer=steering_dot_v1_dot_steering__pb2.ContrastResponse.FromString,
                 _registered_method=True)
+        self.Score = channel.unary_unary(
+                '/steering.v1.SteeringService/Score',
+                request_serializer=steering_dot_v1_dot_steering__pb2.ScoreRequest.SerializeToString,
+                response_deserializer=steering_dot_v1_dot_steering__pb2.ScoreResponse.FromString,
+                _registered_method=True)
+        self.Sweep = channel.unary_stream(
+                '/steering.v1.SteeringService/Sweep',
+                request_serializer=steering_dot_v1_dot_steering__pb2.SweepRequest.SerializeToString,
+                response_deserializer=steering_dot_v1_dot_steering__pb2.SweepPoint.FromString,
+                _registered_method=True)
+        self.DescribeFeature = channel.unary_unary(
+                '/steering.v1.SteeringService/DescribeFeature',
+                request_serializer=steering_dot_v1_dot_steering__pb2.DescribeFeatureRequest.SerializeToString,
+                response_deserializer=steering_dot_v1_dot_steering__pb2.FeatureCard.FromString,
+                _registered_method=True)
 
 
 class SteeringServiceServicer:
@@ -110,6 +125,32 @@ class SteeringServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Score(self, request, context):
+        """Reads a prompt and a continuation through the model (optionally steered) as a prefill-only
+        request and reports, per continuation token, its log-probability and the named features'
+        activations: fluency and concept presence of a text without a judge model.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Sweep(self, request, context):
+        """Generates greedily for every (prompt, strength) pair of one feature's edit in one batch,
+        scores each output unsteered, and streams one point per strength, in the request's order;
+        the last point carries the recommended strength.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DescribeFeature(self, request, context):
+        """What one feature is: its label, typical maximum, frequency, top contexts, and the tokens
+        its decoder direction promotes and suppresses through the unembedding.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SteeringServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -137,6 +178,21 @@ def add_SteeringServiceServicer_to_server(servicer, server):
                     servicer.Contrast,
                     request_deserializer=steering_dot_v1_dot_steering__pb2.ContrastRequest.FromString,
                     response_serializer=steering_dot_v1_dot_steering__pb2.ContrastResponse.SerializeToString,
+            ),
+            'Score': grpc.unary_unary_rpc_method_handler(
+                    servicer.Score,
+                    request_deserializer=steering_dot_v1_dot_steering__pb2.ScoreRequest.FromString,
+                    response_serializer=steering_dot_v1_dot_steering__pb2.ScoreResponse.SerializeToString,
+            ),
+            'Sweep': grpc.unary_stream_rpc_method_handler(
+                    servicer.Sweep,
+                    request_deserializer=steering_dot_v1_dot_steering__pb2.SweepRequest.FromString,
+                    response_serializer=steering_dot_v1_dot_steering__pb2.SweepPoint.SerializeToString,
+            ),
+            'DescribeFeature': grpc.unary_unary_rpc_method_handler(
+                    servicer.DescribeFeature,
+                    request_deserializer=steering_dot_v1_dot_steering__pb2.DescribeFeatureRequest.FromString,
+                    response_serializer=steering_dot_v1_dot_steering__pb2.FeatureCard.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -276,6 +332,87 @@ class SteeringService:
             '/steering.v1.SteeringService/Contrast',
             steering_dot_v1_dot_steering__pb2.ContrastRequest.SerializeToString,
             steering_dot_v1_dot_steering__pb2.ContrastResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Score(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/steering.v1.SteeringService/Score',
+            steering_dot_v1_dot_steering__pb2.ScoreRequest.SerializeToString,
+            steering_dot_v1_dot_steering__pb2.ScoreResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Sweep(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/steering.v1.SteeringService/Sweep',
+            steering_dot_v1_dot_steering__pb2.SweepRequest.SerializeToString,
+            steering_dot_v1_dot_steering__pb2.SweepPoint.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DescribeFeature(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/steering.v1.SteeringService/DescribeFeature',
+            steering_dot_v1_dot_steering__pb2.DescribeFeatureRequest.SerializeToString,
+            steering_dot_v1_dot_steering__pb2.FeatureCard.FromString,
             options,
             channel_credentials,
             insecure,

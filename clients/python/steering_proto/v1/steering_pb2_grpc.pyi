@@ -64,6 +64,20 @@ class SteeringServiceStub:
     """The features that most separate two sets of texts (mean activation over each text's
     steerable positions, averaged over each set).
     """
+    Score: _grpc.UnaryUnaryMultiCallable[_steering_pb2.ScoreRequest, _steering_pb2.ScoreResponse]
+    """Reads a prompt and a continuation through the model (optionally steered) as a prefill-only
+    request and reports, per continuation token, its log-probability and the named features'
+    activations: fluency and concept presence of a text without a judge model.
+    """
+    Sweep: _grpc.UnaryStreamMultiCallable[_steering_pb2.SweepRequest, _steering_pb2.SweepPoint]
+    """Generates greedily for every (prompt, strength) pair of one feature's edit in one batch,
+    scores each output unsteered, and streams one point per strength, in the request's order;
+    the last point carries the recommended strength.
+    """
+    DescribeFeature: _grpc.UnaryUnaryMultiCallable[_steering_pb2.DescribeFeatureRequest, _steering_pb2.FeatureCard]
+    """What one feature is: its label, typical maximum, frequency, top contexts, and the tokens
+    its decoder direction promotes and suppresses through the unembedding.
+    """
 
 @_typing.type_check_only
 class SteeringServiceAsyncStub(SteeringServiceStub):
@@ -92,6 +106,20 @@ class SteeringServiceAsyncStub(SteeringServiceStub):
     Contrast: _aio.UnaryUnaryMultiCallable[_steering_pb2.ContrastRequest, _steering_pb2.ContrastResponse]  # type: ignore[assignment]
     """The features that most separate two sets of texts (mean activation over each text's
     steerable positions, averaged over each set).
+    """
+    Score: _aio.UnaryUnaryMultiCallable[_steering_pb2.ScoreRequest, _steering_pb2.ScoreResponse]  # type: ignore[assignment]
+    """Reads a prompt and a continuation through the model (optionally steered) as a prefill-only
+    request and reports, per continuation token, its log-probability and the named features'
+    activations: fluency and concept presence of a text without a judge model.
+    """
+    Sweep: _aio.UnaryStreamMultiCallable[_steering_pb2.SweepRequest, _steering_pb2.SweepPoint]  # type: ignore[assignment]
+    """Generates greedily for every (prompt, strength) pair of one feature's edit in one batch,
+    scores each output unsteered, and streams one point per strength, in the request's order;
+    the last point carries the recommended strength.
+    """
+    DescribeFeature: _aio.UnaryUnaryMultiCallable[_steering_pb2.DescribeFeatureRequest, _steering_pb2.FeatureCard]  # type: ignore[assignment]
+    """What one feature is: its label, typical maximum, frequency, top contexts, and the tokens
+    its decoder direction promotes and suppresses through the unembedding.
     """
 
 class SteeringServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -148,6 +176,38 @@ class SteeringServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_steering_pb2.ContrastResponse, _abc.Awaitable[_steering_pb2.ContrastResponse]]:
         """The features that most separate two sets of texts (mean activation over each text's
         steerable positions, averaged over each set).
+        """
+
+    @_abc_1.abstractmethod
+    def Score(
+        self,
+        request: _steering_pb2.ScoreRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_steering_pb2.ScoreResponse, _abc.Awaitable[_steering_pb2.ScoreResponse]]:
+        """Reads a prompt and a continuation through the model (optionally steered) as a prefill-only
+        request and reports, per continuation token, its log-probability and the named features'
+        activations: fluency and concept presence of a text without a judge model.
+        """
+
+    @_abc_1.abstractmethod
+    def Sweep(
+        self,
+        request: _steering_pb2.SweepRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_steering_pb2.SweepPoint], _abc.AsyncIterator[_steering_pb2.SweepPoint]]:
+        """Generates greedily for every (prompt, strength) pair of one feature's edit in one batch,
+        scores each output unsteered, and streams one point per strength, in the request's order;
+        the last point carries the recommended strength.
+        """
+
+    @_abc_1.abstractmethod
+    def DescribeFeature(
+        self,
+        request: _steering_pb2.DescribeFeatureRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_steering_pb2.FeatureCard, _abc.Awaitable[_steering_pb2.FeatureCard]]:
+        """What one feature is: its label, typical maximum, frequency, top contexts, and the tokens
+        its decoder direction promotes and suppresses through the unembedding.
         """
 
 def add_SteeringServiceServicer_to_server(servicer: SteeringServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
