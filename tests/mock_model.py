@@ -31,6 +31,7 @@ class MockModel(nn.Module):
             num_attention_heads=1,
             num_key_value_heads=1,
             head_dim=1,
+            intermediate_size=4,
             layer_types=["full_attention"],
         )
         self.config = SimpleNamespace(get_text_config=lambda: text)
@@ -38,6 +39,7 @@ class MockModel(nn.Module):
         self.forwards = 0
         # Per forward: (rows, tokens per row, whether it was a decode step over the slots).
         self.fed: list[tuple[int, int, bool]] = []
+        self.prefills: list[tuple[int, int]] = []  # per prefill forward: (first position, tokens)
         self.fail_next = 0  # raise in this many coming forwards
 
     def get_decoder(self) -> nn.Module:
@@ -57,6 +59,8 @@ class MockModel(nn.Module):
         self.forwards += 1
         decode = getattr(cache, "_read", None) is not None
         self.fed.append((int(input_ids.shape[0]), int(input_ids.shape[1]), decode))
+        if not decode:
+            self.prefills.append((int(position_ids[0, 0]), int(input_ids.shape[1])))
         if self.fail_next:
             self.fail_next -= 1
             raise RuntimeError("injected failure")

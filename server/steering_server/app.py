@@ -64,6 +64,15 @@ def resolve_dtype(setting: str, device: torch.device) -> torch.dtype:
     return {"float32": torch.float32, "bfloat16": torch.bfloat16}[setting]
 
 
+def fixed_decode_rows(setting: str, dtype: torch.dtype, cuda_graphs: bool) -> bool:
+    """Whether decode runs at fixed shapes: `auto` where bfloat16 (or float16) rounding would
+    make a row's result depend on how many rows share the step (float32 decodes are the same
+    bits at any row count on the CPUs measured; CUDA graphs replay their own buckets)."""
+    if setting == "auto":
+        return dtype != torch.float32 and not cuda_graphs
+    return setting == "on"
+
+
 def load(settings: Settings) -> Loaded:
     """The model and SAEs named by the settings (or the built-in demo), on the chosen device."""
     device = resolve_device(settings.device)
@@ -157,7 +166,14 @@ class SteeringApp:
             await self.http.start()
         loaded = await asyncio.to_thread(load, s)
         graphs = hardware.cuda_graphs_wanted(s.cuda_graphs, resolve_device(s.device))
-        config = EngineConfig(s.limits(), s.prefill_tokens_per_step, cuda_graphs=graphs)
+        config = EngineConfig(
+            s.limits(),
+            s.prefill_tokens_per_step,
+            cuda_graphs=graphs,
+            fixed_decode_rows=fixed_decode_rows(
+                s.fixed_decode_rows, loaded.model.model.dtype, graphs
+            ),
+        )
         engine = Engine.from_loaded(loaded.model, loaded.attachments, config)
         self.frontend = FrontEnd(
             engine,

@@ -150,7 +150,14 @@ class Settings(BaseSettings):
     prefill_tokens_per_step: int = Field(
         512,  # a long prompt holds running streams up by one 512-token chunk per step
         ge=1,
-        description="prompt tokens computed per engine step, the chunk size of long prompts",
+        description="prompt tokens an engine step may compute at a prompt's start, counted in "
+        "cost: a long prompt's first chunk; deeper chunks hold fewer tokens at the same cost",
+    )
+    fixed_decode_rows: Literal["auto", "on", "off"] = Field(
+        "auto",
+        description="decode at all max_active_rows rows and the whole context every step, so "
+        "no shape depends on the batch (auto: on where the model computes in bfloat16 without "
+        "CUDA graphs, whose batch-dependent rounding it removes; see DescribeModel)",
     )
     # Serving.
     auth_tokens: Annotated[list[str], NoDecode] = Field(

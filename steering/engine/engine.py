@@ -3,12 +3,13 @@
 Synchronous: it owns the model, its steering hooks and the running batch, and speaks token ids
 only. `add`, `abort` and `finish` may be called from any thread; `step` (or `run`) from one
 engine thread. A step applies aborts, decodes the running batch by one token, then prefills
-within a token budget (`prefill_tokens_per_step`, counting every token a forward computes): the
-next chunk of each prompt already being prefilled, then waiting requests, first come first
-served. A prompt is cut into chunks of the budget's size from its first token, so where its
-chunks end depends on the request alone, and each chunk is one forward of that row alone at its
-own shape (never padded to another prompt), so one long prompt holds the running rows up by one
-chunk per step at most. A prompt whose last chunk is in joins the batch with its first token;
+within a budget (`prefill_tokens_per_step` tokens at the start of a prompt, counted in cost; see
+steering.engine.chunks): the next chunk of each prompt already being prefilled, then waiting
+requests, first come first served. A prompt is cut into chunks by its own positions only (a chunk
+deeper in a long prompt holds fewer tokens, as each attends over more keys), so where its chunks
+end depends on the request alone, and each chunk is one forward of that row alone at its own
+shape (never padded to another prompt), so one long prompt holds the running rows up by one
+chunk's cost per step at most. A prompt whose last chunk is in joins the batch with its first token;
 rows that finish leave at once. Each running request holds one slot of a static KV cache,
 allocated at startup for `max_active_rows` requests of the longest prompt and generation the
 limits allow.
@@ -28,6 +29,7 @@ from typing import Any
 import torch
 
 from steering.engine.batch import Batch, prefill_chunk
+from steering.engine.chunks import ChunkCosts
 from steering.engine.channel import OutputChannel
 from steering.engine.decoder import Decoder, FixedDecoder, GraphedDecoder
 from steering.engine.forward import Forward, Steering
@@ -48,8 +50,9 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class EngineConfig:
     limits: Limits = field(default_factory=Limits)
-    # The prompt tokens one step computes at most, and the size of a prompt's chunks: a longer
-    # prompt is prefilled over several steps, so no step's prefill stalls decoding for longer.
+    # The prompt tokens one step computes at most at the start of a prompt, and the size of a
+    # prompt's first chunk; deeper chunks hold fewer tokens at the same cost (ChunkCosts). A
+    # longer prompt is prefilled over several steps, so no step's prefill stalls decoding longer.
     prefill_tokens_per_step: int = 512
     # Replay decode steps from CUDA graphs (a CUDA model only); see steering.engine.decoder.
     cuda_graphs: bool = False
@@ -106,6 +109,7 @@ class Engine:
         self.config = config
         self.on_step = on_step
         self.device = next(model.parameters()).device
+        self._chunks = ChunkCosts.for_model(model.config, config.prefill_tokens_per_step)
         self.hooks = install_steering(model, attachments)
         ids = torch.tensor(sorted(set(special_ids)), dtype=torch.long, device=self.device)
         self.eos_ids = frozenset(eos_ids)
@@ -289,6 +293,23 @@ class Engine:
         return "on" if decoder.fallback is None else f"fallback: {decoder.fallback}"
 
     @property
+    def dtype(self) -> torch.dtype:
+        """What the model computes in."""
+        return next(self.model.parameters()).dtype
+
+    @property
+    def batch_invariance(self) -> str:
+        """What keeps a request's results independent of what shares its batch: prefill is
+        always one row per forward at chunk boundaries of the prompt alone; decode runs at all
+        rows and the whole context with `fixed_decode_rows`, else at the batch's row count
+        (padded to a bucket under CUDA graphs)."""
+        if self.config.fixed_decode_rows and not self.config.cuda_graphs:
+            decode = "fixed rows and context"
+        else:
+            decode = "rows by batch" + (" bucket" if self.cuda_graphs == "on" else "")
+        return f"prefill: one row per forward, chunks by the prompt alone; decode: {decode}"
+
+    @property
     def kv_cache_bytes(self) -> int:
         """The static KV cache's size, fixed at startup."""
         return self._cache.shape.nbytes
@@ -397,7 +418,7 @@ class Engine:
         is left waits for the next step, and so does everything after it); (requests admitted,
         prompt tokens computed, first tokens)."""
         self._apply_finish_requests(finished)  # aborts that came during the decode: never prefill
-        left = self.config.prefill_tokens_per_step
+        left = self._chunks.per_step
         admitted = tokens = generated = 0
         under_way = iter(list(self._prompts))
         while True:
@@ -408,17 +429,17 @@ class Engine:
                     break
                 admitted += 1
             size = self._chunk(prompt)
-            if size > left:
+            cost = self._chunks.cost(size, prompt.done)
+            if cost > left:
                 break
-            left -= size
+            left -= cost
             tokens += size
             generated += self._prefill(prompt, size, finished)
         return admitted, tokens, generated
 
     def _chunk(self, prompt: _Prompt) -> int:
-        """The size of a prompt's next chunk: chunks of the budget's size from its first token."""
-        size = len(prompt.row.request.prompt_ids) - prompt.done
-        return min(size, self.config.prefill_tokens_per_step)
+        """The size of a prompt's next chunk, from its own positions only (see ChunkCosts)."""
+        return self._chunks.chunk(prompt.done, len(prompt.row.request.prompt_ids) - prompt.done)
 
     def _start(self, left: int) -> _Prompt | None:
         """The next waiting request, given a free row and slot, if its first chunk fits."""
@@ -432,8 +453,8 @@ class Engine:
             if head is None:
                 return None
             row = head
-            first = min(len(row.request.prompt_ids), self.config.prefill_tokens_per_step)
-            if first > left:
+            first = self._chunks.chunk(0, len(row.request.prompt_ids))
+            if self._chunks.cost(first, 0) > left:
                 return None
             self._waiting.remove(row)
             self._running[row.key] = row

@@ -87,6 +87,8 @@ class ServedModel:
     presets: tuple[Preset, ...]
     kv_cache_bytes: int = 0  # allocated at startup for every request the limits admit
     cuda_graphs: str = "off"  # "on", "off", or "fallback: <why>" (Engine.cuda_graphs)
+    dtype: str = "float32"  # what the model computes in
+    batch_invariance: str = ""  # Engine.batch_invariance
 
 
 class FrontEnd:
@@ -145,6 +147,8 @@ class FrontEnd:
             presets=tuple(self.presets.values()),
             kv_cache_bytes=self.engine.kv_cache_bytes,
             cuda_graphs=self.engine.cuda_graphs,
+            dtype=str(self.engine.dtype).removeprefix("torch."),
+            batch_invariance=self.engine.batch_invariance,
         )
 
     @property

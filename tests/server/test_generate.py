@@ -168,6 +168,25 @@ def test_describe_model(server: ServerThread) -> None:
     assert d.limits.max_batch_size == server.settings.max_active_rows
     # CPU: eager decoding, said as such, and the gauge agrees
     assert d.model.cuda_graphs == "off" and server.metrics()["steering_cuda_graphs"] == 0
+    assert d.model.dtype == str(server.app.frontend.engine.dtype).removeprefix("torch.")
+    assert d.model.batch_invariance == (
+        "prefill: one row per forward, chunks by the prompt alone; decode: rows by batch"
+    )
+
+
+def test_describe_model_says_fixed_decode_rows_are_in_force(
+    model_folders: dict[str, Path], sae_specs: list[str]
+) -> None:
+    srv = ServerThread(model=model_folders["gemma3"], sae=sae_specs[:1], fixed_decode_rows="on")
+    try:
+        d = srv.stub.DescribeModel(pb.DescribeModelRequest())
+        assert d.model.batch_invariance.endswith("decode: fixed rows and context")
+        answer = srv.stub.Generate(
+            pb.GenerateRequest(prompt="hello", sampling=pb.SamplingParams(max_new_tokens=4))
+        )
+        assert sum(len(r.token_ids) for r in answer) == 4
+    finally:
+        srv.close()
 
 
 def test_health_is_serving_after_warm_up(gemma2_server: ServerThread) -> None:

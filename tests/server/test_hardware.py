@@ -41,3 +41,13 @@ def test_cuda_graphs_auto_follows_the_device() -> None:
     assert not hardware.cuda_graphs_wanted("auto", torch.device("cpu"))
     assert not hardware.cuda_graphs_wanted("off", torch.device("cuda"))
     assert hardware.cuda_graphs_wanted("on", torch.device("cuda"))
+
+
+def test_fixed_decode_rows_auto_is_on_in_bfloat16_without_cuda_graphs() -> None:
+    """bfloat16 decodes round differently at different row counts (the demo's greedy text
+    changed with its neighbours, tests/real_model/test_invariance.py): the default fixes them."""
+    assert app.fixed_decode_rows("auto", torch.bfloat16, cuda_graphs=False)
+    assert not app.fixed_decode_rows("auto", torch.float32, cuda_graphs=False)
+    assert not app.fixed_decode_rows("auto", torch.bfloat16, cuda_graphs=True)
+    assert app.fixed_decode_rows("on", torch.float32, cuda_graphs=False)
+    assert not app.fixed_decode_rows("off", torch.bfloat16, cuda_graphs=False)

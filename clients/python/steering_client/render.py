@@ -176,7 +176,9 @@ def format_description(desc: ModelDescription) -> str:
         f"model: {m.name}",
         f"  layers {m.num_layers}, d_model {m.d_model}, vocab {m.vocab_size}, "
         f"context {m.context_length}, chat {'yes' if m.chat else 'no'}"
-        + (f", CUDA graphs {m.cuda_graphs}" if m.cuda_graphs else ""),
+        + (f", CUDA graphs {m.cuda_graphs}" if m.cuda_graphs else "")
+        + (f", {m.dtype}" if m.dtype else ""),
+        *([f"  batch invariance: {m.batch_invariance}"] if m.batch_invariance else []),
         "saes:" if desc.saes else "saes: none",
     ]
     for sae in desc.saes:

@@ -160,6 +160,8 @@ class ModelInfo:
     context_length: int  # prompt plus generated tokens never exceed it
     chat: bool  # a chat template is loaded: `chat=` requests are accepted
     cuda_graphs: str = ""  # "on", "off" or "fallback: <why>"; empty from an older server
+    dtype: str = ""  # "float32", "bfloat16" or "float16"; empty from an older server
+    batch_invariance: str = ""  # what keeps results independent of the batch, as in force
 
 
 @dataclass(frozen=True)

@@ -222,6 +222,8 @@ def description(served: ServedModel) -> pb.DescribeModelResponse:
             context_length=served.context_length,
             chat=served.chat,
             cuda_graphs=served.cuda_graphs,
+            dtype=served.dtype,
+            batch_invariance=served.batch_invariance,
         ),
         saes=[
             pb.SaeInfo(

@@ -279,6 +279,8 @@ def describe_answer(served: ServedModel) -> s.DescribeAnswer:
             context_length=served.context_length,
             chat=served.chat,
             cuda_graphs=served.cuda_graphs,
+            dtype=served.dtype,
+            batch_invariance=served.batch_invariance,
         ),
         saes=[
             s.SaeInfoBody(

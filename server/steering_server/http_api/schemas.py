@@ -371,6 +371,8 @@ class ModelInfoBody(BaseModel):
     context_length: int
     chat: bool
     cuda_graphs: str
+    dtype: str
+    batch_invariance: str
 
 
 class SaeInfoBody(BaseModel):

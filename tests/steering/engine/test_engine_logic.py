@@ -6,6 +6,7 @@ import threading
 
 import pytest
 
+from steering.engine.chunks import ChunkCosts
 from steering.engine import Engine, EngineConfig
 from steering.engine.channel import OutputChannel
 from steering.errors import EngineClosedError, InvalidRequestError, QueueFullError
@@ -298,20 +299,30 @@ def _prefill_fed(model: MockModel) -> int:
     return fed
 
 
-def test_a_step_never_computes_more_prompt_tokens_than_the_budget() -> None:
+def _prefill_cost(model: MockModel, costs: ChunkCosts) -> int:
+    """What the prefill forwards since the last call cost, by the engine's cost rule."""
+    cost = sum(costs.cost(tokens, start) for start, tokens in model.prefills)
+    model.prefills.clear()
+    return cost
+
+
+def test_a_step_never_spends_more_than_the_budget() -> None:
     model = MockModel()
     engine = _budget_engine(model, 8)
+    costs = ChunkCosts.for_model(model.config, 8)
     asks = [([3] * 20, 6), ([7, 2, 4], 9), ([5] * 7, 4), ([2] * 2, 12), ([4] * 17, 5)]
     handles = [engine.add(_request(p, n)) for p, n in asks[:3]]
-    steps = []
+    steps, spent = [], []
     for _ in range(3):
         engine.step()
         steps.append(_prefill_fed(model))
+        spent.append(_prefill_cost(model, costs))
     handles += [engine.add(_request(p, n)) for p, n in asks[3:]]  # arrive mid-chunk
     while not engine.idle:
         engine.step()
         steps.append(_prefill_fed(model))
-    assert max(steps) <= 8
+        spent.append(_prefill_cost(model, costs))
+    assert max(spent) <= costs.per_step == costs.cost(8, 0)
     assert sum(steps) == sum(len(p) for p, _ in asks)  # no padding: only real tokens
     for (prompt, n), handle in zip(asks, handles, strict=True):
         assert _tokens(handle.channel) == (mock_reference(prompt, n), FinishReason.LENGTH)
@@ -323,12 +334,14 @@ def test_a_long_prompt_holds_running_rows_up_by_one_chunk_per_step() -> None:
     running = engine.add(_request([6, 1], 30))
     engine.step()
     long = engine.add(_request([9] * 22, 3))
+    sizes = ChunkCosts.for_model(model.config, 4).bounds(22)
+    assert sizes[0] == 4 and sizes[-2] < 4  # deeper chunks attend over more keys: fewer tokens
     got = []
-    for _ in range(6):  # 22 prompt tokens: chunks of 4, 4, 4, 4, 4, 2
+    for _ in sizes:
         stats = engine.step()
         got.append((stats.prefill_tokens, stats.generated_tokens))
     # Every step decodes the running row once; the last chunk adds the long prompt's first token.
-    assert got == [(4, 1)] * 5 + [(2, 2)]
+    assert got == [(size, 1) for size in sizes[:-1]] + [(sizes[-1], 2)]
     _drain(engine)
     assert _tokens(long.channel) == (mock_reference([9] * 22, 3), FinishReason.LENGTH)
     tokens = []
