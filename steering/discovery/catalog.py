@@ -43,7 +43,8 @@ EXACT_SCORE = 3.0
 
 @dataclass(frozen=True)
 class FeatureMatch:
-    """A labelled feature that matches a search; `score` as `Catalog.search` describes;
+    """A feature that matches a search; `score` as `Catalog.search` describes (or, found by
+    activation, its mean activation over the query relative to its typical maximum);
     `typical_max` and `frequency` from the label file, 0 where unknown."""
 
     sae: str
@@ -52,6 +53,7 @@ class FeatureMatch:
     score: float
     typical_max: float = 0.0
     frequency: float = 0.0
+    found_by: str = "labels"  # or "activation": the model read the query (FrontEnd.search)
 
 
 class Catalog:
