@@ -120,6 +120,15 @@ class GenerationRequest:
     rules: tuple[Rule, ...] = ()
 
 
+class SearchBy(enum.Enum):
+    """What a feature search reads: the labels' words, the model's reading of the query, or
+    both (label hits first)."""
+
+    LABELS = "labels"
+    ACTIVATION = "activation"
+    BOTH = "both"
+
+
 class FinishReason(enum.Enum):
     LENGTH = "length"  # max_new_tokens or the model's context length
     EOS = "eos"  # an end-of-sequence token

@@ -14,7 +14,15 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from steering.discovery.ranking import EMPTY, Ints, Postings, distinct_sorted, member, word_ranked
+from steering.discovery.ranking import (
+    EMPTY,
+    Floats,
+    Ints,
+    Postings,
+    distinct_sorted,
+    member,
+    word_ranked,
+)
 from steering.discovery.words import stem, terms, words
 from steering.errors import InvalidRequestError
 
@@ -22,7 +30,11 @@ DEFAULT_LIMIT = 10
 
 # Scores: the fraction of the query's idf weight a label holds (0, 1], plus one for holding the
 # query as a phrase, plus one more for being the query: every tier outranks the one below.
+# Phrase labels rank among themselves by coverage (the share of their words that are query
+# words: "sea waves" before "ships, harbours and the sea" for "sea"), then by where a query word
+# first comes in them; their score is PHRASE_SCORE + COVERAGE_WEIGHT * coverage.
 PHRASE_SCORE = 2.0
+COVERAGE_WEIGHT = 0.5
 EXACT_SCORE = 3.0
 
 
@@ -31,7 +43,8 @@ EXACT_SCORE = 3.0
 
 @dataclass(frozen=True)
 class FeatureMatch:
-    """A labelled feature that matches a search; `score` as `Catalog.search` describes;
+    """A feature that matches a search; `score` as `Catalog.search` describes (or, found by
+    activation, its mean activation over the query relative to its typical maximum);
     `typical_max` and `frequency` from the label file, 0 where unknown."""
 
     sae: str
@@ -40,6 +53,7 @@ class FeatureMatch:
     score: float
     typical_max: float = 0.0
     frequency: float = 0.0
+    found_by: str = "labels"  # or "activation": the model read the query (FrontEnd.search)
 
 
 class Catalog:
@@ -110,8 +124,10 @@ class Catalog:
         """Labels holding any query word, best first; `sae` "" searches every SAE.
 
         A label equal to the query comes first (score 3), then labels holding it as a phrase
-        (score 2), then labels holding some of its words, by their share of the query's idf
-        weight (0 < score <= 1). Ties go to the lower SAE name, then the lower feature.
+        (score 2 + coverage / 2, coverage being the share of the label's words that are query
+        words; equal coverage: the label whose first query word comes earlier first), then
+        labels holding some of its words, by their share of the query's idf weight
+        (0 < score <= 1). Ties go to the lower SAE name, then the lower feature.
         Raises KeyError for an unknown `sae`.
         """
         if limit < 0:
@@ -133,13 +149,16 @@ class Catalog:
         # A word absent from the searched labels rules out every phrase (and exact) match.
         if all(t in postings for t in query):
             exact = self._index.exact(query, *span)
-            # Phrase labels tie (they hold every word): only the lowest ids are needed.
-            if len(exact) < limit:
-                phrase = self._index.phrase(query, postings, enough=limit + len(exact))
+            if len(exact) < limit:  # every phrase label: they rank among themselves
+                phrase = self._index.phrase(query, postings, enough=len(self._texts) + 1)
         phrase_only = phrase[~member(phrase, exact)]
         ranked = [(g, EXACT_SCORE) for g in exact[:limit].tolist()]
-        ranked += [(g, PHRASE_SCORE) for g in phrase_only[: limit - len(ranked)].tolist()]
-        if len(ranked) < limit:  # then `phrase` is complete, and word-only labels are needed
+        if len(ranked) < limit and len(phrase_only):
+            order, coverage = self._index.by_coverage(phrase_only, postings)
+            best = order[: limit - len(ranked)]
+            scores = PHRASE_SCORE + COVERAGE_WEIGHT * coverage[best]
+            ranked += zip(phrase_only[best].tolist(), scores.tolist(), strict=True)
+        if len(ranked) < limit:  # then word-only labels are needed
             n = span[1] - span[0]
             gids, scores = word_ranked(postings, n, phrase, limit - len(ranked))
             ranked += zip(gids.tolist(), scores.tolist(), strict=True)
@@ -203,6 +222,22 @@ class _Index:
         rows = self.tokens[self.starts[ids][:, None] + np.arange(len(query))]
         same = np.asarray(np.all(rows == np.array(query), axis=1), np.bool_)
         return ids[same]
+
+    def by_coverage(self, ids: Ints, postings: dict[int, Postings]) -> tuple[Ints, Floats]:
+        """(positions in the sorted `ids` from best to worst, each label's coverage): by the share
+        of a label's words that are query words (more first), then the position of its first
+        query word (earlier first), then id."""
+        held = np.zeros(len(ids), np.int64)
+        first = np.full(len(ids), np.iinfo(np.int64).max)
+        for labels, positions, _ in postings.values():
+            left = np.searchsorted(labels, ids, side="left")
+            right = np.searchsorted(labels, ids, side="right")
+            held += right - left
+            has = right > left  # postings run in (label, position) order: left is the first
+            at = np.minimum(left, len(positions) - 1)
+            first = np.where(has, np.minimum(first, positions[at].astype(np.int64)), first)
+        coverage: Floats = held / np.maximum(self.lengths[ids], 1)
+        return np.lexsort((ids, first, -coverage)), coverage
 
     def phrase(self, query: list[int], postings: dict[int, Postings], enough: int) -> Ints:
         """Sorted ids of the labels holding `query` as a phrase: all of them, or at least the

@@ -11,9 +11,11 @@ from dataclasses import dataclass
 
 import torch
 
+from steering.discovery.catalog import FeatureMatch
 from steering.requests import FeatureRef
 
 Label = Callable[[str, int], str]  # (sae, feature) -> label, "" when none
+Known = Callable[[str, int], float]  # (sae, feature) -> typical max or frequency, 0 unknown
 
 
 @dataclass(frozen=True)
@@ -110,3 +112,49 @@ def _contrast_entry(
         float(means_b[name][feature]),
         label(name, feature),
     )
+
+
+def activation_matches(
+    means: Mapping[str, torch.Tensor], limit: int, label: Label, typical_max: Known,
+    frequency: Known,
+) -> list[FeatureMatch]:  # fmt: skip
+    """Search by meaning: the `limit` features with the largest mean activation over the query
+    relative to their typical maximum (the raw mean where none is known), only those with a
+    positive mean. means: SAE name -> (d_sae,). Ties: lower SAE name, lower index."""
+    names = sorted(means)
+    scores: list[torch.Tensor] = []
+    for name in names:
+        mean = means[name].double()
+        tops = torch.ones_like(mean)
+        for feature in torch.nonzero(mean > 0).flatten().tolist():
+            top = typical_max(name, feature)
+            tops[feature] = top if top > 0 else 1.0
+        scores.append(torch.where(mean > 0, mean / tops, torch.zeros_like(mean)))
+    if not scores:
+        return []
+    flat = torch.cat(scores)
+    k = min(limit, int((flat > 0).sum()))
+    order = torch.sort(-flat, stable=True).indices[:k].tolist()
+    starts = [0]
+    for s in scores:
+        starts.append(starts[-1] + s.numel())
+    found = []
+    for j in order:
+        at = max(i for i, start in enumerate(starts[:-1]) if start <= j)
+        name, feature = names[at], j - starts[at]
+        found.append(
+            FeatureMatch(
+                name, feature, label(name, feature), float(flat[j]),
+                typical_max(name, feature), frequency(name, feature), "activation",
+            )
+        )  # fmt: skip
+    return found
+
+
+def merged(by_labels: Sequence[FeatureMatch], by_activation: Sequence[FeatureMatch], limit: int
+) -> list[FeatureMatch]:  # fmt: skip
+    """Label hits first, then activation hits not among them; each feature once, at most
+    `limit` in all."""
+    seen = {(m.sae, m.feature) for m in by_labels}
+    rest = [m for m in by_activation if (m.sae, m.feature) not in seen]
+    return [*by_labels, *rest][:limit]

@@ -41,6 +41,7 @@ from steering.requests import (
     Limits,
     Receipt,
     SamplingParams,
+    SearchBy,
     TextRequest,
     inspect_top_k,
     reply_bytes,
@@ -523,14 +524,43 @@ class FrontEnd:
         if all(t in self.special_ids for t in ids):
             raise InvalidRequestError(field, "the text has no steerable position")
 
-    async def search(self, query: str, *, sae: str = "", limit: int = 0) -> list[FeatureMatch]:
-        """Labelled features matching `query`, best first; searched off the event loop."""
+    async def search(
+        self, query: str, *, sae: str = "", limit: int = 0, by: SearchBy = SearchBy.LABELS
+    ) -> list[FeatureMatch]:
+        """Features matching `query`, best first: by their labels (searched off the event loop),
+        by the model's reading of the query (DESIGN: search by meaning), or both merged (label
+        hits first, each feature once, at most `limit` in all)."""
         with self._call():
             self._validate_search(query, sae, limit)
-            if sae and not self.catalog.count(sae):
-                return []  # a served SAE without labels: nothing to find
             limit = limit or DEFAULT_SEARCH_RESULTS
-            return await asyncio.to_thread(self.catalog.search, query, sae=sae, limit=limit)
+            found: list[FeatureMatch] = []
+            if by is not SearchBy.ACTIVATION and (not sae or self.catalog.count(sae)):
+                # (a served SAE without labels: nothing to find by labels)
+                found = await asyncio.to_thread(self.catalog.search, query, sae=sae, limit=limit)
+            if by is SearchBy.LABELS:
+                return found
+            with self._discovery_call():
+                read = await self._search_by_activation(query, sae, limit)
+            return discovery.merged(found, read, limit)
+
+    async def _search_by_activation(self, query: str, sae: str, limit: int) -> list[FeatureMatch]:
+        """The query read by the model as a prefill-only request (unsteered); per feature its
+        mean activation over the query's steerable positions, relative to its typical maximum."""
+        request = TextRequest(prompt=query)
+        self._check_chars(request, "query")
+        ids = await self._tokenize(request)
+        self._check_text_ids(ids, "query")
+        saes = (sae,) if sae else tuple(self.engine.d_sae_of)
+        if not saes:
+            return []
+        readings = await self._prefill(ids, request, InspectSpec(saes, means=True), "search")
+        steerable = sum(1 for t in ids if t not in self.special_ids)
+        sums = readings.sums if readings else {}
+        means = {name: sums[name] / steerable for name in saes if name in sums}
+        catalog = self.catalog
+        return discovery.activation_matches(
+            means, limit, catalog.label, catalog.typical_max, catalog.frequency
+        )
 
     def _validate_search(self, query: str, sae: str, limit: int) -> None:
         if sae and sae not in self.engine.d_sae_of:

@@ -36,7 +36,7 @@ from steering.discovery.labels import EXPLANATIONS_FILE
 from steering.sae.formats import file_sha256
 from steering.sae.jumprelu import JumpReLUSAE
 from steering.train import corpus
-from steering.train.harvest import layer_outputs, windows
+from steering.train.harvest import layer_outputs, progress_bar, windows
 from steering.train.labelling import label_features
 from steering.train.trainer import TrainConfig, save_atomically, train
 
@@ -77,14 +77,6 @@ class Recipe:
     )
 
 
-def _progress(label: str, done: int, total: int, start: float) -> None:
-    rate = done / max(time.monotonic() - start, 1e-9)
-    eta = (total - done) / max(rate, 1e-9)
-    bar = "#" * int(30 * done / max(total, 1))
-    end = "\n" if done >= total else ""
-    sys.stderr.write(f"\r{label:<12} [{bar:<30}] {done}/{total}  eta {eta:5.0f} s{end}")
-
-
 def stage_windows(work: Path, recipe: Recipe, tokenizer: Any) -> dict[str, torch.Tensor]:
     file = work / "windows.pt"
     if not file.is_file():
@@ -116,7 +108,7 @@ def stage_activations(
             acts = torch.cat(list(layer_outputs(model, recipe.layer, ids[i : i + chunk])))
             save_atomically(acts.to(torch.bfloat16), file)
         parts.append(torch.load(file))
-        _progress(name, min(i + chunk, len(ids)), len(ids), start)
+        progress_bar(name, min(i + chunk, len(ids)), len(ids), start)
     return torch.cat(parts)
 
 
@@ -208,7 +200,7 @@ def cross_entropies(
                     logits.reshape(-1, logits.shape[-1]), window[:, 2:].reshape(-1),
                     reduction="sum",
                 ).item()  # fmt: skip
-            _progress("evaluate", min(i + batch, len(ids)), len(ids), start)
+            progress_bar("evaluate", min(i + batch, len(ids)), len(ids), start)
     finally:
         handle.remove()
     tokens = ids[:, 2:].numel()

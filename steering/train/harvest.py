@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import contextlib
 import random
+import sys
+import time
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -71,3 +73,12 @@ def layer_outputs(
             yield captured[0][:, 1:].reshape(-1, captured[0].shape[-1]).float()
     finally:
         handle.remove()
+
+
+def progress_bar(label: str, done: int, total: int, start: float) -> None:
+    """A plain-text progress bar on stderr, redrawn in place; a newline once done."""
+    rate = done / max(time.monotonic() - start, 1e-9)
+    eta = (total - done) / max(rate, 1e-9)
+    bar = "#" * int(30 * done / max(total, 1))
+    end = "\n" if done >= total else ""
+    sys.stderr.write(f"\r{label:<12} [{bar:<30}] {done}/{total}  eta {eta:5.0f} s{end}")

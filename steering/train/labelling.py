@@ -31,7 +31,6 @@ def label_features(
         best, index = torch.cat([best, f]).topk(top, dim=0)
         where = torch.cat([where, rows]).gather(0, index)
     per_window = held.shape[1] - 1
-    tokens = held[:, 1:].reshape(-1)
     explanations = []
     for feature in range(sae.d_sae):
         live = best[:, feature] > 0
@@ -39,8 +38,9 @@ def label_features(
             continue
         spots = where[live, feature].tolist()
         values = best[live, feature].tolist()
-        words = _label_words(tokenizer, tokens, spots, values, per_window)
-        contexts = [_context(tokenizer, held, spot, per_window) for spot in spots[:3]]
+        before = [_before(held, spot, per_window) for spot in spots]
+        words = label_words(tokenizer, before, values)
+        contexts = [context_text(tokenizer, ids) for ids in before[:3]]
         explanations.append({
             "modelId": "gemma-3-270m",
             "layer": f"{layer}-steering-demo-res-{sae.d_sae}",
@@ -66,26 +66,31 @@ STOPWORDS = frozenset(_STOPWORD_TEXT.split())
 CONTEXT_WEIGHT = 0.25  # a word before the token counts a quarter of the token itself
 
 
-def _label_words(
-    tokenizer: Any, tokens: torch.Tensor, spots: list[int], values: list[float], per_window: int
+def _before(held: torch.Tensor, spot: int, per_window: int) -> list[int]:
+    """The held-out window's tokens (BOS left out) up to and including the one at `spot`."""
+    window, position = divmod(spot, per_window)
+    return [int(t) for t in held[window, 1 : position + 2].tolist()]
+
+
+def label_words(
+    tokenizer: Any, before: list[list[int]], values: list[float], limit: int = 4
 ) -> list[str]:
-    """Up to four words for a feature: the tokens it fires most on, and (weighted less) the
-    words just before them in the same window, by summed activation; no stopwords."""
+    """Up to `limit` words for a feature: the tokens it fires most on (each spot given as the
+    tokens of its text up to and including it, with the activation there), and (weighted
+    less) the 8 words just before them, by summed activation; no stopwords."""
     weight: dict[str, float] = {}
-    for spot, value in zip(spots, values, strict=True):
-        start = spot - min(spot % per_window, 8)
-        for at in range(start, spot + 1):
-            word = tokenizer.decode([int(tokens[at])]).strip().casefold()
+    for ids, value in zip(before, values, strict=True):
+        start = max(0, len(ids) - 9)
+        for at in range(start, len(ids)):
+            word = tokenizer.decode([int(ids[at])]).strip().casefold()
             if len(word) < 3 or not word.isalpha() or word in STOPWORDS:
                 continue
-            share = value if at == spot else CONTEXT_WEIGHT * value
+            share = value if at == len(ids) - 1 else CONTEXT_WEIGHT * value
             weight[word] = weight.get(word, 0.0) + share
-    return sorted(weight, key=lambda w: -weight[w])[:4]
+    return sorted(weight, key=lambda w: -weight[w])[:limit]
 
 
-def _context(tokenizer: Any, held: torch.Tensor, spot: int, per_window: int) -> str:
-    """The held-out text up to the token at `spot`, that token in [[ ]]."""
-    window, position = divmod(spot, per_window)
-    ids = held[window, 1 : position + 2].tolist()
-    before = tokenizer.decode(ids[max(0, len(ids) - 12) : -1])
-    return f"{before}[[{tokenizer.decode(ids[-1:])}]]"
+def context_text(tokenizer: Any, before: list[int]) -> str:
+    """The text just before a spot (its last 11 tokens), the spot's token in [[ ]]."""
+    text = tokenizer.decode(before[max(0, len(before) - 12) : -1])
+    return f"{text}[[{tokenizer.decode(before[-1:])}]]"

@@ -87,6 +87,23 @@ def test_search_prints_score_feature_and_label(
     ]
 
 
+def test_search_by_activation_sends_by_and_marks_what_the_model_read(
+    fake: FakeSteering, target: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    fake.matches = pb.SearchFeaturesResponse(
+        matches=[
+            pb.FeatureMatch(sae="res2", feature=7, label="the sea", score=2.5, found_by="labels"),
+            pb.FeatureMatch(sae="res2", feature=9, label="waves", score=0.5, found_by="activation"),
+        ]
+    )
+    assert main(["--target", target, "search", "ocean", "--by", "both"]) == 0
+    assert fake.requests == [pb.SearchFeaturesRequest(query="ocean", by=pb.SEARCH_BY_BOTH)]
+    assert capsys.readouterr().out.splitlines() == [
+        "   2.500  res2:7  the sea",
+        "   0.500  res2:9  waves  [by activation]",
+    ]
+
+
 def test_search_without_matches_says_so_on_stderr(
     fake: FakeSteering, target: str, capsys: pytest.CaptureFixture[str]
 ) -> None:

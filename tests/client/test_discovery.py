@@ -124,6 +124,22 @@ def test_search_sends_and_reads_matches(fake: FakeSteering, call: Both) -> None:
     assert fake.requests[-1] == pb.SearchFeaturesRequest(query="waves")
 
 
+def test_search_by_activation_sends_the_enum_and_reads_how_each_was_found(
+    fake: FakeSteering, call: Both
+) -> None:
+    fake.matches = pb.SearchFeaturesResponse(
+        matches=[pb.FeatureMatch(sae="res2", feature=7, label="the sea", score=0.75,
+                                 found_by="activation")]
+    )  # fmt: skip
+    matches = call("search", "ocean", by="activation")
+    assert fake.requests == [pb.SearchFeaturesRequest(query="ocean", by=pb.SEARCH_BY_ACTIVATION)]
+    assert matches == (FeatureMatch("res2", 7, "the sea", 0.75, found_by="activation"),)
+    call("search", "ocean", by="both")
+    call("search", "ocean", by="labels")
+    # labels is the default: left unset
+    assert [r.by for r in fake.requests[1:]] == [pb.SEARCH_BY_BOTH, pb.SEARCH_BY_UNSPECIFIED]
+
+
 def test_contrast_sends_both_sets_and_reads_both_directions(fake: FakeSteering, call: Both) -> None:
     result = call("contrast", (t for t in ["waves", "tides"]), ["sand"], sae="res2", top_k=4)
     (request,) = fake.requests
@@ -203,6 +219,7 @@ def test_failures_raise_steering_client_error(
         ("inspect", ("x",), {"features": [("res2", -1)]}, "features[0]: feature: index must be"),
         ("inspect", ("x",), {"features": ["res2:7"]}, "features[0]: 'res2:7' is not a FeatureRef"),
         ("search", ("q",), {"limit": 2**32}, "limit: Value out of range"),
+        ("search", ("q",), {"by": "meaning"}, "by: 'meaning' is not one of labels, activation"),
         ("contrast", ("waves", ["b"]), {}, "a: give a list of strings"),
         ("contrast", (["a"], [1]), {}, "b[0]: 1 is not a string"),
         ("contrast", (["a"], ["b"]), {"top_k": -2}, "top_k: Value out of range"),

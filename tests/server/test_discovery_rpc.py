@@ -50,7 +50,8 @@ def test_labels_are_counted_and_searched(labelled: ServerThread) -> None:
     assert {s.name: s.labels for s in d.saes} == {"a": 4, "b": 2}
     assert d.limits.max_top_k == 64 and d.limits.max_watched_features == 16
     found = labelled.stub.SearchFeatures(pb.SearchFeaturesRequest(query="sea"))
-    assert [(m.sae, m.feature) for m in found.matches][:2] == [("b", 2), ("a", 7)]  # exact first
+    # exact first; then "sea shells" before "the sea" (equal coverage, "sea" comes earlier)
+    assert [(m.sae, m.feature) for m in found.matches][:3] == [("b", 2), ("a", 11), ("a", 7)]
     assert {(m.sae, m.feature, m.label) for m in found.matches} >= {("a", 11, "sea shells")}
     only_a = labelled.stub.SearchFeatures(pb.SearchFeaturesRequest(query="ships", sae="a", limit=1))
     assert [(m.sae, m.feature, m.label) for m in only_a.matches] == [
@@ -65,6 +66,33 @@ def test_search_carries_typical_max_and_frequency(labelled: ServerThread) -> Non
     matches = _post(labelled, "/v1/steering/search", {"query": "sea", "sae": "a"})["matches"]
     http_stats = {m["feature"]: (m["typical_max"], m["frequency"]) for m in matches}
     assert http_stats == stats
+
+
+def test_search_by_activation_and_both_over_grpc_and_http(labelled: ServerThread) -> None:
+    query = "The old sailors rowed across the sea"
+    read = labelled.stub.SearchFeatures(
+        pb.SearchFeaturesRequest(query=query, by=pb.SEARCH_BY_ACTIVATION, limit=5)
+    )
+    assert read.matches and all(m.found_by == "activation" and m.score > 0 for m in read.matches)
+    assert [m.score for m in read.matches] == sorted((m.score for m in read.matches), reverse=True)
+    both = labelled.stub.SearchFeatures(
+        pb.SearchFeaturesRequest(query=query, by=pb.SEARCH_BY_BOTH, limit=20)
+    )
+    labels = labelled.stub.SearchFeatures(pb.SearchFeaturesRequest(query=query, limit=20))
+    assert labels.matches and all(m.found_by == "labels" for m in labels.matches)
+    n = len(labels.matches)
+    assert list(both.matches[:n]) == list(labels.matches)
+    keys = [(m.sae, m.feature) for m in both.matches]
+    assert len(set(keys)) == len(keys)
+    http = _post(labelled, "/v1/steering/search", {"query": query, "by": "activation", "limit": 5})
+    assert [(m["sae"], m["feature"], m["found_by"]) for m in http["matches"]] == [
+        (m.sae, m.feature, "activation") for m in read.matches
+    ]
+    bad = _post(labelled, "/v1/steering/search", {"query": query, "by": "meaning"})
+    assert bad["status"] in (400, 422)
+    with pytest.raises(grpc.RpcError) as err:
+        labelled.stub.SearchFeatures(pb.SearchFeaturesRequest(query=query, by=99))  # type: ignore[arg-type]
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "by" in err.value.details()
 
 
 def _post(srv: ServerThread, path: str, body: object) -> Any:

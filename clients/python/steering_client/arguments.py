@@ -305,6 +305,13 @@ def _add_search_options(search: argparse.ArgumentParser) -> None:
         metavar="N",
         help="most matches (0: the server default, 10)",
     )
+    search.add_argument(
+        "--by",
+        choices=("labels", "activation", "both"),
+        default="labels",
+        help="labels: the query's words against the labels; activation: the model reads the "
+        "query (features by mean activation relative to their typical maximum); both: merged",
+    )
 
 
 def _add_contrast_options(contrast: argparse.ArgumentParser) -> None:

@@ -155,9 +155,9 @@ def inspect(
 
 
 def search(
-    query: str, sae: str, limit: int, timeout: float | None
+    query: str, sae: str, limit: int, timeout: float | None, by: str = "labels"
 ) -> Unary[tuple[FeatureMatch, ...]]:
-    request = build_search_request(query, sae=sae, limit=limit)
+    request = build_search_request(query, sae=sae, limit=limit, by=by)
     return Unary("SearchFeatures", request, feature_matches, timeout)
 
 

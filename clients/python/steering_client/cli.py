@@ -196,7 +196,7 @@ def _inspect(client: SteeringClient, args: argparse.Namespace) -> int:
 
 
 def _search(client: SteeringClient, args: argparse.Namespace) -> int:
-    matches = client.search(args.query, sae=args.sae, limit=args.limit)
+    matches = client.search(args.query, sae=args.sae, limit=args.limit, by=args.by)
     if matches:
         print(format_matches(matches))
     else:

@@ -155,10 +155,18 @@ class SteeringClient(_Client):
         return self._unary(calls.inspect(prompt, **options))
 
     def search(
-        self, query: str, *, sae: str = "", limit: int = 0, timeout: float | None = None
+        self,
+        query: str,
+        *,
+        sae: str = "",
+        limit: int = 0,
+        timeout: float | None = None,
+        by: str = "labels",
     ) -> tuple[FeatureMatch, ...]:
-        """Features whose labels match `query`, best first (sae "": every SAE; limit 0: 10)."""
-        return self._unary(calls.search(query, sae, limit, timeout))
+        """Features whose labels match `query`, best first (sae "": every SAE; limit 0: 10).
+        `by="activation"` lets the model read the query instead (features ranked by their mean
+        activation relative to their typical maximum); `by="both"` merges, label hits first."""
+        return self._unary(calls.search(query, sae, limit, timeout, by))
 
     def contrast(
         self, a: Iterable[str], b: Iterable[str], **options: Unpack[ContrastOptions]
@@ -271,10 +279,16 @@ class AsyncSteeringClient(_Client):
         return await self._unary(calls.inspect(prompt, **options))
 
     async def search(
-        self, query: str, *, sae: str = "", limit: int = 0, timeout: float | None = None
+        self,
+        query: str,
+        *,
+        sae: str = "",
+        limit: int = 0,
+        timeout: float | None = None,
+        by: str = "labels",
     ) -> tuple[FeatureMatch, ...]:
-        """Features whose labels match `query`, best first (see `SteeringClient.search`)."""
-        return await self._unary(calls.search(query, sae, limit, timeout))
+        """Features matching `query`, best first (see `SteeringClient.search`)."""
+        return await self._unary(calls.search(query, sae, limit, timeout, by))
 
     async def contrast(
         self, a: Iterable[str], b: Iterable[str], **options: Unpack[ContrastOptions]

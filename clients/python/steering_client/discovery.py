@@ -60,6 +60,7 @@ class FeatureMatch:
     score: float
     typical_max: float = 0.0
     frequency: float = 0.0
+    found_by: str = ""  # "labels" or "activation"; "" from a server that does not say
 
 
 @dataclass(frozen=True)

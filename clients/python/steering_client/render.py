@@ -132,13 +132,18 @@ def format_inspected(tokens: Sequence[InspectedToken]) -> str:
 
 def format_matches(matches: Sequence[FeatureMatch]) -> str:
     """One match per line, best first: score, `sae:index`, label, then the typical maximum and
-    firing frequency in parentheses where the server knows them."""
+    firing frequency in parentheses where the server knows them, and "[by activation]" for
+    a feature the model's reading of the query found."""
     refs = [f"{m.sae}:{m.feature}" for m in matches]
     width = max(len(ref) for ref in refs)
     return "\n".join(
-        f"{m.score:8.3f}  {ref:<{width}}  {m.label}{_dose(m)}".rstrip()
+        f"{m.score:8.3f}  {ref:<{width}}  {m.label}{_dose(m)}{_found(m)}".rstrip()
         for m, ref in zip(matches, refs, strict=True)
     )
+
+
+def _found(match: FeatureMatch) -> str:
+    return "  [by activation]" if match.found_by == "activation" else ""
 
 
 def _dose(match: FeatureMatch) -> str:

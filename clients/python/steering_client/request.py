@@ -95,9 +95,22 @@ def build_inspect_request(
     return request
 
 
-def build_search_request(query: str, *, sae: str, limit: int) -> pb.SearchFeaturesRequest:
+SEARCH_BY = {
+    "labels": pb.SEARCH_BY_LABELS,
+    "activation": pb.SEARCH_BY_ACTIVATION,
+    "both": pb.SEARCH_BY_BOTH,
+}
+
+
+def build_search_request(
+    query: str, *, sae: str, limit: int, by: str = "labels"
+) -> pb.SearchFeaturesRequest:
     request = pb.SearchFeaturesRequest()
     _set_scalars(request, {"query": query, "sae": sae, "limit": limit})
+    if by not in SEARCH_BY:
+        raise ValueError(f"by: {by!r} is not one of {', '.join(SEARCH_BY)}")
+    if by != "labels":  # the server's default: left unset, as before
+        request.by = SEARCH_BY[by]
     return request
 
 

@@ -24,6 +24,7 @@ from steering.requests import (
     Receipt,
     Rule,
     SamplingParams,
+    SearchBy,
     TextRequest,
 )
 from steering_proto.v1 import steering_pb2 as pb
@@ -183,6 +184,22 @@ def contrast_response(
         toward_a=[pb.FeatureContrast(**asdict(c)) for c in toward_a],
         toward_b=[pb.FeatureContrast(**asdict(c)) for c in toward_b],
     )
+
+
+SEARCH_BY = {
+    pb.SEARCH_BY_UNSPECIFIED: SearchBy.LABELS,
+    pb.SEARCH_BY_LABELS: SearchBy.LABELS,
+    pb.SEARCH_BY_ACTIVATION: SearchBy.ACTIVATION,
+    pb.SEARCH_BY_BOTH: SearchBy.BOTH,
+}
+
+
+def search_by(request: pb.SearchFeaturesRequest) -> SearchBy:
+    """What a search reads; an enum value this server does not know is INVALID_ARGUMENT."""
+    by = SEARCH_BY.get(request.by)
+    if by is None:
+        raise InvalidRequestError("by", f"unknown SearchBy value {request.by}")
+    return by
 
 
 def search_response(matches: Sequence[FeatureMatch]) -> pb.SearchFeaturesResponse:

@@ -122,7 +122,9 @@ class SteeringServicer(pb_grpc.SteeringServiceServicer):
     ) -> pb.SearchFeaturesResponse:
         async def call(request_id: str) -> tuple[pb.SearchFeaturesResponse, int]:
             frontend = self._loaded()
-            matches = await frontend.search(request.query, sae=request.sae, limit=request.limit)
+            matches = await frontend.search(
+                request.query, sae=request.sae, limit=request.limit, by=convert.search_by(request)
+            )
             return convert.search_response(matches), 0
 
         return await self._unary("SearchFeatures", context, call)

@@ -28,7 +28,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from steering.errors import EngineClosedError, SteeringError
 from steering.frontend import FrontEnd, TextChunk
-from steering.requests import FinishReason, TextRequest
+from steering.requests import FinishReason, SearchBy, TextRequest
 from steering_server.http_api import convert
 from steering_server.http_api import schemas as s
 from steering_server.http_api.calls import GenerateCall, discovery_call
@@ -195,7 +195,9 @@ def _steering_routes(app: FastAPI, state: EdgeState) -> None:
 
         async def work(request_id: str) -> tuple[s.SearchAnswer, int]:
             frontend = state.loaded()
-            matches = await frontend.search(body.query, sae=body.sae, limit=body.limit)
+            matches = await frontend.search(
+                body.query, sae=body.sae, limit=body.limit, by=SearchBy(body.by)
+            )
             return convert.search_answer(matches), 0
 
         return await _discovery(state, request, "SearchFeatures", work)

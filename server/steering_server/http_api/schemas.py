@@ -309,6 +309,7 @@ class SearchBody(Strict):
     query: str
     sae: str = ""
     limit: int = 0
+    by: Literal["labels", "activation", "both"] = "labels"
 
 
 class ContrastBody(Strict):
@@ -344,6 +345,7 @@ class FeatureMatchBody(BaseModel):
     score: float
     typical_max: float = 0.0  # 0: unknown
     frequency: float = 0.0  # 0: unknown
+    found_by: str = "labels"  # or "activation"
 
 
 class SearchAnswer(BaseModel):

@@ -258,11 +258,23 @@ def test_exact_label_first_then_phrases_then_words() -> None:
     }})  # fmt: skip
     found = catalog.search("ocean waves")
     assert [m.feature for m in found] == [2, 1, 6, 0, 3, 4]
-    assert [m.score for m in found[:5]] == [3.0, 2.0, 2.0, 1.0, 1.0]
+    assert [m.score for m in found[:5]] == pytest.approx([3.0, 2 + 1 / 3, 2.25, 1.0, 1.0])
     assert 0 < found[5].score < 1.0
     assert found[0] == FeatureMatch("sae", 2, "Ocean waves!", 3.0)
     # A phrase label outranks word-only labels even when they sit at lower indices.
     assert [m.feature for m in catalog.search("waves ocean")] == [3, 0, 1, 2, 6, 4]
+
+
+def test_a_label_mostly_the_query_beats_one_that_mentions_it_last() -> None:
+    # Phrase labels rank by the share of their words that are query words, then by where the
+    # query's words first come; the score says the share (2 + share / 2).
+    catalog = Catalog({"sae": {
+        0: "ships harbours and the sea", 1: "sea waves", 2: "waves sea", 3: "the sea ships",
+        4: "sea of ships",
+    }})  # fmt: skip
+    found = catalog.search("sea")
+    assert [m.feature for m in found] == [1, 2, 4, 3, 0]
+    assert [m.score for m in found] == pytest.approx([2.25, 2.25, 2 + 1 / 6, 2 + 1 / 6, 2.1])
 
 
 def test_the_query_is_normalised_like_the_labels() -> None:
@@ -274,7 +286,8 @@ def test_the_query_is_normalised_like_the_labels() -> None:
 def test_odd_labels_are_indexed_like_any_other() -> None:
     long = " ".join(["filler"] * 70_000)  # positions beyond 16 bits
     catalog = Catalog({"sae": {0: "sea\x00ships", 1: f"{long} sea ships", 2: "", 3: "_ _"}})
-    assert [(m.feature, m.score) for m in catalog.search("Sea ships")] == [(0, 3.0), (1, 2.0)]
+    found = catalog.search("Sea ships")
+    assert [(m.feature, m.score) for m in found] == [(0, 3.0), (1, pytest.approx(2 + 1 / 70_002))]
     assert [m.feature for m in catalog.search("ships filler")] == [1, 0]
     assert catalog.count("sae") == 4 and catalog.label("sae", 2) == ""
 
@@ -344,12 +357,15 @@ def test_label_and_count() -> None:
 
 
 def test_a_phrase_scan_that_stops_early_still_ranks_right(monkeypatch: pytest.MonkeyPatch) -> None:
-    # Phrase labels tie, so the scan stops after the lowest ids; with one-posting blocks every
-    # stopping point is exercised, and must give what a scan of everything gives.
+    # With one-posting blocks every block boundary of the phrase scan is exercised, and must
+    # give what a scan of everything gives.
     kinds = ["the sea and ships", "ships and sea", "sea", "sea and ships, sea and ships"]
     catalog = Catalog({"sae": {i: kinds[i % 4] for i in range(40)} | {33: "Sea and ships"}})
     full = {q: catalog.search(q, limit=40) for q in ("sea and ships", "and sea", "sea")}
-    phrases = sorted(i for i in range(40) if i % 4 in (0, 3) and i != 33)
+    # "sea and ships, sea and ships" is all query words; "the sea and ships" three quarters
+    phrases = [i for i in range(40) if i % 4 == 3 and i != 33] + [
+        i for i in range(40) if i % 4 == 0
+    ]
     words_only = [i for i in range(40) if i % 4 == 1 and i != 33]
     sea_only = [i for i in range(40) if i % 4 == 2]
     expected = [33, *phrases, *words_only, *sea_only]
@@ -422,9 +438,13 @@ def reference_search(
     for start in range(m.shape[1] - len(q) + 1):
         phrase |= np.all(m[:, start : start + len(q)] == q, axis=1)
     exact = phrase & ((m >= 0).sum(axis=1) == len(q))  # the phrase, and nothing else
-    score = np.where(exact, 3.0, np.where(phrase, 2.0, np.minimum(share, 1.0)))
+    in_query = np.isin(m, q)
+    coverage = in_query.sum(axis=1) / np.maximum((m >= 0).sum(axis=1), 1)
+    first = np.where(phrase & ~exact, np.argmax(in_query, axis=1), 0)  # ties of phrase labels
+    score = np.where(exact, 3.0, np.where(phrase, 2.0 + 0.5 * coverage, np.minimum(share, 1.0)))
     found = np.flatnonzero(share > 0)
-    found = found[np.lexsort((data.features[found], data.saes[found], -score[found].round(9)))]
+    order = (data.features[found], data.saes[found], first[found], -score[found].round(9))
+    found = found[np.lexsort(order)]
     return [(str(data.saes[i]), int(data.features[i]), float(score[i])) for i in found[:limit]]
 
 

@@ -111,7 +111,9 @@ class SteeringServiceServicer:
 
     def SearchFeatures(self, request, context):
         """Finds features by their labels: any query word may match, rare words weigh more, a label
-        holding the query as a phrase ranks above labels holding only its words.
+        holding the query as a phrase ranks above labels holding only its words; among phrase
+        labels, those made mostly of the query's words (then those naming it earlier) come first.
+        SearchFeaturesRequest.by may instead (or also) let the model read the query.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

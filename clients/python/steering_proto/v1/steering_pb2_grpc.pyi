@@ -58,7 +58,9 @@ class SteeringServiceStub:
     """
     SearchFeatures: _grpc.UnaryUnaryMultiCallable[_steering_pb2.SearchFeaturesRequest, _steering_pb2.SearchFeaturesResponse]
     """Finds features by their labels: any query word may match, rare words weigh more, a label
-    holding the query as a phrase ranks above labels holding only its words.
+    holding the query as a phrase ranks above labels holding only its words; among phrase
+    labels, those made mostly of the query's words (then those naming it earlier) come first.
+    SearchFeaturesRequest.by may instead (or also) let the model read the query.
     """
     Contrast: _grpc.UnaryUnaryMultiCallable[_steering_pb2.ContrastRequest, _steering_pb2.ContrastResponse]
     """The features that most separate two sets of texts (mean activation over each text's
@@ -101,7 +103,9 @@ class SteeringServiceAsyncStub(SteeringServiceStub):
     """
     SearchFeatures: _aio.UnaryUnaryMultiCallable[_steering_pb2.SearchFeaturesRequest, _steering_pb2.SearchFeaturesResponse]  # type: ignore[assignment]
     """Finds features by their labels: any query word may match, rare words weigh more, a label
-    holding the query as a phrase ranks above labels holding only its words.
+    holding the query as a phrase ranks above labels holding only its words; among phrase
+    labels, those made mostly of the query's words (then those naming it earlier) come first.
+    SearchFeaturesRequest.by may instead (or also) let the model read the query.
     """
     Contrast: _aio.UnaryUnaryMultiCallable[_steering_pb2.ContrastRequest, _steering_pb2.ContrastResponse]  # type: ignore[assignment]
     """The features that most separate two sets of texts (mean activation over each text's
@@ -165,7 +169,9 @@ class SteeringServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_steering_pb2.SearchFeaturesResponse, _abc.Awaitable[_steering_pb2.SearchFeaturesResponse]]:
         """Finds features by their labels: any query word may match, rare words weigh more, a label
-        holding the query as a phrase ranks above labels holding only its words.
+        holding the query as a phrase ranks above labels holding only its words; among phrase
+        labels, those made mostly of the query's words (then those naming it earlier) come first.
+        SearchFeaturesRequest.by may instead (or also) let the model read the query.
         """
 
     @_abc_1.abstractmethod
