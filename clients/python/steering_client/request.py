@@ -13,7 +13,7 @@ from collections.abc import Iterable, Mapping, Sequence
 
 from google.protobuf.message import Message
 
-from steering_client.edits import Edit, FeatureRef
+from steering_client.edits import Edit, FeatureRef, parse_feature_ref
 from steering_client.rules import Rule, rules_to_proto
 from steering_proto.v1 import steering_pb2 as pb
 
@@ -98,6 +98,18 @@ def build_inspect_request(
 def build_search_request(query: str, *, sae: str, limit: int) -> pb.SearchFeaturesRequest:
     request = pb.SearchFeaturesRequest()
     _set_scalars(request, {"query": query, "sae": sae, "limit": limit})
+    return request
+
+
+def build_feature_card_request(
+    feature: FeatureLike | str, *, top_tokens: int
+) -> pb.DescribeFeatureRequest:
+    """A DescribeFeatureRequest; `feature` a reference or its `SAE:FEATURE` text."""
+    ref = _feature_ref(
+        "feature", parse_feature_ref(feature) if isinstance(feature, str) else feature
+    )
+    request = pb.DescribeFeatureRequest(sae=ref.sae, feature=ref.feature)
+    _set_scalars(request, {"top_tokens": top_tokens})
     return request
 
 
