@@ -414,3 +414,32 @@ def _validate_stop(stop: Sequence[str], limits: Limits) -> None:
             raise InvalidRequestError(
                 f"sampling.stop[{i}]", f"must have 1 to {limits.max_stop_string_chars} characters"
             )
+
+
+# ---- feature cards ----------------------------------------------------------------------------
+
+DEFAULT_TOP_TOKENS = 10  # promoted and suppressed tokens of a card, when a request says 0
+
+
+@dataclass(frozen=True)
+class FeatureCardRequest:
+    """Describe one feature: its label file's facts and the tokens its direction moves."""
+
+    sae: str
+    feature: int
+    top_tokens: int = 0  # each of promoted and suppressed; 0: DEFAULT_TOP_TOKENS
+
+
+def validate_feature_card(
+    request: FeatureCardRequest, limits: Limits, d_sae_of: Mapping[str, int]
+) -> None:
+    width = _check_sae(request.sae, d_sae_of, "sae")
+    if not 0 <= request.feature < width:
+        raise InvalidRequestError(
+            "feature",
+            f"feature {request.feature} is out of range for SAE {request.sae!r} (width {width})",
+        )
+    if not 0 <= request.top_tokens <= limits.max_top_k:
+        raise InvalidRequestError(
+            "top_tokens", f"must be between 0 and {limits.max_top_k}, got {request.top_tokens}"
+        )

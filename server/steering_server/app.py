@@ -116,7 +116,7 @@ def _catalog(
 ) -> Catalog:
     """Each SAE's labels: from --labels, else an explanations.json beside its file, else none."""
     given = {spec.name: spec.path for spec in settings.labels}
-    labels, typical_max, frequency = {}, {}, {}
+    labels, typical_max, frequency, contexts = {}, {}, {}, {}
     for attachment, (name, path, _) in zip(attachments, specs, strict=True):
         file = given.get(name) or labels_beside(path if path.is_file() else sae_file(path))
         if file is not None:
@@ -126,6 +126,7 @@ def _catalog(
                 read.typical_max,
                 read.frequency,
             )
+            contexts[name] = read.top_contexts
             log.info(
                 "SAE %s: %d labels, %d typical maxima from %s",
                 name,
@@ -133,7 +134,7 @@ def _catalog(
                 len(read.typical_max),
                 file,
             )
-    return Catalog(labels, typical_max=typical_max, frequency=frequency)
+    return Catalog(labels, typical_max=typical_max, frequency=frequency, top_contexts=contexts)
 
 
 class SteeringApp:

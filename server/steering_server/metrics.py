@@ -18,7 +18,7 @@ LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0
 DURATION_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 WATCH_BUCKETS = (0, 1, 2, 4, 8, 16, 32, 64)
-DISCOVERY_RPCS = ("Inspect", "SearchFeatures", "Contrast")
+DISCOVERY_RPCS = ("Inspect", "SearchFeatures", "Contrast", "DescribeFeature")
 
 OUTCOMES = (
     "ok",

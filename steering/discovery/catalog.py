@@ -60,8 +60,8 @@ class Catalog:
     """Feature labels of several SAEs, and a search over them through an index built once.
 
     Labels get ids ordered by (SAE name, feature), so one SAE is a contiguous id range and the
-    tie order of search results is the id order. `typical_max` and `frequency` (per SAE, per
-    feature, only where known) may cover features without a label.
+    tie order of search results is the id order. `typical_max`, `frequency` and `top_contexts`
+    (per SAE, per feature, only where known) may cover features without a label.
     """
 
     def __init__(
@@ -70,9 +70,11 @@ class Catalog:
         *,
         typical_max: Mapping[str, Mapping[int, float]] | None = None,
         frequency: Mapping[str, Mapping[int, float]] | None = None,
+        top_contexts: Mapping[str, Mapping[int, tuple[str, ...]]] | None = None,
     ) -> None:
         self._typical_max = {sae: dict(m) for sae, m in (typical_max or {}).items()}
         self._frequency = {sae: dict(m) for sae, m in (frequency or {}).items()}
+        self._top_contexts = {sae: dict(m) for sae, m in (top_contexts or {}).items()}
         self._saes = tuple(labels)
         self._names = sorted(labels)
         self._ranges: dict[str, tuple[int, int]] = {}
@@ -119,6 +121,10 @@ class Catalog:
     def frequency(self, sae: str, feature: int) -> float:
         """The share of positions where the feature fires; 0.0 when unknown."""
         return self._frequency.get(sae, {}).get(feature, 0.0)
+
+    def top_contexts(self, sae: str, feature: int) -> tuple[str, ...]:
+        """Texts where the feature fires most, as its label file gives them; () when unknown."""
+        return self._top_contexts.get(sae, {}).get(feature, ())
 
     def search(self, query: str, *, sae: str = "", limit: int = 0) -> list[FeatureMatch]:
         """Labels holding any query word, best first; `sae` "" searches every SAE.

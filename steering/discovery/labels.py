@@ -1,8 +1,9 @@
 """Feature label files: Neuronpedia explanation exports and JSON Lines, per SAE.
 
 Reads `index`/`description` (or `feature`/`label`), and where present a feature's typical maximum
-(`maxActApprox`, Neuronpedia's field, or `maxActivation`) and firing frequency (`frac_nonzero`
-or `frequency`); every other field is ignored. A typical maximum that is not a finite positive
+(`maxActApprox`, Neuronpedia's field, or `maxActivation`), firing frequency (`frac_nonzero`
+or `frequency`) and top contexts (`topContexts`: a list of strings; entries that are not
+strings are skipped); every other field is ignored. A typical maximum that is not a finite positive
 number, or a frequency outside (0, 1], is unknown (kept as absent), not an error: exports write
 0 for features they never saw fire. Every other problem is a `LabelFileError` naming the file
 and the entry or line. Labels longer than
@@ -41,16 +42,20 @@ def labels_beside(sae_file: Path) -> Path | None:
 
 MAX_FIELDS = ("maxActApprox", "maxActivation")  # a feature's typical maximum, first found wins
 FREQUENCY_FIELDS = ("frac_nonzero", "frequency")
+CONTEXTS_FIELD = "topContexts"
+MAX_CONTEXTS = 20  # top contexts kept per feature, the first ones
+MAX_CONTEXT_CHARS = 400  # characters of one context, "…" included where it was cut
 
 
 @dataclass(frozen=True)
 class LabelFile:
-    """What one label file says per feature: labels, typical maxima and frequencies (each only
-    where known)."""
+    """What one label file says per feature: labels, typical maxima, frequencies and top
+    contexts (each only where known)."""
 
     labels: dict[int, str] = field(default_factory=dict)
     typical_max: dict[int, float] = field(default_factory=dict)
     frequency: dict[int, float] = field(default_factory=dict)
+    top_contexts: dict[int, tuple[str, ...]] = field(default_factory=dict)
 
 
 def load_labels(path: str | Path, d_sae: int) -> dict[int, str]:
@@ -80,7 +85,33 @@ def load_label_file(path: str | Path, d_sae: int) -> LabelFile:
         share = _first_number(item, FREQUENCY_FIELDS)
         if share is not None and 0 < share <= 1 and feature not in out.frequency:
             out.frequency[feature] = share
+        contexts = _contexts(item.get(CONTEXTS_FIELD))
+        if contexts and feature not in out.top_contexts:
+            out.top_contexts[feature] = contexts
     return out
+
+
+def _contexts(raw: object) -> tuple[str, ...]:
+    """The readable top contexts of an entry: its non-empty strings (trimmed, cut at
+    `MAX_CONTEXT_CHARS`), at most `MAX_CONTEXTS`; anything else (objects of other exports,
+    numbers, text no reply can carry) is skipped, never an error."""
+    if not isinstance(raw, list):
+        return ()
+    out: list[str] = []
+    for item in raw:
+        if len(out) == MAX_CONTEXTS:
+            break
+        if not isinstance(item, str) or not item.strip():
+            continue
+        try:
+            item.encode("utf-8")
+        except UnicodeEncodeError:  # a lone surrogate
+            continue
+        text = item.strip()
+        if len(text) > MAX_CONTEXT_CHARS:
+            text = text[: MAX_CONTEXT_CHARS - 1].rstrip() + "…"
+        out.append(text)
+    return tuple(out)
 
 
 # (where, for errors), raw index, raw label, the whole entry

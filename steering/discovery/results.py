@@ -16,6 +16,11 @@ from steering.requests import FeatureRef
 
 Label = Callable[[str, int], str]  # (sae, feature) -> label, "" when none
 Known = Callable[[str, int], float]  # (sae, feature) -> typical max or frequency, 0 unknown
+TypicalMax = Known
+
+
+def _unknown(sae: str, feature: int) -> float:
+    return 0.0
 
 
 @dataclass(frozen=True)
@@ -24,6 +29,7 @@ class FeatureActivation:
     feature: int
     activation: float
     label: str = ""
+    typical_max: float = 0.0  # the feature's typical maximum activation; 0.0 when unknown
 
 
 @dataclass(frozen=True)
@@ -45,21 +51,31 @@ class FeatureContrast:
 
 
 def top_features(
-    by_sae: Mapping[str, Sequence[tuple[int, float]]], top_k: int, label: Label
+    by_sae: Mapping[str, Sequence[tuple[int, float]]],
+    top_k: int,
+    label: Label,
+    typical_max: TypicalMax = _unknown,
 ) -> tuple[FeatureActivation, ...]:
     """One position's active features per SAE, largest first (ties: lower index), at most top_k."""
     out: list[FeatureActivation] = []
     for sae, pairs in by_sae.items():
         active = sorted(((-v, i) for i, v in pairs if v > 0))[:top_k]
-        out += [FeatureActivation(sae, i, -v, label(sae, i)) for v, i in active]
+        out += [
+            FeatureActivation(sae, i, -v, label(sae, i), typical_max(sae, i)) for v, i in active
+        ]
     return tuple(out)
 
 
 def named_features(
-    refs: Sequence[FeatureRef], values: Sequence[float], label: Label
+    refs: Sequence[FeatureRef],
+    values: Sequence[float],
+    label: Label,
+    typical_max: TypicalMax = _unknown,
 ) -> tuple[FeatureActivation, ...]:
     return tuple(
-        FeatureActivation(r.sae, r.feature, v, label(r.sae, r.feature))
+        FeatureActivation(
+            r.sae, r.feature, v, label(r.sae, r.feature), typical_max(r.sae, r.feature)
+        )
         for r, v in zip(refs, values, strict=True)
     )
 

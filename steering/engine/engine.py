@@ -23,8 +23,9 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 
@@ -45,6 +46,7 @@ from steering.steer.plan import Plan, Readback, RowResult
 from steering.steer.slot_tables import SlotTables
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -129,6 +131,7 @@ class Engine:
         self._stopping = False
         self._steps = 0
         self._rules_fired = {"apply": 0, "stop": 0}  # in the current step, by action
+        self._tasks: deque[tuple[Callable[[], Any], Future[Any]]] = deque()  # see `call`
 
     def _static_decode(self, special_ids: torch.Tensor) -> None:
         """Allocate what decoding keeps for the engine's life: the per-slot steering tables,
@@ -263,6 +266,33 @@ class Engine:
             self._finish_requests.setdefault(key, reason)
             self._cond.notify_all()
 
+    def call(self, work: Callable[[], T]) -> Future[T]:
+        """Run `work` on the engine thread between two steps (model work off the batch: the
+        device is the engine's alone, and a CUDA graph being captured must not see another
+        thread's kernels); its result or exception in the future. Keep it short: the running
+        rows wait for it. Raises EngineClosedError once closed."""
+        future: Future[T] = Future()
+        with self._cond:
+            if self._closed or self._stopping:
+                raise EngineClosedError("the server is shutting down and takes no new requests")
+            self._tasks.append((work, future))
+            self._cond.notify_all()
+        return future
+
+    def _run_tasks(self) -> None:
+        """Run the work `call` queued, each to its future."""
+        while True:
+            with self._cond:
+                if not self._tasks:
+                    return
+                work, future = self._tasks.popleft()
+            if not future.set_running_or_notify_cancel():
+                continue
+            try:
+                future.set_result(work())
+            except Exception as exc:  # the caller's to raise, not the engine's
+                future.set_exception(exc)
+
     def close(self) -> None:
         """Take no new requests; those in flight carry on."""
         with self._cond:
@@ -329,15 +359,28 @@ class Engine:
         """Step until `stop()`, sleeping while there is nothing to do."""
         while True:
             with self._cond:
-                self._cond.wait_for(lambda: self._stopping or self._has_work())
+                self._cond.wait_for(lambda: self._stopping or self._has_work() or self._tasks)
                 if self._stopping:
                     break
+                work = self._has_work()
+            self._run_tasks()
+            if not work:
+                continue
             try:
                 self.step()
             except Exception:  # a bug, not a model fault: fail what is in flight, keep serving
                 log.exception("engine step failed; failing every request in flight")
                 self._finish_all(FinishReason.ERROR, "internal error in the engine")
         self._finish_all(FinishReason.ABORTED)
+        self._drop_tasks()
+
+    def _drop_tasks(self) -> None:
+        """Fail the work `call` queued that never ran (the engine stopped first)."""
+        with self._cond:
+            tasks, self._tasks = list(self._tasks), deque()
+        for _, future in tasks:
+            if future.set_running_or_notify_cancel():
+                future.set_exception(EngineClosedError("the server shut down before it ran"))
 
     def _finish_all(self, reason: FinishReason, error: str | None = None) -> None:
         with self._cond:

@@ -21,6 +21,7 @@ from typing import Any
 import torch
 
 from steering.discovery import results as discovery
+from steering.discovery.cards import FeatureCard, TokenEffects, TokenWeight, token_effects
 from steering.discovery.catalog import Catalog, FeatureMatch
 from steering.discovery.results import FeatureContrast, InspectedToken
 from steering.edits import EditMode, FeatureEdit, resolve_relative
@@ -33,7 +34,9 @@ from steering.models.gemma import special_token_ids
 from steering.requests import (
     DEFAULT_SEARCH_RESULTS,
     DEFAULT_TOP_K,
+    DEFAULT_TOP_TOKENS,
     ContrastRequest,
+    FeatureCardRequest,
     FinishReason,
     GenerationRequest,
     InspectRequest,
@@ -46,6 +49,7 @@ from steering.requests import (
     inspect_top_k,
     reply_bytes,
     validate_contrast,
+    validate_feature_card,
     validate_inspect,
     validate_query,
     validate_reply_size,
@@ -435,7 +439,7 @@ class FrontEnd:
         remedy = "send a shorter text, or ask for a smaller top_k, fewer SAEs or features"
         validate_reply_size(size, self.max_message_bytes, "input", remedy)
         readings = await self._prefill(ids, request.text, spec, "inspect")
-        label = self.catalog.label
+        label, top_max = self.catalog.label, self.catalog.typical_max
         tokens = []
         for t, (token, text) in enumerate(zip(ids, texts, strict=True)):
             top = readings.top[t] if readings and readings.top else {}
@@ -447,8 +451,8 @@ class FrontEnd:
                     token_id=token,
                     text=text,
                     special=token in self.special_ids,
-                    top=discovery.top_features(top, top_k, label),
-                    features=discovery.named_features(spec.features, named, label),
+                    top=discovery.top_features(top, top_k, label, top_max),
+                    features=discovery.named_features(spec.features, named, label, top_max),
                 )
             )
         return tuple(tokens)
@@ -575,3 +579,43 @@ class FrontEnd:
         saes = (sae,) if sae else tuple(self.engine.d_sae_of)
         size = reply_bytes(1, entries, self._entry_text_bytes(saes))
         validate_reply_size(size, self.max_message_bytes, "limit", "ask for a smaller limit")
+
+    # ---- feature cards ------------------------------------------------------------------------
+
+    async def describe_feature(self, request: FeatureCardRequest) -> FeatureCard:
+        """A feature's card: what its label file says, and the tokens its decoder direction
+        promotes and suppresses through the unembedding (one matvec, on the engine thread
+        between two steps: the device is the engine's)."""
+        with self._call():
+            validate_feature_card(request, self.limits, self.engine.d_sae_of)
+            k, vocab = request.top_tokens or DEFAULT_TOP_TOKENS, len(self.tokenizer)
+            effects = await asyncio.wrap_future(
+                self.engine.call(
+                    lambda: self._token_effects(request.sae, request.feature, k, vocab)
+                )
+            )
+            ids = [i for i, _ in effects.promoted + effects.suppressed]
+            texts = await asyncio.get_running_loop().run_in_executor(
+                self._tokenizer_thread, self._token_texts, ids
+            )
+            text_of = dict(zip(ids, texts, strict=True))
+            catalog, sae, feature = self.catalog, request.sae, request.feature
+            return FeatureCard(
+                sae=sae,
+                feature=feature,
+                label=catalog.label(sae, feature),
+                typical_max=catalog.typical_max(sae, feature),
+                frequency=catalog.frequency(sae, feature),
+                top_contexts=catalog.top_contexts(sae, feature),
+                promoted=tuple(TokenWeight(i, text_of[i], w) for i, w in effects.promoted),
+                suppressed=tuple(TokenWeight(i, text_of[i], w) for i, w in effects.suppressed),
+            )
+
+    def _token_effects(self, sae: str, feature: int, k: int, vocab: int) -> TokenEffects:
+        """On the engine thread: the feature's decoder row through the model's unembedding
+        (its first `vocab` rows: the tokens the tokenizer has)."""
+        model = self.engine.model
+        head = model.get_output_embeddings() or model.get_input_embeddings()  # Gemma ties them
+        with torch.inference_mode():
+            direction = self.engine.hooks.saes[sae].W_dec[feature]  # (d_model,)
+            return token_effects(direction, head.weight, k, vocab_size=vocab)

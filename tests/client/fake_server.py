@@ -137,6 +137,20 @@ CONTRASTED = pb.ContrastResponse(
     ],
 )
 
+CARD = pb.FeatureCard(
+    sae="res2",
+    feature=7,
+    label="the sea",
+    typical_max=12.5,
+    frequency=0.125,
+    top_contexts=["by the [[sea]] at dawn", "a [[sea]]\nbreeze"],
+    promoted=[
+        pb.TokenWeight(token_id=9001, text=" sea", weight=0.5),
+        pb.TokenWeight(token_id=12, text=" ocean", weight=0.25),
+    ],
+    suppressed=[pb.TokenWeight(token_id=40, text=" desert", weight=-0.75)],
+)
+
 
 def watched_value(token_id: int, j: int) -> float:
     """What the fake reports for the j-th watched feature at a token (exact in float32)."""
@@ -192,6 +206,7 @@ class FakeSteering(pb_grpc.SteeringServiceServicer):
         self.inspected: pb.InspectResponse = INSPECTED
         self.matches: pb.SearchFeaturesResponse = MATCHES
         self.contrasted: pb.ContrastResponse = CONTRASTED
+        self.card: pb.FeatureCard = CARD
         self.requests: list[Message] = []
         self.metadata: list[dict[str, str]] = []
         self.ended = threading.Event()  # a Generate call has terminated, for whatever reason
@@ -240,6 +255,12 @@ class FakeSteering(pb_grpc.SteeringServiceServicer):
     ) -> pb.ContrastResponse:
         self._admit(request, context, abort_now=True)
         return self.contrasted
+
+    def DescribeFeature(
+        self, request: pb.DescribeFeatureRequest, context: grpc.ServicerContext
+    ) -> pb.FeatureCard:
+        self._admit(request, context, abort_now=True)
+        return self.card
 
     def _chunks_for(self, request: pb.GenerateRequest) -> tuple[pb.GenerateResponse, ...]:
         """What the request streams: the steered or plain chunks, cut short by a stop rule."""

@@ -13,6 +13,7 @@ from steering_client.edits import Edit
 from steering_client.rules import Rule
 from steering_proto.v1 import steering_pb2 as pb
 from tests.client.fake_server import RES2_SHA256, VEC_SHA256, FakeSteering
+from tests.client.test_cli_discovery import WATCH_NOTE
 
 STEERED = (
     pb.GenerateResponse(
@@ -228,7 +229,7 @@ def test_compare_with_watch_prints_a_table_per_run(
     monkeypatch.setenv("COLUMNS", "120")
     assert main(["--target", target, *COMPARE, "--watch", "res2:7"]) == 0
     err = capsys.readouterr().err.splitlines()
-    assert err[:12] == [
+    assert err[:13] == [
         "unsteered:",
         "#  id  res2:7",
         "0  10   10.25",
@@ -240,6 +241,7 @@ def test_compare_with_watch_prints_a_table_per_run(
         "0  20   20.25",
         "1  21   21.25",
         "2  22   22.25",
+        WATCH_NOTE.format("res2:7"),
         "res2:7=set:8 applied at 40 positions, active at 0",
     ]
 

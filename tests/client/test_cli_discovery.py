@@ -13,6 +13,13 @@ from steering_client.edits import Edit
 from steering_proto.v1 import steering_pb2 as pb
 from tests.client.fake_server import FakeSteering
 
+# What the CLI says under the watched table when the request also edits a watched feature.
+WATCH_NOTE = (
+    "note: {} is also edited by this request; a watched value is read before the feature's "
+    "own edit (what the model computed there, not the value the edit wrote), so it may stay "
+    "near 0 while the edit acts; the receipts say where the edit applied"
+)
+
 
 def usage_error(capsys: pytest.CaptureFixture[str], argv: list[str]) -> str:
     """Runs `argv`, which must exit 2, and returns the error line of stderr (before the hint)."""
@@ -193,6 +200,7 @@ def test_generate_watch_prints_a_table_then_receipts_then_the_summary(
         "1  11              11.25      11.5",
         "2  12  ', world'   12.25      12.5",
         "3  13  '!'         13.25      13.5",
+        WATCH_NOTE.format("res2:7"),
         "res2:7=set:15 applied at 40 positions, active at 0",
         "res2:3=ablate@active applied at 41 positions, active at 1",
         "finish_reason=length prompt_tokens=3 completion_tokens=4 seed=1234",

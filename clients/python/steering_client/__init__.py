@@ -11,9 +11,11 @@ from steering_client.client import DEFAULT_TARGET, AsyncSteeringClient, Steering
 from steering_client.discovery import (
     Contrast,
     FeatureActivation,
+    FeatureCard,
     FeatureContrast,
     FeatureMatch,
     InspectedToken,
+    TokenWeight,
 )
 from steering_client.edits import Edit, FeatureRef, parse_edit, parse_feature_ref
 from steering_client.errors import SteeringClientError
@@ -41,6 +43,7 @@ __all__ = [
     "Edit",
     "EditReceipt",
     "FeatureActivation",
+    "FeatureCard",
     "FeatureContrast",
     "FeatureMatch",
     "FeatureRef",
@@ -53,6 +56,7 @@ __all__ = [
     "SaeInfo",
     "SteeringClient",
     "SteeringClientError",
+    "TokenWeight",
     "Usage",
     "parse_edit",
     "parse_feature_ref",

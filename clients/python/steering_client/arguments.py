@@ -169,6 +169,13 @@ def build_parser(run: Mapping[str, Runner]) -> argparse.ArgumentParser:
         "print the features that most separate two sets of texts",
     )
     _add_contrast_options(contrast)
+    feature = _add_command(
+        commands,
+        "feature",
+        run["feature"],
+        "print a feature's card: label, typical maximum, contexts, promoted and suppressed tokens",
+    )
+    _add_feature_options(feature)
     return parser
 
 
@@ -327,6 +334,19 @@ def _add_contrast_options(contrast: argparse.ArgumentParser) -> None:
     _add_top_k(contrast, "features per direction (0: the server default, 8)")
 
 
+def _add_feature_options(feature: argparse.ArgumentParser) -> None:
+    feature.add_argument(
+        "feature", type=_feature_ref, metavar=REF_GRAMMAR, help="the feature, e.g. res12:1234"
+    )
+    feature.add_argument(
+        "--top-tokens",
+        type=_integer("--top-tokens", _uint32_rule),
+        default=0,
+        metavar="N",
+        help="promoted and suppressed tokens listed, each (0: the server default, 10)",
+    )
+
+
 def _add_generate_options(gen: argparse.ArgumentParser) -> None:
     _add_input_options(gen, "prompt")
     gen.add_argument(
@@ -336,7 +356,8 @@ def _add_generate_options(gen: argparse.ArgumentParser) -> None:
         default=[],
         metavar=REF_GRAMMAR,
         help="report this feature's activation at every generated token, on stderr, e.g. "
-        "res12:1234 (repeatable)",
+        "res12:1234 (repeatable); read before the feature's own edit, so a feature the "
+        "request edits shows what the model computed there, not the value the edit wrote",
     )
     gen.add_argument(
         "--rule",

@@ -14,6 +14,7 @@ from typing_extensions import TypedDict, Unpack
 
 from steering_client.discovery import (
     Contrast,
+    FeatureCard,
     FeatureMatch,
     InspectedToken,
     feature_matches,
@@ -26,6 +27,7 @@ from steering_client.request import (
     RuleLike,
     build_comparison_requests,
     build_contrast_request,
+    build_feature_card_request,
     build_generate_request,
     build_inspect_request,
     build_search_request,
@@ -169,3 +171,10 @@ def contrast(
         a, b, sae=options.get("sae", ""), top_k=options.get("top_k", 0)
     )
     return Unary("Contrast", request, Contrast.from_proto, options.get("timeout"))
+
+
+def describe_feature(
+    feature: FeatureLike | str, top_tokens: int, timeout: float | None
+) -> Unary[FeatureCard]:
+    request = build_feature_card_request(feature, top_tokens=top_tokens)
+    return Unary("DescribeFeature", request, FeatureCard.from_proto, timeout)

@@ -1,8 +1,9 @@
 """`steering-client`: generate steered text, describe the server, and find features (inspect,
-search, contrast), from a shell.
+search, contrast, feature cards), from a shell.
 
-Generated text streams to stdout as it arrives; the watched features' table, the edits' receipts
-and the finish reason, usage and seed go to stderr, so stdout holds only the completion.
+Generated text streams to stdout as it arrives; the watched features' table (with a note when a
+watched feature is also edited: its value is read before that edit), the edits' receipts and the
+finish reason, usage and seed go to stderr, so stdout holds only the completion.
 `generate --compare` prints the unsteered and the steered completion side by side (or, on a
 terminal narrower than 100 columns, as interleaved labelled lines) once both have finished. A failed
 call exits 1 with the gRPC status name and message; a bad argument exits 2 with one line naming
@@ -24,19 +25,22 @@ import grpc
 
 from steering_client.arguments import Parser, build_parser
 from steering_client.client import SteeringClient
+from steering_client.edits import Edit
 from steering_client.errors import SteeringClientError
 from steering_client.render import (
     COMPARED,
+    format_card,
     format_comparison,
     format_contrast,
     format_description,
     format_inspected,
     format_matches,
+    format_watch_note,
     format_watched,
     format_watched_completion,
 )
 from steering_client.request import ChatMessage
-from steering_client.responses import Chunk, Comparison, Completion
+from steering_client.responses import Chunk, Comparison, Completion, EditReceipt
 
 EXIT_RPC_ERROR = 1
 EXIT_INTERRUPTED = 130
@@ -128,6 +132,7 @@ def _generate(client: SteeringClient, args: argparse.Namespace) -> int:
         sys.stdout.flush()
     if args.watch:
         print(format_watched(args.watch, chunks), file=sys.stderr)
+        _print_watch_note(args, chunks[-1].receipts if chunks else ())
     if chunks:
         last = chunks[-1]
         for receipt in last.receipts:
@@ -162,12 +167,22 @@ def _compare(client: SteeringClient, args: argparse.Namespace) -> int:
         for name, run in runs.items():
             print(f"{name}:", file=sys.stderr)
             print(format_watched_completion(args.watch, run), file=sys.stderr)
+        _print_watch_note(args, comparison.steered.receipts)
     for receipt in comparison.steered.receipts:
         print(receipt, file=sys.stderr)
     for name, run in runs.items():
         print(f"{name}: {_summary(run, seed=False)}", file=sys.stderr)
     print(_pair_seed(comparison, args.temperature), file=sys.stderr)
     return 0
+
+
+def _print_watch_note(args: argparse.Namespace, receipts: Sequence[EditReceipt]) -> None:
+    """Say what a watched value is when the request edits that feature too (by --edit, a
+    rule's edits, or the preset's, which the receipts name)."""
+    edits: list[Edit] = [*args.edit, *(e for rule in args.rule for e in rule.apply)]
+    note = format_watch_note(args.watch, [*edits, *(r.edit for r in receipts)])
+    if note:
+        print(note, file=sys.stderr)
 
 
 def _pair_seed(comparison: Comparison, temperature: float) -> str:
@@ -209,6 +224,11 @@ def _contrast(client: SteeringClient, args: argparse.Namespace) -> int:
     return 0
 
 
+def _feature(client: SteeringClient, args: argparse.Namespace) -> int:
+    print(format_card(client.describe_feature(args.feature, top_tokens=args.top_tokens)))
+    return 0
+
+
 def _summary(last: Chunk | Completion, *, seed: bool = True) -> str:
     parts = [f"finish_reason={last.finish_reason}"]
     if last.usage is not None:
@@ -230,4 +250,5 @@ COMMANDS = {
     "inspect": _inspect,
     "search": _search,
     "contrast": _contrast,
+    "feature": _feature,
 }

@@ -1,6 +1,6 @@
 """Sync and async clients of the steering server: stream a steered generation, compare it with
 the unsteered one, describe the model, inspect what the SAEs read, search feature labels,
-contrast two sets of texts.
+contrast two sets of texts, describe one feature.
 
 Both speak the same API over one gRPC channel each; a failed call raises `SteeringClientError`.
 They hold no state beyond the channel, so one client may serve many threads (sync) or tasks
@@ -22,9 +22,9 @@ from typing_extensions import Unpack
 
 from steering_client import calls
 from steering_client.calls import Answer, ContrastOptions, GenerateOptions, InspectOptions, Unary
-from steering_client.discovery import Contrast, FeatureMatch, InspectedToken
+from steering_client.discovery import Contrast, FeatureCard, FeatureMatch, InspectedToken
 from steering_client.errors import SteeringClientError
-from steering_client.request import auth_metadata
+from steering_client.request import FeatureLike, auth_metadata
 from steering_client.responses import Chunk, Comparison, Completion, ModelDescription
 from steering_proto.v1 import steering_pb2 as pb
 from steering_proto.v1 import steering_pb2_grpc as pb_grpc
@@ -91,7 +91,9 @@ class SteeringClient(_Client):
         rendered with the chat template). Zeros mean defaults: temperature 0 is greedy,
         max_new_tokens 0 the server's default, top_k 0 and top_p 0 no cut; seed None lets the
         server pick one (reported on the last chunk). `watch` names features (`FeatureRef`s or
-        (sae, feature) pairs) whose activations each chunk reports per token in `watched`; the
+        (sae, feature) pairs) whose activations each chunk reports per token in `watched`, each
+        read before the feature's own edit (a watched feature the request also edits shows what
+        the model computed there, not the value the edit wrote: often 0 under set or add); the
         last chunk carries one receipt per edit in effect (the preset's, the request's, and the
         rules' once fired). `rules` (`Rule`s) steer conditionally: each fires once, the first
         time its feature is above its threshold, and applies its edits from the next position
@@ -177,6 +179,15 @@ class SteeringClient(_Client):
         """
         return self._unary(calls.contrast(a, b, **options))
 
+    def describe_feature(
+        self, feature: FeatureLike | str, *, top_tokens: int = 0, timeout: float | None = None
+    ) -> FeatureCard:
+        """One feature's card: label, typical maximum, frequency and top contexts (where the
+        server's label file has them), and the `top_tokens` (0: 10) tokens its decoder direction
+        promotes and suppresses most. `feature`: a `FeatureRef`, an (sae, feature) pair, or its
+        `SAE:FEATURE` text."""
+        return self._unary(calls.describe_feature(feature, top_tokens, timeout))
+
     def close(self) -> None:
         self._channel.close()
 
@@ -225,8 +236,8 @@ class AsyncSteeringClient(_Client):
 
     `async for chunk in client.generate(...)`, `await client.generate_text(...)`,
     `await client.compare(...)`, `await client.describe()`, `await client.inspect(...)` (and
-    `search`, `contrast`). Create it inside the event loop that uses it; close it with
-    `await client.close()` or `async with`.
+    `search`, `contrast`, `describe_feature`). Create it inside the event loop that uses it;
+    close it with `await client.close()` or `async with`.
     To stop a stream early and cancel the call at once, wrap it in `contextlib.aclosing`.
     """
 
@@ -295,6 +306,12 @@ class AsyncSteeringClient(_Client):
     ) -> Contrast:
         """The features that most separate `a` from `b` (see `SteeringClient.contrast`)."""
         return await self._unary(calls.contrast(a, b, **options))
+
+    async def describe_feature(
+        self, feature: FeatureLike | str, *, top_tokens: int = 0, timeout: float | None = None
+    ) -> FeatureCard:
+        """One feature's card (see `SteeringClient.describe_feature`)."""
+        return await self._unary(calls.describe_feature(feature, top_tokens, timeout))
 
     async def close(self) -> None:
         await self._channel.close()

@@ -1,4 +1,5 @@
-"""What Inspect, SearchFeatures and Contrast answer, as frozen dataclasses read from the protos.
+"""What Inspect, SearchFeatures, Contrast and DescribeFeature answer, as frozen dataclasses read
+from the protos.
 
 An activation is a feature's f as its SAE encodes the output of its layer before the SAE's own
 edits (edits at earlier layers are already in it); special tokens carry none (0). A label is
@@ -15,12 +16,14 @@ from steering_proto.v1 import steering_pb2 as pb
 
 @dataclass(frozen=True)
 class FeatureActivation:
-    """A feature's activation at one position, and its label."""
+    """A feature's activation at one position, its label, and its typical maximum activation
+    (0 when unknown)."""
 
     sae: str
     feature: int
     activation: float
     label: str
+    typical_max: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -100,3 +103,42 @@ def inspected_tokens(msg: pb.InspectResponse) -> tuple[InspectedToken, ...]:
 def feature_matches(msg: pb.SearchFeaturesResponse) -> tuple[FeatureMatch, ...]:
     """A search's matches, best first."""
     return tuple(from_message(FeatureMatch, match) for match in msg.matches)
+
+
+@dataclass(frozen=True)
+class TokenWeight:
+    """A vocabulary token and its weight (for a card: W_dec[i] · W_U of the token)."""
+
+    token_id: int
+    text: str  # the token decoded alone
+    weight: float
+
+
+@dataclass(frozen=True)
+class FeatureCard:
+    """What a researcher reads before steering one feature: its label, typical maximum
+    activation and firing frequency (0 when unknown), top contexts (the token marked
+    [[like this]]; empty when unknown), and the tokens its decoder direction promotes (largest
+    W_dec[i] · W_U first) and suppresses (smallest first) through the unembedding."""
+
+    sae: str
+    feature: int
+    label: str
+    typical_max: float
+    frequency: float
+    top_contexts: tuple[str, ...]
+    promoted: tuple[TokenWeight, ...]
+    suppressed: tuple[TokenWeight, ...]
+
+    @classmethod
+    def from_proto(cls, msg: pb.FeatureCard) -> FeatureCard:
+        return cls(
+            sae=msg.sae,
+            feature=msg.feature,
+            label=msg.label,
+            typical_max=msg.typical_max,
+            frequency=msg.frequency,
+            top_contexts=tuple(msg.top_contexts),
+            promoted=tuple(from_message(TokenWeight, t) for t in msg.promoted),
+            suppressed=tuple(from_message(TokenWeight, t) for t in msg.suppressed),
+        )

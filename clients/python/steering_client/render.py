@@ -1,16 +1,24 @@
-"""How the CLI shows results: the comparison layouts, watched values, Inspect's per-token table,
-search matches, Contrast, and the model description. Pure functions of the client's dataclasses
+"""How the CLI shows results: the comparison layouts, watched values (and what they mean for a
+feature the request edits), Inspect's per-token table, search matches, Contrast, feature cards,
+and the model description. Pure functions of the client's dataclasses
 to text; the CLI (`cli.py`) only parses arguments, calls and prints.
 """
 
 from __future__ import annotations
 
 import textwrap
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from itertools import zip_longest
 
-from steering_client.discovery import Contrast, FeatureContrast, FeatureMatch, InspectedToken
-from steering_client.edits import FeatureRef
+from steering_client.discovery import (
+    Contrast,
+    FeatureCard,
+    FeatureContrast,
+    FeatureMatch,
+    InspectedToken,
+    TokenWeight,
+)
+from steering_client.edits import Edit, FeatureRef
 from steering_client.responses import Chunk, Comparison, Completion, ModelDescription
 
 SIDE_BY_SIDE_MIN_COLUMNS = 100
@@ -79,6 +87,22 @@ def format_watched(watch: Sequence[FeatureRef], chunks: Sequence[Chunk]) -> str:
             shown = [_number(v) for v in values or ()]
             rows.append([str(len(rows)), "" if token_id is None else str(token_id), text, *shown])
     return _table(header, rows, left={2})
+
+
+def format_watch_note(watch: Sequence[FeatureRef], edits: Iterable[Edit]) -> str | None:
+    """A note for watched features the request also edits (None when it edits none of them):
+    a watched value is the feature as the model computed it there, read before the feature's
+    own edit, so where a `set` or `add` acts it does not show the value written (and often 0)."""
+    edited = {(e.sae, e.feature) for e in edits}
+    both = [str(ref) for ref in watch if (ref.sae, ref.feature) in edited]
+    if not both:
+        return None
+    names = ", ".join(dict.fromkeys(both))
+    return (
+        f"note: {names} is also edited by this request; a watched value is read before the "
+        "feature's own edit (what the model computed there, not the value the edit wrote), so "
+        "it may stay near 0 while the edit acts; the receipts say where the edit applied"
+    )
 
 
 def _table(header: list[str], rows: list[list[str]], *, left: set[int]) -> str:
@@ -205,3 +229,33 @@ def format_description(desc: ModelDescription) -> str:
         shown = f"{value:g}" if isinstance(value, float) else str(value)
         lines.append(f"  {name:<24}{shown}")
     return "\n".join(lines)
+
+
+def format_card(card: FeatureCard) -> str:
+    """A feature card as plain text: `sae:index  label`, its typical maximum and frequency
+    where known, its top contexts, then the promoted and suppressed tokens (weight, text, id)."""
+    lines = [f"{card.sae}:{card.feature}  {card.label or '(no label)'}"]
+    known = []
+    if card.typical_max > 0:
+        known.append(f"typical max {card.typical_max:g}")
+    if card.frequency > 0:
+        known.append(f"fires at {card.frequency * 100:.3g}% of tokens")
+    lines.append(f"  {', '.join(known)}" if known else "  typical max and frequency unknown")
+    if card.top_contexts:
+        lines.append("top contexts:")
+        lines.extend(f"  {_escaped(text)}" for text in card.top_contexts)
+    for title, tokens in (("promoted", card.promoted), ("suppressed", card.suppressed)):
+        lines.append(f"{title} (W_dec · W_U):")
+        lines.extend(_token_weights(tokens))
+    return "\n".join(lines)
+
+
+def _token_weights(tokens: Sequence[TokenWeight]) -> list[str]:
+    weights = [_number(t.weight) for t in tokens]
+    texts = [_escaped(t.text) for t in tokens]
+    wide = max((len(w) for w in weights), default=0)
+    tall = max((len(t) for t in texts), default=0)
+    return [
+        f"  {w:>{wide}}  {text:<{tall}}  id {t.token_id}"
+        for w, text, t in zip(weights, texts, tokens, strict=True)
+    ] or ["  (none)"]

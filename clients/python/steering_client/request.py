@@ -13,7 +13,7 @@ from collections.abc import Iterable, Mapping, Sequence
 
 from google.protobuf.message import Message
 
-from steering_client.edits import Edit, FeatureRef
+from steering_client.edits import Edit, FeatureRef, parse_feature_ref
 from steering_client.rules import Rule, rules_to_proto
 from steering_proto.v1 import steering_pb2 as pb
 
@@ -111,6 +111,18 @@ def build_search_request(
         raise ValueError(f"by: {by!r} is not one of {', '.join(SEARCH_BY)}")
     if by != "labels":  # the server's default: left unset, as before
         request.by = SEARCH_BY[by]
+    return request
+
+
+def build_feature_card_request(
+    feature: FeatureLike | str, *, top_tokens: int
+) -> pb.DescribeFeatureRequest:
+    """A DescribeFeatureRequest; `feature` a reference or its `SAE:FEATURE` text."""
+    ref = _feature_ref(
+        "feature", parse_feature_ref(feature) if isinstance(feature, str) else feature
+    )
+    request = pb.DescribeFeatureRequest(sae=ref.sae, feature=ref.feature)
+    _set_scalars(request, {"top_tokens": top_tokens})
     return request
 
 

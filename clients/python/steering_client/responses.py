@@ -68,11 +68,12 @@ class EditReceipt:
 class Chunk:
     """The tokens generated since the previous chunk, and their text.
 
-        `watched` holds, per token id, the watched features' activations in watch order (empty when
-        nothing is watched). `finish_reason` ("length", "eos", "stop", or "condition" when a stop
-    rule fired), `usage`, `seed` and
-        `receipts` (one per edit in effect) are set on the last chunk only; `seed` is what to pass
-        back as `seed=` to reproduce a sampled output.
+    `watched` holds, per token id, the watched features' activations in watch order (empty when
+    nothing is watched), each read before that feature's own edit: a feature the request edits
+    shows what the model computed there, not the value its edit wrote. `finish_reason`
+    ("length", "eos", "stop", or "condition" when a stop rule fired), `usage`, `seed` and
+    `receipts` (one per edit in effect) are set on the last chunk only; `seed` is what to pass
+    back as `seed=` to reproduce a sampled output.
     """
 
     token_ids: tuple[int, ...]

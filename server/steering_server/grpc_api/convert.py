@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import asdict
 
+from steering.discovery.cards import FeatureCard
 from steering.discovery.catalog import FeatureMatch
 from steering.discovery.results import FeatureActivation, FeatureContrast, InspectedToken
 from steering.edits import EditMode, FeatureEdit
@@ -17,6 +18,7 @@ from steering.frontend import ServedModel, TextChunk
 from steering.requests import (
     ChatMessage,
     ContrastRequest,
+    FeatureCardRequest,
     FeatureRef,
     FinishReason,
     InspectRequest,
@@ -264,4 +266,21 @@ def description(served: ServedModel) -> pb.DescribeModelResponse:
             )
             for p in served.presets
         ],
+    )
+
+
+def feature_card_request(request: pb.DescribeFeatureRequest) -> FeatureCardRequest:
+    return FeatureCardRequest(request.sae, request.feature, request.top_tokens)
+
+
+def feature_card(card: FeatureCard) -> pb.FeatureCard:
+    return pb.FeatureCard(
+        sae=card.sae,
+        feature=card.feature,
+        label=card.label,
+        typical_max=card.typical_max,
+        frequency=card.frequency,
+        top_contexts=card.top_contexts,
+        promoted=[pb.TokenWeight(**asdict(t)) for t in card.promoted],
+        suppressed=[pb.TokenWeight(**asdict(t)) for t in card.suppressed],
     )

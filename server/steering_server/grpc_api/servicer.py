@@ -129,6 +129,15 @@ class SteeringServicer(pb_grpc.SteeringServiceServicer):
 
         return await self._unary("SearchFeatures", context, call)
 
+    async def DescribeFeature(
+        self, request: pb.DescribeFeatureRequest, context: Context
+    ) -> pb.FeatureCard:
+        async def call(request_id: str) -> tuple[pb.FeatureCard, int]:
+            card = await self._loaded().describe_feature(convert.feature_card_request(request))
+            return convert.feature_card(card), 0
+
+        return await self._unary("DescribeFeature", context, call)
+
     async def _unary(
         self,
         rpc: str,

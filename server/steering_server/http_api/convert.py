@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from typing import Any
 
+from steering.discovery.cards import FeatureCard
 from steering.discovery.catalog import FeatureMatch
 from steering.discovery.results import FeatureActivation, FeatureContrast, InspectedToken
 from steering.edits import EditMode, FeatureEdit
@@ -61,9 +62,10 @@ def openai_param(field: str, *, chat: bool) -> str:
 
 def body_param(loc: Sequence[int | str]) -> str | None:
     """A pydantic error location (`("body", "steering", "edits", 0, "feature")`) as a body path
-    (`steering.edits[0].feature`); None for the body as a whole."""
+    (`steering.edits[0].feature`); a path or query parameter by its name; None for the body as
+    a whole."""
     path = ""
-    for part in loc[1:] if loc and loc[0] == "body" else loc:
+    for part in loc[1:] if loc and loc[0] in ("body", "path", "query") else loc:
         if isinstance(part, int):
             path += f"[{part}]"
         elif part.replace("_", "").isalnum():  # not a union member's tag like `function-after`
@@ -258,6 +260,10 @@ def contrast_answer(
         toward_a=[s.FeatureContrastBody(**asdict(c)) for c in toward_a],
         toward_b=[s.FeatureContrastBody(**asdict(c)) for c in toward_b],
     )
+
+
+def feature_card_answer(card: FeatureCard) -> s.FeatureCardBody:
+    return s.FeatureCardBody(**asdict(card))  # the body's fields are the domain's
 
 
 def search_answer(matches: Sequence[FeatureMatch]) -> s.SearchAnswer:

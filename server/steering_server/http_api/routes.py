@@ -28,7 +28,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from steering.errors import EngineClosedError, SteeringError
 from steering.frontend import FrontEnd, TextChunk
-from steering.requests import FinishReason, SearchBy, TextRequest
+from steering.requests import FeatureCardRequest, FinishReason, SearchBy, TextRequest
 from steering_server.http_api import convert
 from steering_server.http_api import schemas as s
 from steering_server.http_api.calls import GenerateCall, discovery_call
@@ -211,6 +211,22 @@ def _steering_routes(app: FastAPI, state: EdgeState) -> None:
             return convert.contrast_answer(*toward), 0
 
         return await _discovery(state, request, "Contrast", work)
+
+    @app.get(
+        "/v1/steering/features/{sae}/{index}", response_model=s.FeatureCardBody, responses=ERRORS
+    )
+    async def feature_card(
+        sae: str, index: int, request: Request, top_tokens: int = 0
+    ) -> s.FeatureCardBody:
+        """A feature's card: label, typical maximum, frequency, top contexts, and the tokens its
+        decoder direction promotes and suppresses (DescribeFeature); `top_tokens` 0 means 10."""
+
+        async def work(request_id: str) -> tuple[s.FeatureCardBody, int]:
+            card_request = FeatureCardRequest(sae, index, top_tokens)
+            card = await state.loaded().describe_feature(card_request)
+            return convert.feature_card_answer(card), 0
+
+        return await _discovery(state, request, "DescribeFeature", work)
 
 
 async def _discovery(

@@ -29,6 +29,13 @@ def _lone_surrogate(value: Any) -> bool:
     return False
 
 
+# What a watched value is, said wherever one is described.
+WATCH_NOTE = (
+    "read before the feature's own edit: a watched feature the request also edits shows the "
+    "value the model computed there, not the value its edit wrote (often 0 under set or add)"
+)
+
+
 class _Text(BaseModel):
     @model_validator(mode="before")
     @classmethod
@@ -118,7 +125,10 @@ class SteeringBody(Strict):
 
     edits: list[Edit] = Field(default_factory=list)
     preset: str = ""
-    watch: list[Ref] = Field(default_factory=list)
+    watch: list[Ref] = Field(
+        default_factory=list,
+        description="Features whose activations come back per generated token, each " + WATCH_NOTE,
+    )
     rules: list[RuleBody] = Field(default_factory=list)
 
 
@@ -193,7 +203,10 @@ class ReceiptBody(BaseModel):
 class WatchedBody(BaseModel):
     token: str
     token_id: int
-    activations: list[float]
+    activations: list[float] = Field(
+        description="The watched features' activations at the position whose forward produced "
+        "this token, in `steering.watch` order; each " + WATCH_NOTE
+    )
 
 
 class SteeringAnswer(BaseModel):
@@ -324,6 +337,7 @@ class FeatureActivationBody(BaseModel):
     feature: int
     activation: float
     label: str
+    typical_max: float = 0.0  # the feature's typical maximum activation; 0: unknown
 
 
 class InspectedTokenBody(BaseModel):
@@ -350,6 +364,27 @@ class FeatureMatchBody(BaseModel):
 
 class SearchAnswer(BaseModel):
     matches: list[FeatureMatchBody]
+
+
+class TokenWeightBody(BaseModel):
+    token_id: int
+    text: str  # the token decoded alone
+    weight: float  # W_dec[i] · W_U of the token
+
+
+class FeatureCardBody(BaseModel):
+    """DescribeFeature: a feature's label, typical maximum and frequency (0: unknown), top
+    contexts, and the tokens its decoder direction promotes (largest W_dec[i] · W_U first) and
+    suppresses (smallest first)."""
+
+    sae: str
+    feature: int
+    label: str
+    typical_max: float
+    frequency: float
+    top_contexts: list[str]
+    promoted: list[TokenWeightBody]
+    suppressed: list[TokenWeightBody]
 
 
 class FeatureContrastBody(BaseModel):

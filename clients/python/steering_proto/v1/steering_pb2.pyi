@@ -181,7 +181,10 @@ class GenerateRequest(_message.Message):
     def watch(self) -> _containers.RepeatedCompositeFieldContainer[Global___FeatureRef]:
         """Features whose activations are streamed with each generated token (see
         GenerateResponse.watched), read in the same forward that produced the token, before their
-        SAE's own edits. At most Limits.max_watched_features. Watching never steers.
+        SAE's own edits. A watched feature that this request also edits therefore shows the value
+        the model computed there, not the value its edit wrote (often 0 under a SET or ADD): the
+        edit's receipt says where it applied. At most Limits.max_watched_features. Watching never
+        steers.
         """
 
     @_builtins.property
@@ -570,7 +573,9 @@ class GenerateResponse(_message.Message):
     @_builtins.property
     def watched(self) -> _containers.RepeatedCompositeFieldContainer[Global___WatchedToken]:
         """One entry per token_ids entry: the watched features' activations at the position whose
-        forward produced that token (for the first generated token: the prompt's last position).
+        forward produced that token (for the first generated token: the prompt's last position),
+        each read before its own SAE's edits (a feature this request edits shows its value before
+        that edit, not the value written).
         """
 
     @_builtins.property
@@ -670,7 +675,7 @@ class WatchedToken(_message.Message):
     ACTIVATIONS_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def activations(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
-        """In GenerateRequest.watch order."""
+        """In GenerateRequest.watch order; each before its own SAE's edits."""
 
     def __init__(
         self,
