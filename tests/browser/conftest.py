@@ -1,15 +1,12 @@
-"""The playground in the system Chromium (Debian `chromium` + `chromium-driver`), headless, driven
-by selenium, against a real server on a tiny Gemma with labelled SAEs and a preset.
-
-Nothing is downloaded: the driver and the browser are named by path, and Selenium Manager runs
-offline. Without Chromium these tests skip, except in CI (`CI=true`), where that fails.
+"""The playground in the system Chromium (see `chromium`), against a real server on a tiny Gemma
+with a labelled SAE and a preset. Without Chromium these tests skip, except in CI (`CI=true`),
+where that fails.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,63 +15,26 @@ import pytest
 
 from steering import save_sae
 from steering.demo.toy import random_sae
+from tests.browser.chromium import chromium, start_browser
 from tests.server.harness import ServerThread
 
-os.environ["SE_OFFLINE"] = "true"  # Selenium Manager: never fetch a driver or a browser
-
-CHROMEDRIVER = os.environ.get("STEERING_CHROMEDRIVER", "/usr/bin/chromedriver")
-BROWSERS = ("/usr/bin/chromium", "/usr/bin/chromium-browser", "/usr/bin/google-chrome")
 LABELS = {3: "ocean waves and ships", 7: "the sea", 9: "forest trees", 11: "sea shells"}
 TYPICAL_MAX = {7: 6.5}
 PRESETS = '[presets.calm]\ndescription = "test"\nedits = ["a:9=set:2"]\n'
 
 
-def chromium() -> tuple[str, str] | None:
-    """(browser, driver) paths, or None where the system has none."""
-    browser = next((b for b in BROWSERS if Path(b).exists()), None)
-    driver = CHROMEDRIVER if Path(CHROMEDRIVER).exists() else shutil.which("chromedriver")
-    return (browser, driver) if browser and driver else None
-
-
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     here = Path(__file__).parent
-    if chromium() is not None:
+    ours = [item for item in items if here in Path(item.path).parents]
+    if not ours or chromium() is not None:
         return
     if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
         raise pytest.UsageError(
             "tests/browser need Chromium and chromedriver (Debian: chromium chromium-driver)"
         )
     skip = pytest.mark.skip(reason="no chromium/chromedriver (Debian: chromium chromium-driver)")
-    for item in items:
-        if here in Path(item.path).parents:
-            item.add_marker(skip)
-
-
-def start_browser(width: int = 1280, height: int = 800) -> Any:
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    found = chromium()
-    assert found is not None
-    browser, driver = found
-    options = webdriver.ChromeOptions()
-    options.binary_location = browser
-    for arg in (
-        "--headless=new",
-        f"--window-size={width},{height}",
-        "--no-sandbox",  # root in containers and CI
-        "--disable-dev-shm-usage",
-        "--disable-gpu",
-        "--no-first-run",
-        "--disable-extensions",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--metrics-recording-only",
-    ):
-        options.add_argument(arg)
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    return webdriver.Chrome(options=options, service=Service(executable_path=driver))
+    for item in ours:
+        item.add_marker(skip)
 
 
 @pytest.fixture(scope="module")

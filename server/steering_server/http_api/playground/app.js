@@ -121,11 +121,13 @@ function editText(edit) {
   return `${ref(edit)}=${edit.mode}${value}${edit.active ? "@active" : ""}`;
 }
 
+// A new edit sets the feature to its typical maximum where known (on the demo that already
+// turns text toward the concept; several times more wrecks it), else to a raw 8.
 function addEdit(feature) {
   const tm = Number(feature.typical_max) || 0;
   const edit = {
     sae: feature.sae, feature: Number(feature.feature), mode: "set",
-    value: tm > 0 ? round(2 * tm) : 8, active: false, tm, label: feature.label || "",
+    value: tm > 0 ? tm : 8, active: false, tm, label: feature.label || "",
   };
   const same = state.edits.findIndex((e) => ref(e) === ref(edit));
   if (same >= 0) state.edits.splice(same, 1);
@@ -209,7 +211,7 @@ function editRow(edit, index) {
   mode.addEventListener("change", () => {
     edit.mode = mode.value;
     if (edit.mode === "scale") edit.value = 2;
-    else if (edit.mode === "add" || edit.mode === "set") edit.value = edit.tm > 0 ? round(2 * edit.tm) : 8;
+    else if (edit.mode === "add" || edit.mode === "set") edit.value = edit.tm > 0 ? edit.tm : 8;
     sync();
     saveState();
   });
