@@ -71,6 +71,12 @@ demo: $(DEMO_STAMP)
 train-demo-sae: $(DEMO_STAMP)
 	$(PY) -m steering.train.demo_sae --work build/demo-sae --out steering/demo/sae
 
+# The playground's screenshots in docs/: the demo server and the headless Chromium of
+# tests/browser (Debian `chromium` + `chromium-driver`), walked as a newcomer would.
+.PHONY: screenshots
+screenshots: $(STAMP)
+	$(PY) -m tests.browser.screenshots docs
+
 format: $(STAMP)
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .

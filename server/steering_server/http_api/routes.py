@@ -33,6 +33,7 @@ from steering_server.http_api import convert
 from steering_server.http_api import schemas as s
 from steering_server.http_api.calls import GenerateCall, discovery_call
 from steering_server.http_api.errors import ProblemError, envelope, problem_of
+from steering_server.http_api.page import PAGE_ROUTES, add_page_routes
 from steering_server.metrics import Metrics
 from steering_server.settings import Settings
 
@@ -41,7 +42,7 @@ T = TypeVar("T")
 
 COMPLETIONS, CHAT = "/v1/completions", "/v1/chat/completions"
 GENERATE_ROUTES = (COMPLETIONS, CHAT)
-OPEN_ROUTES = ("/health",)  # answered without a token, for probes
+OPEN_ROUTES = ("/health", *PAGE_ROUTES)  # answered without a token: probes, the static page
 OPENAI_FINISH = {FinishReason.LENGTH: "length"}  # every other reason is OpenAI's "stop"
 ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": s.ErrorEnvelope} for code in (400, 401, 404, 429, 503)
@@ -94,6 +95,7 @@ def build_app(state: EdgeState) -> FastAPI:
     _handlers(app, state)
     _openai_routes(app, state)
     _steering_routes(app, state)
+    add_page_routes(app)
     state.routes = app.router.routes
     app.add_middleware(EdgeMiddleware, state=state)
     return app
