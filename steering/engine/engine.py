@@ -30,8 +30,8 @@ from typing import Any, TypeVar
 import torch
 
 from steering.engine.batch import Batch, prefill_chunk
-from steering.engine.chunks import ChunkCosts
 from steering.engine.channel import OutputChannel
+from steering.engine.chunks import ChunkCosts
 from steering.engine.decoder import Decoder, FixedDecoder, GraphedDecoder
 from steering.engine.forward import Forward, Steering
 from steering.engine.row import Row
@@ -325,7 +325,8 @@ class Engine:
     @property
     def dtype(self) -> torch.dtype:
         """What the model computes in."""
-        return next(self.model.parameters()).dtype
+        dtype: torch.dtype = next(self.model.parameters()).dtype
+        return dtype
 
     @property
     def batch_invariance(self) -> str:

@@ -6,9 +6,9 @@ import threading
 
 import pytest
 
-from steering.engine.chunks import ChunkCosts
 from steering.engine import Engine, EngineConfig
 from steering.engine.channel import OutputChannel
+from steering.engine.chunks import ChunkCosts
 from steering.errors import EngineClosedError, InvalidRequestError, QueueFullError
 from steering.requests import FinishReason, GenerationRequest, Limits, SamplingParams
 from tests.mock_model import MockModel, mock_reference
