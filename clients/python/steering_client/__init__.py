@@ -27,6 +27,8 @@ from steering_client.responses import (
     ModelInfo,
     Preset,
     SaeInfo,
+    TokenLogprob,
+    TokenLogprobs,
     Usage,
 )
 from steering_client.rules import Rule, parse_rule
@@ -53,6 +55,8 @@ __all__ = [
     "SaeInfo",
     "SteeringClient",
     "SteeringClientError",
+    "TokenLogprob",
+    "TokenLogprobs",
     "Usage",
     "parse_edit",
     "parse_feature_ref",
