@@ -23,32 +23,25 @@ class Logprobs:
     top: tuple[tuple[int, float], ...] = ()  # (token id, logprob), most likely first
 
 
-def ranked(logits: torch.Tensor) -> torch.Tensor:
-    """Keys that order (R, V) logits by value, highest first, and equal values by lower token id
-    first: the float's bits made order-preserving as an integer, then the id, in one int64, so
-    a single `topk` gives an exact, tie-stable ranking."""
-    bits = (logits.float() + 0.0).view(torch.int32).to(torch.int64)  # + 0.0: no -0.0
-    bits = torch.where(bits < 0, bits ^ 0x7FFFFFFF, bits)  # negative floats: reverse their order
-    vocab = logits.shape[-1]
-    ids = torch.arange(vocab, device=logits.device, dtype=torch.int64)
-    return bits * 2**32 + (vocab - 1 - ids)
-
-
 def queue_logprobs(
     readback: Readback, logits: torch.Tensor, chosen: torch.Tensor, rows: Sequence[int], k: int
 ) -> None:
-    """Queue rows' log-probabilities for the step's copy: the chosen token's, and the `k` most
-    likely tokens' ids and values. logits (B, V), chosen (B,) token ids on the device."""
-    index = torch.tensor(rows, device=logits.device)
-    scores = logits.index_select(0, index).float()  # (R, V)
+    """Queue rows' log-probabilities for the step's copy: the chosen token's, and the ids and
+    values of the 2k most likely tokens (`read_logprobs` orders them and keeps k). logits
+    (B, V), chosen (B,) token ids, on the device."""
+    scores = logits.float()
+    if len(rows) < logits.shape[0]:
+        index = torch.tensor(rows, device=logits.device)
+        scores, chosen = scores.index_select(0, index), chosen.index_select(0, index)
     norm = torch.logsumexp(scores, dim=-1, keepdim=True)  # (R, 1)
-    picked = chosen.index_select(0, index)[:, None]  # (R, 1)
-    readback.add("logprobs.chosen", scores.gather(1, picked) - norm)
-    k = min(k, scores.shape[-1])
-    if k:
-        top = ranked(scores).topk(k, dim=-1).indices  # (R, k)
-        readback.add("logprobs.ids", top)
-        readback.add("logprobs.values", scores.gather(1, top) - norm)
+    readback.add("logprobs.chosen", scores.gather(1, chosen[:, None]) - norm)
+    # 2k: `topk` breaks ties in no set order, so the host sorts ties by id; with 2k, every
+    # token tied at the k-th value is in hand unless more than k tokens tie there.
+    wide = min(2 * k, scores.shape[-1])
+    if wide:
+        top = scores.topk(wide, dim=-1)
+        readback.add("logprobs.ids", top.indices)  # (R, 2k)
+        readback.add("logprobs.values", top.values - norm)
 
 
 def read_logprobs(readback: Readback, tops: Sequence[int]) -> list[Logprobs]:
@@ -56,9 +49,10 @@ def read_logprobs(readback: Readback, tops: Sequence[int]) -> list[Logprobs]:
     chosen = readback.get("logprobs.chosen")[0]
     ids, shape = readback.get("logprobs.ids") if "logprobs.ids" in readback else ([], (0, 0))
     values = readback.get("logprobs.values")[0] if ids else []
-    k = shape[-1] if ids else 0
+    wide = shape[-1] if ids else 0
     out = []
     for r, n in enumerate(tops):
-        top = tuple((int(ids[r * k + j]), values[r * k + j]) for j in range(min(n, k)))
-        out.append(Logprobs(chosen[r], top))
+        row = range(r * wide, (r + 1) * wide)
+        ranked = sorted((-values[i], int(ids[i])) for i in row)  # most likely, then lower id
+        out.append(Logprobs(chosen[r], tuple((t, -v) for v, t in ranked[:n])))
     return out

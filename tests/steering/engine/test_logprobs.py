@@ -15,7 +15,7 @@ import torch
 from steering import EditMode, FeatureEdit, LoadedModel, SaeAttachment, load_model
 from steering.demo.toy import random_sae
 from steering.engine import Engine
-from steering.engine.logprobs import Logprobs, ranked
+from steering.engine.logprobs import Logprobs, queue_logprobs, read_logprobs
 from steering.engine.sampling import RowSampler
 from steering.requests import GenerationRequest, SamplingParams
 from steering.steer.plan import Readback
@@ -157,9 +157,15 @@ def test_one_copy_to_the_host_per_step_with_logprobs(
     assert len(fetches) == 2 + 5  # two prefills, then one decode step per remaining token
 
 
-def test_ranked_orders_by_value_then_lower_id() -> None:
-    logits = torch.tensor([[0.5, 2.0, -1.0, 2.0, 0.5, -3.0, 2.0]])
-    top = ranked(logits).topk(5, dim=-1).indices[0].tolist()
-    assert top == [1, 3, 6, 0, 4]
-    negative = torch.tensor([[-2.0, -1.0, -1.0, -0.0, 0.0, -5.0]])
-    assert ranked(negative).topk(6).indices[0].tolist()[:3] == [3, 4, 1]  # -0.0 and 0.0 are equal
+def test_top_tokens_rank_by_value_then_lower_id() -> None:
+    logits = torch.tensor([[0.5, 2.0, -1.0, 2.0, 0.5, -3.0, 2.0], [0.0, 1, 1, 3, 1, 0, 0]])
+    readback = Readback()
+    queue_logprobs(readback, logits, torch.tensor([1, 5]), [0, 1], 3)
+    readback.fetch()
+    first, second = read_logprobs(readback, [3, 2])
+    assert [t for t, _ in first.top] == [1, 3, 6]
+    assert [t for t, _ in second.top] == [3, 1]
+    expected = torch.log_softmax(logits, dim=-1)
+    assert first.logprob == pytest.approx(float(expected[0, 1]))
+    assert second.logprob == pytest.approx(float(expected[1, 5]))
+    assert [v for _, v in second.top] == pytest.approx(expected[1, [3, 1]].tolist())
