@@ -4,6 +4,7 @@ python -m bench --preset medium                       # every scenario, CPU defa
 python -m bench --scenario overhead sparse --reps 7
 python -m bench --preset gemma-2-2b --layers 4        # the real 2B shape, fewer layers
 python -m bench --preset tiny --scenario stall mixed streams  # what one request costs others
+python -m bench --preset medium --scenario logprobs --batches 1 8  # top_logprobs 5 vs none
 python -m bench --device cuda --dtype bfloat16 --preset gemma-2-2b --batches 1 64
 """
 
@@ -21,6 +22,7 @@ import torch
 from bench.common import PRESETS, Setup, Table, build
 from bench.decode import decode_rates, join_cost
 from bench.discovery import inspect_cost, watch_overhead
+from bench.logprobs import logprobs_cost
 from bench.policies import rules_overhead, vector_batch
 from bench.scenarios import heterogeneous, overhead, sparse_vs_full
 from bench.scheduling import mixed, stall, streams
@@ -42,6 +44,7 @@ SCENARIOS = (
     "stall",
     "mixed",
     "streams",
+    "logprobs",
 )
 
 
@@ -109,6 +112,9 @@ def main() -> None:
         "stall": lambda: stall(model, setup, args.budget),
         "mixed": lambda: mixed(model, setup),
         "streams": lambda: streams(model, setup, args.new_tokens),
+        "logprobs": lambda: logprobs_cost(
+            model, setup, args.batches, args.prompt_tokens, args.new_tokens
+        ),
         "vectors": lambda: vector_batch(
             model, setup, 16, args.prompt_tokens, args.new_tokens, Path(tempfile.mkdtemp())
         ),

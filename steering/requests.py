@@ -39,6 +39,9 @@ class SamplingParams:
     seed: int | None = None  # None: a fresh random seed, reported back
     ignore_eos: bool = False
     stop: tuple[str, ...] = ()  # stop strings: the front end's, the engine never sees text
+    # Set: each generated token carries its log-probability and this many most likely tokens
+    # with theirs (0..Limits.max_top_logprobs); None: no log-probabilities.
+    top_logprobs: int | None = None
 
 
 @dataclass(frozen=True)
@@ -171,6 +174,7 @@ class Limits:
     # Edits a request holds on one SAE, its rules' included: the width of the per-slot tables.
     max_edits_per_sae: int = 64
     max_query_chars: int = 1000  # of a SearchFeatures query
+    max_top_logprobs: int = 20  # most likely tokens reported per generated token
 
 
 def validate_text(
@@ -401,6 +405,15 @@ def _validate_sampling(s: SamplingParams, limits: Limits) -> None:
         raise InvalidRequestError("sampling.top_p", f"must be between 0 and 1, got {s.top_p}")
     if s.seed is not None and not 0 <= s.seed < 2**64:
         raise InvalidRequestError("sampling.seed", f"must be between 0 and 2**64 - 1, got {s.seed}")
+    _validate_top_logprobs(s.top_logprobs, limits)
+
+
+def _validate_top_logprobs(top: int | None, limits: Limits) -> None:
+    if top is not None and not 0 <= top <= limits.max_top_logprobs:
+        raise InvalidRequestError(
+            "sampling.top_logprobs",
+            f"must be between 0 and {limits.max_top_logprobs}, got {top}",
+        )
 
 
 def _validate_stop(stop: Sequence[str], limits: Limits) -> None:

@@ -12,6 +12,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from steering.engine.logprobs import Logprobs
 from steering.requests import FinishReason, Receipt
 from steering.steer.plan import RowResult
 
@@ -29,6 +30,7 @@ class RequestOutput:
     seed: int | None = None  # the sampling seed in use
     receipts: tuple[Receipt, ...] = ()  # on the last output: what each edit did
     readings: RowResult | None = None  # on the last output of a prefill-only request
+    logprobs: list[Logprobs] = field(default_factory=list)  # one per token, if asked for
 
     @property
     def finished(self) -> bool:
@@ -54,6 +56,7 @@ class OutputChannel:
         watched: list[tuple[float, ...]] | None = None,
         receipts: tuple[Receipt, ...] = (),
         readings: RowResult | None = None,
+        logprobs: list[Logprobs] | None = None,
     ) -> None:
         """Merge new tokens (and a finish, once) into the slot; never blocks on the reader."""
         with self._cond:
@@ -62,6 +65,7 @@ class OutputChannel:
             pending = self._pending or RequestOutput()
             pending.token_ids.extend(token_ids)
             pending.watched.extend(watched or ())
+            pending.logprobs.extend(logprobs or ())
             pending.prompt_tokens, pending.completion_tokens, pending.seed = (
                 prompt_tokens,
                 completion_tokens,

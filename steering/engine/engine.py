@@ -34,6 +34,7 @@ from steering.engine.channel import OutputChannel
 from steering.engine.chunks import ChunkCosts
 from steering.engine.decoder import Decoder, FixedDecoder, GraphedDecoder
 from steering.engine.forward import Forward, Steering
+from steering.engine.logprobs import Logprobs, queue_logprobs, read_logprobs
 from steering.engine.row import Row
 from steering.engine.sampling import RowSampler
 from steering.engine.slot_cache import CacheShape, SlotCache
@@ -88,6 +89,10 @@ class _Prompt:
         return RowResult(
             result.watched, result.fired, tuple(self.named), tuple(self.top), dict(self.sums)
         )
+
+
+def _wants_logprobs(row: Row) -> bool:
+    return row.request.sampling.top_logprobs is not None and row.request.inspect is None
 
 
 @dataclass(frozen=True)
@@ -565,15 +570,26 @@ class Engine:
         """Sample each row's next token from logits (B, V); send it with what the forward read;
         finish rows that are done (a prefill-only row with its readings). No logits: a chunk of
         a prompt (one row, `prompt`) before its last, which only reads."""
-        # One device-to-host copy per step: each row's argmax, whether its logits are finite, and
-        # what the hooks read (edit counts so far, watched features, rules fired, inspections).
+        # One device-to-host copy per step: each row's next token (argmax or its draw), whether
+        # its logits are finite, the log-probabilities rows asked for, and what the hooks read
+        # (edit counts so far, watched features, rules fired, inspections).
         readback = Readback()
+        failed: set[int] = set()  # rows whose draw raised
+        asked = [b for b, row in enumerate(rows) if _wants_logprobs(row)]
+        tops = [rows[b].request.sampling.top_logprobs or 0 for b in asked]
         if logits is not None:
-            readback.add("greedy", logits.argmax(dim=-1))
-            readback.add("finite", torch.isfinite(logits).all(dim=-1))
+            usable = torch.isfinite(logits).all(dim=-1)
+            chosen, failed = self._choose(rows, logits, usable)
+            readback.add("chosen", chosen)
+            readback.add("finite", usable)
+            if asked:
+                queue_logprobs(readback, logits, chosen, asked, max(tops))
         done.queue(readback)
         readback.fetch()
-        greedy, finite = (readback.get(n)[0] if n in readback else [] for n in ("greedy", "finite"))
+        tokens, finite = (readback.get(n)[0] if n in readback else [] for n in ("chosen", "finite"))
+        logprobs: dict[int, Logprobs] = {}
+        if asked and logits is not None:
+            logprobs = dict(zip(asked, read_logprobs(readback, tops), strict=True))
         results = done.results(readback)
         now, emitted = time.monotonic(), 0
         for b, row in enumerate(rows):
@@ -597,22 +613,49 @@ class Engine:
             fired = result is not None and (result.fired or row.fired)
             if fired and self._fire(row, result.fired if result else (), finished):
                 continue  # a stop rule: the token of this forward is not emitted
-            try:
-                token = int(greedy[b]) if row.sampler.greedy else row.sampler.draw(logits[b])
-            except Exception:
-                log.exception("sampling failed for request %r", row.request.request_id)
+            if b in failed:
                 self._finish(row, FinishReason.ERROR, finished, "internal error while sampling")
                 continue
+            token = int(tokens[b])
             row.generated.append(token)
             row.first_token_at = row.first_token_at or now
             emitted += 1
             watched = [result.watched] if result is not None and row.request.watch else []
+            scored = [logprobs[b]] if b in logprobs else []
             reason = self._stop_reason(row, token)
             if reason is None:
-                self._push(row, [token], watched=watched)
+                self._push(row, [token], watched=watched, logprobs=scored)
             else:
-                self._finish(row, reason, finished, tokens=[token], watched=watched)
+                self._finish(
+                    row, reason, finished, tokens=[token], watched=watched, logprobs=scored
+                )
         return emitted
+
+    @staticmethod
+    def _choose(
+        rows: list[Row], logits: torch.Tensor, finite: torch.Tensor
+    ) -> tuple[torch.Tensor, set[int]]:
+        """Each row's next token as a (B,) tensor on the device, without a sync: the argmax of
+        a greedy row, the draw of a sampled one; and the rows whose draw raised (their argmax
+        stands in, never emitted). A row whose logits are not finite draws from zeros instead
+        (it fails once the copy says so), so a broken row cannot fault the device."""
+        chosen = logits.argmax(dim=-1)
+        drawn: list[int] = []
+        draws: list[torch.Tensor] = []
+        failed: set[int] = set()
+        for b, row in enumerate(rows):
+            if row.sampler is None or row.sampler.greedy or row.request.inspect is not None:
+                continue
+            try:
+                draws.append(row.sampler.sample(torch.where(finite[b], logits[b], 0.0)))
+                drawn.append(b)
+            except Exception:
+                log.exception("sampling failed for request %r", row.request.request_id)
+                failed.add(b)
+        if draws:
+            index = torch.tensor(drawn, device=logits.device)
+            chosen = chosen.index_put((index,), torch.cat(draws))
+        return chosen, failed
 
     def _fire(
         self, row: Row, rules: tuple[int, ...], finished: list[FinishedRequest], end: bool = True
@@ -655,6 +698,7 @@ class Engine:
         tokens: list[int] | None = None,
         watched: list[tuple[float, ...]] | None = None,
         readings: RowResult | None = None,
+        logprobs: list[Logprobs] | None = None,
     ) -> None:
         self._push(
             row,
@@ -662,6 +706,7 @@ class Engine:
             finish_reason=reason,
             error=error,
             watched=watched or [],
+            logprobs=logprobs or [],
             receipts=row.receipts(),
             readings=readings,
         )

@@ -30,6 +30,11 @@ class RowSampler:
 
     def draw(self, logits: torch.Tensor) -> int:
         """One token from (V,) logits."""
+        return int(self.sample(logits))
+
+    def sample(self, logits: torch.Tensor) -> torch.Tensor:
+        """One token from (V,) logits, as a (1,) tensor on their device: sampled without a
+        device sync, so the step's one copy to the host carries it."""
         scores = logits.float() / self.params.temperature
         k = self.params.top_k
         if 0 < k < scores.shape[-1]:
@@ -38,7 +43,7 @@ class RowSampler:
         if 0.0 < self.params.top_p < 1.0:
             scores = _top_p(scores, self.params.top_p)
         probs = torch.softmax(scores, dim=-1)
-        return int(torch.multinomial(probs, 1, generator=self.generator))
+        return torch.multinomial(probs, 1, generator=self.generator)
 
 
 def _top_p(scores: torch.Tensor, top_p: float) -> torch.Tensor:

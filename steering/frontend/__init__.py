@@ -7,5 +7,6 @@ domain. The one thing both transports call; knows no transport.
 """
 
 from steering.frontend.frontend import FrontEnd, ServedModel, TextChunk
+from steering.frontend.logprobs import TokenLogprobs, TopLogprob
 
-__all__ = ["FrontEnd", "ServedModel", "TextChunk"]
+__all__ = ["FrontEnd", "ServedModel", "TextChunk", "TokenLogprobs", "TopLogprob"]

@@ -30,6 +30,7 @@ from steering.engine.engine import Engine
 from steering.engine.stats import AdmittedRequest
 from steering.errors import EngineClosedError, InvalidRequestError, RequestFailedError
 from steering.frontend.detokenize import TextStream
+from steering.frontend.logprobs import TokenLogprobs, with_texts
 from steering.models.gemma import special_token_ids
 from steering.requests import (
     DEFAULT_SEARCH_RESULTS,
@@ -74,6 +75,7 @@ class TextChunk:
     seed: int = 0  # the sampling seed in use
     watched: tuple[tuple[float, ...], ...] = ()  # one per token id, when the request watches
     receipts: tuple[Receipt, ...] = ()  # on the last chunk: what each edit did
+    logprobs: tuple[TokenLogprobs, ...] = ()  # one per token id, when the request asks
 
 
 @dataclass(frozen=True)
@@ -335,7 +337,18 @@ class FrontEnd:
                     out.seed or 0,
                     tuple(out.watched[:n]),
                     out.receipts,
+                    await self._logprobs(out, n),
                 )
+
+    async def _logprobs(self, out: RequestOutput, n: int) -> tuple[TokenLogprobs, ...]:
+        """The first `n` tokens' log-probabilities with their texts (none unless asked for)."""
+        if not out.logprobs:
+            return ()
+        ids, scored = out.token_ids[:n], out.logprobs[:n]
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(
+            self._tokenizer_thread, with_texts, ids, scored, self._token_texts
+        )
 
     @staticmethod
     def _push(stream: TextStream, token_ids: Sequence[int]) -> tuple[int, str, bool]:

@@ -29,6 +29,8 @@ from steering_client.responses import (
     ModelInfo,
     Preset,
     SaeInfo,
+    TokenLogprob,
+    TokenLogprobs,
     Usage,
 )
 from steering_client.rules import Rule, parse_rule
@@ -56,6 +58,8 @@ __all__ = [
     "SaeInfo",
     "SteeringClient",
     "SteeringClientError",
+    "TokenLogprob",
+    "TokenLogprobs",
     "TokenWeight",
     "Usage",
     "parse_edit",

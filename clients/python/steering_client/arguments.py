@@ -409,6 +409,12 @@ def _add_generate_options(gen: argparse.ArgumentParser) -> None:
         metavar="SEED",
         help="sampling seed (default: the server picks one)",
     )
+    gen.add_argument(
+        "--top-logprobs",
+        type=_integer("--top-logprobs", _uint32_rule),
+        metavar="N",
+        help="print each token's log-probability and its N most likely alternatives",
+    )
     gen.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
     gen.add_argument(
         "--ignore-eos", action="store_true", help="keep generating past end-of-sequence"

@@ -59,6 +59,7 @@ class GenerateOptions(TypedDict, total=False):
     seed: int | None
     stop: Iterable[str]
     ignore_eos: bool
+    top_logprobs: int | None  # set: each token's log-probability and this many most likely
     request_id: str
     timeout: float | None
 
@@ -115,6 +116,7 @@ def generate_request(
         seed=options.get("seed") if seed is None else seed,
         stop=options.get("stop", ()),
         ignore_eos=options.get("ignore_eos", False),
+        top_logprobs=options.get("top_logprobs"),
     )
     return build_generate_request(
         prompt,

@@ -34,6 +34,7 @@ from steering_client.render import (
     format_contrast,
     format_description,
     format_inspected,
+    format_logprobs,
     format_matches,
     format_watch_note,
     format_watched,
@@ -133,6 +134,8 @@ def _generate(client: SteeringClient, args: argparse.Namespace) -> int:
     if args.watch:
         print(format_watched(args.watch, chunks), file=sys.stderr)
         _print_watch_note(args, chunks[-1].receipts if chunks else ())
+    if args.top_logprobs is not None:
+        print(format_logprobs(chunks), file=sys.stderr)
     if chunks:
         last = chunks[-1]
         for receipt in last.receipts:
@@ -143,7 +146,10 @@ def _generate(client: SteeringClient, args: argparse.Namespace) -> int:
 
 def _generate_arguments(args: argparse.Namespace) -> dict[str, Any]:
     """The keyword arguments `generate` and `compare` share, from the command line."""
-    names = ("max_new_tokens", "temperature", "top_k", "top_p", "seed", "stop", "ignore_eos")
+    names = (
+        "max_new_tokens", "temperature", "top_k", "top_p", "seed", "stop", "ignore_eos",
+        "top_logprobs",
+    )  # fmt: skip
     return {
         "edits": args.edit,
         "rules": args.rule,

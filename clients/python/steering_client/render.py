@@ -105,6 +105,20 @@ def format_watch_note(watch: Sequence[FeatureRef], edits: Iterable[Edit]) -> str
     )
 
 
+def format_logprobs(chunks: Sequence[Chunk]) -> str:
+    """One row per generated token: its index, id, text (decoded alone, from the most likely
+    list when it is there), log-probability, and the most likely tokens with theirs."""
+    header = ["#", "id", "token", "logprob", "most likely"]
+    rows: list[list[str]] = []
+    for chunk in chunks:
+        for token_id, scored in zip(chunk.token_ids, chunk.logprobs, strict=False):
+            texts = {t.token_id: t.text for t in scored.top}
+            top = "  ".join(f"{_escaped(t.text)} {t.logprob:.3f}" for t in scored.top)
+            text = _escaped(texts[token_id]) if token_id in texts else ""
+            rows.append([str(len(rows)), str(token_id), text, f"{scored.logprob:.3f}", top])
+    return _table(header, rows, left={2, 4})
+
+
 def _table(header: list[str], rows: list[list[str]], *, left: set[int]) -> str:
     """Columns padded to their widest cell: right-aligned, but left-aligned in `left`."""
     widths = [len(cell) for cell in header]

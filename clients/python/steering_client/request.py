@@ -143,6 +143,7 @@ def sampling_params(
     seed: int | None,
     stop: Iterable[str],
     ignore_eos: bool,
+    top_logprobs: int | None = None,
 ) -> pb.SamplingParams:
     """SamplingParams; 0 means the default for every number, and seed None lets the server pick.
 
@@ -157,6 +158,8 @@ def sampling_params(
     }
     if seed is not None:
         values["seed"] = seed
+    if top_logprobs is not None:
+        values["top_logprobs"] = top_logprobs
     params = pb.SamplingParams(stop=list(stop))
     _set_scalars(params, values, prefix="sampling.")
     return params

@@ -65,6 +65,29 @@ class EditReceipt:
 
 
 @dataclass(frozen=True)
+class TokenLogprob:
+    """One of the most likely tokens at a position: its id, text (decoded alone), logprob."""
+
+    token_id: int
+    text: str
+    logprob: float
+
+
+@dataclass(frozen=True)
+class TokenLogprobs:
+    """A generated token's log-probability (natural log, at temperature 1, before top-k/top-p
+    cuts) and the most likely tokens at its position, most likely first (ties: lower id)."""
+
+    logprob: float
+    top: tuple[TokenLogprob, ...] = ()
+
+    @classmethod
+    def from_proto(cls, msg: pb.TokenLogprobs) -> TokenLogprobs:
+        top = tuple(TokenLogprob(t.token_id, t.text, t.logprob) for t in msg.top)
+        return cls(msg.logprob, top)
+
+
+@dataclass(frozen=True)
 class Chunk:
     """The tokens generated since the previous chunk, and their text.
 
@@ -83,6 +106,7 @@ class Chunk:
     seed: int | None = None
     watched: tuple[tuple[float, ...], ...] = ()
     receipts: tuple[EditReceipt, ...] = ()
+    logprobs: tuple[TokenLogprobs, ...] = ()  # per token id, when asked (top_logprobs=)
 
     @property
     def is_last(self) -> bool:
@@ -104,6 +128,7 @@ class Chunk:
             seed=msg.seed if msg.HasField("seed") else None,
             watched=tuple(tuple(token.activations) for token in msg.watched),
             receipts=tuple(EditReceipt.from_proto(receipt) for receipt in msg.receipts),
+            logprobs=tuple(TokenLogprobs.from_proto(token) for token in msg.logprobs),
         )
 
 
@@ -119,17 +144,20 @@ class Completion:
     seed: int | None
     watched: tuple[tuple[float, ...], ...] = ()
     receipts: tuple[EditReceipt, ...] = ()
+    logprobs: tuple[TokenLogprobs, ...] = ()
 
     @classmethod
     def from_chunks(cls, chunks: Iterable[Chunk]) -> Completion:
         token_ids: list[int] = []
         texts: list[str] = []
         watched: list[tuple[float, ...]] = []
+        logprobs: list[TokenLogprobs] = []
         last: Chunk | None = None
         for chunk in chunks:
             token_ids.extend(chunk.token_ids)
             texts.append(chunk.text)
             watched.extend(chunk.watched)
+            logprobs.extend(chunk.logprobs)
             last = chunk
         return cls(
             token_ids=tuple(token_ids),
@@ -139,6 +167,7 @@ class Completion:
             seed=last.seed if last else None,
             watched=tuple(watched),
             receipts=last.receipts if last else (),
+            logprobs=tuple(logprobs),
         )
 
 
@@ -217,6 +246,7 @@ class Limits:
     max_rules_per_request: int = 0
     max_edits_per_sae: int = 0
     kv_cache_bytes: int = 0
+    max_top_logprobs: int = 0
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ from steering.discovery.catalog import FeatureMatch
 from steering.discovery.results import FeatureActivation, FeatureContrast, InspectedToken
 from steering.edits import EditMode, FeatureEdit
 from steering.errors import InvalidRequestError
-from steering.frontend import ServedModel, TextChunk
+from steering.frontend import ServedModel, TextChunk, TokenLogprobs
 from steering.requests import (
     ChatMessage,
     ContrastRequest,
@@ -113,6 +113,7 @@ def _sampling(s: pb.SamplingParams) -> SamplingParams:
         seed=s.seed if s.HasField("seed") else None,
         ignore_eos=s.ignore_eos,
         stop=tuple(s.stop),
+        top_logprobs=s.top_logprobs if s.HasField("top_logprobs") else None,
     )
 
 
@@ -130,6 +131,7 @@ def response(chunk: TextChunk) -> pb.GenerateResponse:
         token_ids=chunk.token_ids,
         text=chunk.text,
         watched=[pb.WatchedToken(activations=values) for values in chunk.watched],
+        logprobs=[_logprobs(t) for t in chunk.logprobs],
     )
     if chunk.finish_reason is not None:
         message.finish_reason = FINISH_OF[chunk.finish_reason]
@@ -139,6 +141,13 @@ def response(chunk: TextChunk) -> pb.GenerateResponse:
         message.seed = chunk.seed
         message.receipts.extend(_receipt(r) for r in chunk.receipts)
     return message
+
+
+def _logprobs(token: TokenLogprobs) -> pb.TokenLogprobs:
+    return pb.TokenLogprobs(
+        logprob=token.logprob,
+        top=[pb.TopLogprob(token_id=t.token_id, text=t.text, logprob=t.logprob) for t in token.top],
+    )
 
 
 def _receipt(receipt: Receipt) -> pb.EditReceipt:
@@ -228,6 +237,7 @@ def limits_message(limits: Limits, kv_cache_bytes: int = 0) -> pb.Limits:
         max_contrast_texts=limits.max_contrast_texts,
         max_search_results=limits.max_search_results,
         max_rules_per_request=limits.max_rules_per_request,
+        max_top_logprobs=limits.max_top_logprobs,
     )
 
 

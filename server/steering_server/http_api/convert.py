@@ -17,7 +17,7 @@ from steering.discovery.catalog import FeatureMatch
 from steering.discovery.results import FeatureActivation, FeatureContrast, InspectedToken
 from steering.edits import EditMode, FeatureEdit
 from steering.errors import InvalidRequestError
-from steering.frontend import ServedModel
+from steering.frontend import ServedModel, TokenLogprobs
 from steering.requests import (
     ChatMessage,
     ContrastRequest,
@@ -53,6 +53,8 @@ def openai_param(field: str, *, chat: bool) -> str:
     `steering.edits[0].feature`; a rule's `apply.edits[j]` is its `apply[j]`)."""
     if field == "input":
         return "messages" if chat else "prompt"
+    if field == "sampling.top_logprobs" and not chat:
+        return "logprobs"  # the legacy completions' count of most likely tokens
     for core, body in OPENAI_FIELDS:
         if field.startswith(core):
             field = body + field[len(core) :]
@@ -79,8 +81,6 @@ def body_param(loc: Sequence[int | str]) -> str | None:
 # Each check says whether the body asks for something other than the default.
 UNSUPPORTED: dict[str, Callable[[Any], bool]] = {
     "n": lambda v: v not in (None, 1),
-    "logprobs": lambda v: v not in (None, False),
-    "top_logprobs": lambda v: v not in (None, 0),
     "echo": lambda v: bool(v),
     "best_of": lambda v: v not in (None, 1),
     "suffix": lambda v: v not in (None, ""),
@@ -153,6 +153,7 @@ def _text_request(
         seed=body.seed,
         ignore_eos=body.ignore_eos,
         stop=tuple(stop),
+        top_logprobs=top_logprobs(body, chat=chat is not None),
     )
     return TextRequest(
         prompt=prompt,
@@ -164,6 +165,28 @@ def _text_request(
         rules=tuple(_rule(r) for r in steering.rules),
         preset=steering.preset,
     )
+
+
+def top_logprobs(body: s.Sampling, *, chat: bool) -> int | None:
+    """OpenAI's log-probability fields as SamplingParams.top_logprobs (None: not asked; the
+    range is the core's to check): chat's `logprobs: true` with `top_logprobs`, the legacy
+    completions' `logprobs: N`."""
+    asked, top = body.logprobs, body.top_logprobs
+    if chat:
+        if asked is not None and not isinstance(asked, bool):
+            raise InvalidRequestError("logprobs", "must be true or false")
+        if not asked:
+            if top:
+                raise InvalidRequestError("top_logprobs", "needs logprobs: true")
+            return None
+        return top or 0
+    if top is not None:
+        raise InvalidRequestError("top_logprobs", "is chat's: completions take logprobs: N")
+    if asked is None:
+        return None
+    if isinstance(asked, bool) or not isinstance(asked, int):
+        raise InvalidRequestError("logprobs", "must be an integer (most likely tokens per token)")
+    return asked
 
 
 def _rule(rule: s.RuleBody) -> Rule:
@@ -221,6 +244,46 @@ def receipts(given: Sequence[Receipt]) -> list[s.ReceiptBody]:
         )
         for r in given
     ]
+
+
+def chat_logprobs(tokens: Sequence[TokenLogprobs]) -> s.ChatLogprobs:
+    """Generated tokens' log-probabilities in OpenAI's chat shape."""
+    return s.ChatLogprobs(
+        content=[
+            s.TokenLogprobBody(
+                token=t.text,
+                logprob=t.logprob,
+                bytes=list(t.text.encode()),
+                top_logprobs=[
+                    s.TopLogprobBody(token=e.text, logprob=e.logprob, bytes=list(e.text.encode()))
+                    for e in t.top
+                ],
+            )
+            for t in tokens
+        ]
+    )
+
+
+def completion_logprobs(tokens: Sequence[TokenLogprobs], offset: int) -> s.CompletionLogprobs:
+    """Generated tokens' log-probabilities in OpenAI's legacy completions shape; `offset`: where
+    the first token's text starts in the completion (tokens' texts are decoded alone)."""
+    offsets = []
+    for t in tokens:
+        offsets.append(offset)
+        offset += len(t.text)
+    top = []
+    for t in tokens:
+        most: dict[str, float] = {}
+        for e in t.top:  # most likely first; the likelier keeps a text two tokens share
+            most.setdefault(e.text, e.logprob)
+        most.setdefault(t.text, t.logprob)  # the chosen token always, as OpenAI sends it
+        top.append(most)
+    return s.CompletionLogprobs(
+        tokens=[t.text for t in tokens],
+        token_logprobs=[t.logprob for t in tokens],
+        top_logprobs=top,
+        text_offset=offsets,
+    )
 
 
 def edit_body(edit: FeatureEdit) -> s.EditBody:

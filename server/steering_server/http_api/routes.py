@@ -27,7 +27,7 @@ from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from steering.errors import EngineClosedError, SteeringError
-from steering.frontend import FrontEnd, TextChunk
+from steering.frontend import FrontEnd, TextChunk, TokenLogprobs
 from steering.requests import FeatureCardRequest, FinishReason, SearchBy, TextRequest
 from steering_server.http_api import convert
 from steering_server.http_api import schemas as s
@@ -324,6 +324,18 @@ class Answer:
         self.id = ("chatcmpl-" if chat else "cmpl-") + request_id
         self.created = int(time.time())
         self.steered = bool(request.edits or request.preset or request.rules or request.watch)
+        self.logprobs = request.sampling.top_logprobs is not None
+        self.text_offset = 0  # where the next token's text starts in the completion (legacy)
+
+    def _chat_logprobs(self, tokens: Sequence[TokenLogprobs]) -> s.ChatLogprobs | None:
+        return convert.chat_logprobs(tokens) if self.logprobs else None
+
+    def _completion_logprobs(self, tokens: Sequence[TokenLogprobs]) -> s.CompletionLogprobs | None:
+        if not self.logprobs:
+            return None
+        answer = convert.completion_logprobs(tokens, self.text_offset)
+        self.text_offset += sum(len(t.text) for t in tokens)
+        return answer
 
     def _watched(self, chunk: TextChunk) -> list[s.WatchedBody]:
         if not chunk.watched:
@@ -360,10 +372,12 @@ class Answer:
 
     async def whole(self, chunks: AsyncIterator[TextChunk]) -> dict[str, Any]:
         text, watched, last = [], [], None
+        scored: list[TokenLogprobs] = []
         async with aclosing(chunks):  # type: ignore[type-var]
             async for chunk in chunks:
                 text.append(chunk.text)
                 watched += self._watched(chunk)
+                scored += chunk.logprobs
                 last = chunk
         assert last is not None  # the front end ends every request with a finished chunk
         usage, steering = self._usage(last), self._steering(last, watched)
@@ -371,13 +385,20 @@ class Answer:
         answer: s.ChatCompletion | s.Completion
         if self.chat:
             message = s.ChatMessageOut(content="".join(text))
-            choice = s.ChatChoice(message=message, finish_reason=finish)
+            logprobs = self._chat_logprobs(scored)
+            choice = s.ChatChoice(message=message, finish_reason=finish, logprobs=logprobs)
             answer = s.ChatCompletion(
                 id=self.id, created=self.created, model=self.model, choices=[choice],
                 usage=usage, steering=steering,
             )  # fmt: skip
         else:
-            choices = [s.CompletionChoice(text="".join(text), finish_reason=finish)]
+            choices = [
+                s.CompletionChoice(
+                    text="".join(text),
+                    finish_reason=finish,
+                    logprobs=self._completion_logprobs(scored),
+                )
+            ]
             answer = s.Completion(
                 id=self.id, created=self.created, model=self.model, choices=choices,
                 usage=usage, steering=steering,
@@ -427,10 +448,17 @@ class Answer:
         else:
             finish, steering = self._finish(chunk), self._steering(chunk, self._watched(chunk))
             if self.chat:
-                choice = s.ChatChunkChoice(delta=s.Delta(content=chunk.text), finish_reason=finish)
+                choice = s.ChatChunkChoice(
+                    delta=s.Delta(content=chunk.text),
+                    finish_reason=finish,
+                    logprobs=self._chat_logprobs(chunk.logprobs),
+                )
                 body = s.ChatCompletionChunk(**ids, choices=[choice], steering=steering)
             else:
-                choices = [s.CompletionChoice(text=chunk.text, finish_reason=finish)]
+                logprobs = self._completion_logprobs(chunk.logprobs)
+                choices = [
+                    s.CompletionChoice(text=chunk.text, finish_reason=finish, logprobs=logprobs)
+                ]
                 body = s.Completion(**ids, choices=choices, steering=steering)
         dumped = _dump(body)
         if include_usage:

@@ -217,11 +217,41 @@ class SteeringAnswer(BaseModel):
     watched: list[WatchedBody] = Field(default_factory=list)
 
 
+class TopLogprobBody(BaseModel):
+    """One of the most likely tokens at a position (OpenAI's chat shape)."""
+
+    token: str  # decoded alone
+    logprob: float
+    bytes: list[int] | None  # the UTF-8 bytes of `token`
+
+
+class TokenLogprobBody(TopLogprobBody):
+    """A generated token with the most likely tokens at its position, most likely first."""
+
+    top_logprobs: list[TopLogprobBody]
+
+
+class ChatLogprobs(BaseModel):
+    content: list[TokenLogprobBody] | None
+    refusal: list[TokenLogprobBody] | None = None
+
+
+class CompletionLogprobs(BaseModel):
+    """OpenAI's legacy completions shape: per generated token its text, its log-probability,
+    the most likely tokens (text -> logprob, the chosen one included) and where its text starts
+    in the completion."""
+
+    tokens: list[str]
+    token_logprobs: list[float]
+    top_logprobs: list[dict[str, float]]
+    text_offset: list[int]
+
+
 class CompletionChoice(BaseModel):
     index: int = 0
     text: str
     finish_reason: Literal["stop", "length"] | None = None
-    logprobs: None = None
+    logprobs: CompletionLogprobs | None = None
 
 
 class ChatMessageOut(BaseModel):
@@ -233,7 +263,7 @@ class ChatChoice(BaseModel):
     index: int = 0
     message: ChatMessageOut
     finish_reason: Literal["stop", "length"] | None = None
-    logprobs: None = None
+    logprobs: ChatLogprobs | None = None
 
 
 class Delta(BaseModel):
@@ -245,7 +275,7 @@ class ChatChunkChoice(BaseModel):
     index: int = 0
     delta: Delta
     finish_reason: Literal["stop", "length"] | None = None
-    logprobs: None = None
+    logprobs: ChatLogprobs | None = None
 
 
 class Completion(BaseModel):

@@ -36,7 +36,9 @@ def _error(response: httpx.Response, status: int, param: str | None) -> dict[str
     ("body", "param"),
     [
         ({"n": 2}, "n"),
-        ({"logprobs": 2}, "logprobs"),
+        ({"logprobs": 21}, "logprobs"),
+        ({"logprobs": True}, "logprobs"),
+        ({"top_logprobs": 2}, "top_logprobs"),
         ({"echo": True}, "echo"),
         ({"best_of": 3}, "best_of"),
         ({"suffix": "x"}, "suffix"),

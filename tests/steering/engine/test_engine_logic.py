@@ -164,6 +164,8 @@ def test_closed_engine_rejects_new_requests() -> None:
         (_request([1], 4, top_p=1.5), "sampling.top_p"),
         (_request([1], 4, top_k=-1), "sampling.top_k"),
         (_request([1], 4, seed=2**64), "sampling.seed"),
+        (_request([1], 4, top_logprobs=21), "sampling.top_logprobs"),
+        (_request([1], 4, top_logprobs=-1), "sampling.top_logprobs"),
     ],
 )
 def test_invalid_requests_name_the_field(request_: GenerationRequest, field: str) -> None:
