@@ -15,7 +15,7 @@ class AdmittedRequest:
     request_id: str
     prompt_tokens: int
     edits: tuple[FeatureEdit, ...]
-    kind: str = "generate"  # or "inspect", "contrast" (one per text)
+    kind: str = "generate"  # or "inspect", "contrast", "score" (one per text), "sweep"
     watched: int = 0  # features watched
 
 

@@ -1,5 +1,5 @@
-"""`steering-client`: generate steered text, describe the server, and find features (inspect,
-search, contrast), from a shell.
+"""`steering-client`: generate steered text, describe the server, find features (inspect,
+search, contrast), and judge a dose (score a text, sweep a feature's strengths), from a shell.
 
 Generated text streams to stdout as it arrives; the watched features' table, the edits' receipts
 and the finish reason, usage and seed go to stderr, so stdout holds only the completion.
@@ -24,6 +24,7 @@ import grpc
 
 from steering_client.arguments import Parser, build_parser
 from steering_client.client import SteeringClient
+from steering_client.dose import format_score, format_sweep
 from steering_client.errors import SteeringClientError
 from steering_client.render import (
     COMPARED,
@@ -209,6 +210,25 @@ def _contrast(client: SteeringClient, args: argparse.Namespace) -> int:
     return 0
 
 
+def _score(client: SteeringClient, args: argparse.Namespace) -> int:
+    scored = client.score(args.prompt, args.continuation, edits=args.edit, features=args.feature)
+    print(format_score(scored, args.feature))
+    return 0
+
+
+def _sweep(client: SteeringClient, args: argparse.Namespace) -> int:
+    swept = client.sweep(
+        args.feature,
+        args.prompts,
+        mode=args.mode,
+        strengths=args.strengths,
+        max_new_tokens=args.max_new_tokens,
+        only_when_active=args.only_when_active,
+    )
+    print(format_sweep(swept))
+    return 0
+
+
 def _summary(last: Chunk | Completion, *, seed: bool = True) -> str:
     parts = [f"finish_reason={last.finish_reason}"]
     if last.usage is not None:
@@ -230,4 +250,6 @@ COMMANDS = {
     "inspect": _inspect,
     "search": _search,
     "contrast": _contrast,
+    "score": _score,
+    "sweep": _sweep,
 }

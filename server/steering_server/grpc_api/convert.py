@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from dataclasses import asdict
 
 from steering.discovery.catalog import FeatureMatch
+from steering.discovery.dose import ScoredText, SweepPoint
 from steering.discovery.results import FeatureActivation, FeatureContrast, InspectedToken
 from steering.edits import EditMode, FeatureEdit
 from steering.errors import InvalidRequestError
@@ -24,6 +25,8 @@ from steering.requests import (
     Receipt,
     Rule,
     SamplingParams,
+    ScoreRequest,
+    SweepRequest,
     TextRequest,
 )
 from steering_proto.v1 import steering_pb2 as pb
@@ -209,6 +212,8 @@ def limits_message(limits: Limits, kv_cache_bytes: int = 0) -> pb.Limits:
         max_contrast_texts=limits.max_contrast_texts,
         max_search_results=limits.max_search_results,
         max_rules_per_request=limits.max_rules_per_request,
+        max_sweep_prompts=limits.max_sweep_prompts,
+        max_sweep_strengths=limits.max_sweep_strengths,
     )
 
 
@@ -246,3 +251,58 @@ def description(served: ServedModel) -> pb.DescribeModelResponse:
             for p in served.presets
         ],
     )
+
+
+# ---- Score and Sweep ----------------------------------------------------------------------
+
+
+def score_request(request: pb.ScoreRequest, request_id: str) -> ScoreRequest:
+    return ScoreRequest(
+        request.prompt,
+        request.continuation,
+        _edits(request.edits),
+        _refs(request.features),
+        request_id,
+    )
+
+
+def score_response(scored: ScoredText) -> pb.ScoreResponse:
+    return pb.ScoreResponse(
+        tokens=[
+            pb.ScoredToken(
+                token_id=t.token_id, text=t.text, logprob=t.logprob, activations=t.activations
+            )
+            for t in scored.tokens
+        ],
+        mean_logprob=scored.mean_logprob,
+        mean_activations=scored.mean_activations,
+        prompt_tokens=scored.prompt_tokens,
+    )
+
+
+def sweep_request(request: pb.SweepRequest, request_id: str) -> SweepRequest:
+    """EDIT_MODE_UNSPECIFIED is SET (the proto's default)."""
+    mode = MODE_OF.get(request.mode, EditMode.SET)
+    return SweepRequest(
+        FeatureRef(request.feature.sae, request.feature.feature),
+        tuple(request.prompts),
+        mode,
+        tuple(request.strengths),
+        request.max_new_tokens,
+        request.only_when_active,
+        request_id,
+    )
+
+
+def sweep_point(point: SweepPoint) -> pb.SweepPoint:
+    message = pb.SweepPoint(
+        strength=point.strength,
+        value=point.value,
+        concept=point.concept,
+        logprob=point.logprob,
+        repetition=point.repetition,
+        texts=point.texts,
+    )
+    if point.recommendation is not None:
+        message.recommendation.CopyFrom(pb.SweepRecommendation(**asdict(point.recommendation)))
+    return message
