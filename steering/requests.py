@@ -13,7 +13,7 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from steering.edits import DEFAULT_MAX_ABS_VALUE, FeatureEdit, validate_edits
+from steering.edits import DEFAULT_MAX_ABS_VALUE, EditMode, FeatureEdit, validate_edits
 from steering.errors import InvalidRequestError
 
 # Below this, logits / temperature overflows float32 for ordinary logits (1e-45 turns 1.0 into
@@ -69,6 +69,9 @@ class InspectSpec:
     top_k: int = 0  # top features per position and SAE (0: none)
     features: tuple[FeatureRef, ...] = ()  # named features, in this order
     means: bool = False  # each SAE's mean activation over the steerable positions (Contrast)
+    # Score: the log-probability of every prompt token from this position on (each read at the
+    # position before it); 0: none. Between 1 and the prompt's length - 1.
+    score_from: int = 0
 
 
 @dataclass(frozen=True)
@@ -110,6 +113,36 @@ class ContrastRequest:
     b: tuple[str, ...]
     sae: str = ""  # rank this SAE's features only; empty: all together
     top_k: int = 0  # 0: DEFAULT_TOP_K
+
+
+@dataclass(frozen=True)
+class ScoreRequest:
+    """A text read as one prefill (optionally steered): `prompt` (with BOS) is the context,
+    `continuation` (its own tokens, no BOS) is scored token by token."""
+
+    prompt: str
+    continuation: str
+    edits: tuple[FeatureEdit, ...] = ()
+    features: tuple[FeatureRef, ...] = ()  # read at every continuation token, in this order
+    request_id: str = ""
+
+
+# Sweep strengths when a request gives none: multiples of the typical maximum where known.
+DEFAULT_SWEEP_STRENGTHS = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
+
+
+@dataclass(frozen=True)
+class SweepRequest:
+    """One feature's edit at several strengths on several prompts, greedy; each output then
+    scored unsteered. `strengths` empty: DEFAULT_SWEEP_STRENGTHS."""
+
+    feature: FeatureRef
+    prompts: tuple[str, ...]
+    mode: EditMode = EditMode.SET
+    strengths: tuple[float, ...] = ()
+    max_new_tokens: int = 0  # 0: Limits.default_max_new_tokens
+    only_when_active: bool = False
+    request_id: str = ""
 
 
 @dataclass(frozen=True)
@@ -175,6 +208,8 @@ class Limits:
     max_edits_per_sae: int = 64
     max_query_chars: int = 1000  # of a SearchFeatures query
     max_top_logprobs: int = 20  # most likely tokens reported per generated token
+    max_sweep_prompts: int = 8  # prompts in one Sweep
+    max_sweep_strengths: int = 12  # strengths in one Sweep
 
 
 def validate_text(
@@ -212,6 +247,12 @@ def validate_request(
     validate_rules(request.rules, request.edits, limits, d_sae_of)
     if request.inspect is not None:
         validate_inspect(request.inspect, limits, d_sae_of)
+        if not 0 <= request.inspect.score_from < n_prompt:
+            raise InvalidRequestError(
+                "continuation",
+                f"scoring from position {request.inspect.score_from} of a text of {n_prompt} "
+                "tokens: nothing to score",
+            )
 
 
 def validate_rules(
@@ -274,6 +315,47 @@ def validate_contrast(
     if request.sae:
         _check_sae(request.sae, d_sae_of, "sae")
     _check_top_k(request.top_k, limits)
+
+
+def validate_score(request: ScoreRequest, limits: Limits, d_sae_of: Mapping[str, int]) -> None:
+    """A Score's texts, edits and features; before tokenizing (token counts: the front end)."""
+    if not request.prompt.strip():
+        raise InvalidRequestError("prompt", "the prompt is empty")
+    if not request.continuation:
+        raise InvalidRequestError("continuation", "the continuation is empty: nothing to score")
+    validate_options(SamplingParams(), request.edits, limits, d_sae_of)
+    validate_refs(request.features, d_sae_of, "features", limits.max_inspect_features)
+
+
+def validate_sweep(request: SweepRequest, limits: Limits, d_sae_of: Mapping[str, int]) -> None:
+    """A Sweep's feature, mode, strengths, prompts and length; before tokenizing."""
+    _check_ref(request.feature, d_sae_of, "feature")
+    if request.mode is EditMode.ABLATE:
+        raise InvalidRequestError("mode", "ABLATE has no strength to sweep: use SET, ADD or SCALE")
+    if len(request.strengths) > limits.max_sweep_strengths:
+        raise InvalidRequestError(
+            "strengths",
+            f"{len(request.strengths)} strengths, more than the limit of "
+            f"{limits.max_sweep_strengths}",
+        )
+    for i, strength in enumerate(request.strengths):
+        if not math.isfinite(strength):
+            raise InvalidRequestError(f"strengths[{i}]", f"must be finite, got {strength}")
+        if strength in request.strengths[:i]:
+            raise InvalidRequestError(f"strengths[{i}]", f"{strength:g} is given twice")
+    if not 1 <= len(request.prompts) <= limits.max_sweep_prompts:
+        raise InvalidRequestError(
+            "prompts",
+            f"must hold 1 to {limits.max_sweep_prompts} prompts, got {len(request.prompts)}",
+        )
+    for i, prompt in enumerate(request.prompts):
+        if not prompt.strip():
+            raise InvalidRequestError(f"prompts[{i}]", "the prompt is empty")
+    if not 0 <= request.max_new_tokens <= limits.max_new_tokens:
+        raise InvalidRequestError(
+            "max_new_tokens",
+            f"must be between 0 and {limits.max_new_tokens}, got {request.max_new_tokens}",
+        )
 
 
 def _check_top_k(top_k: int, limits: Limits) -> None:

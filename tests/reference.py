@@ -89,10 +89,13 @@ def reference_forward(
     special_ids: Collection[int],
     ids: Sequence[int],
     edits: Sequence[tuple[FeatureEdit, int]],
+    *,
+    every_position: bool = False,
 ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
     """One forward without cache over `ids`, with each (edit, start) applied at the steerable
     positions from `start` on; SAEs on one layer in order. Returns, per SAE, f (T, d_sae) as it
-    encodes its input before its own edits (0 at special positions), and the next logits (V,).
+    encodes its input before its own edits (0 at special positions), and the next logits (V,)
+    (`every_position`: the logits at every position, (T, V)).
     Every SAE is encoded by hand; edits add (f' - f) * W_dec[i], the error term kept."""
     x_ids = torch.tensor([list(ids)])
     steerable = ~torch.isin(x_ids[0], torch.tensor(sorted(special_ids), dtype=torch.long))
@@ -123,8 +126,8 @@ def reference_forward(
         handles.append(model.get_decoder().layers[layer].register_forward_hook(hook))
     try:
         with torch.no_grad():
-            logits = model(input_ids=x_ids, use_cache=False).logits[0, -1]
+            logits = model(input_ids=x_ids, use_cache=False).logits[0]
     finally:
         for h in handles:
             h.remove()
-    return seen, logits
+    return seen, logits if every_position else logits[-1]

@@ -143,6 +143,8 @@ class Settings(BaseSettings):
     max_contrast_texts: int = Field(256, ge=1, description="most texts in each Contrast set")
     max_search_results: int = Field(100, ge=1, description="largest limit of a search")
     max_query_chars: int = Field(1000, ge=1, description="most characters in a search query")
+    max_sweep_prompts: int = Field(8, ge=1, description="most prompts in one Sweep")
+    max_sweep_strengths: int = Field(12, ge=1, description="most strengths in one Sweep")
     max_rules_per_request: int = Field(16, ge=0, description="most rules in a Generate")
     max_edits_per_sae: int = Field(
         64, ge=1, description="most edits a request holds on one SAE, its rules' included"
@@ -251,6 +253,8 @@ class Settings(BaseSettings):
             max_rules_per_request=self.max_rules_per_request,
             max_edits_per_sae=self.max_edits_per_sae,
             max_query_chars=self.max_query_chars,
+            max_sweep_prompts=self.max_sweep_prompts,
+            max_sweep_strengths=self.max_sweep_strengths,
         )
 
 

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import torch
 
 from steering.engine.decoder import Decoder
-from steering.engine.forward import PAD_ID, Forward, Steering, eager_attention, forward
+from steering.engine.forward import PAD_ID, Forward, Steering, eager_attention, forward_logits
 from steering.engine.slot_cache import SlotCache
 from steering.steer.plan import Plan, RowAsk
 
@@ -27,10 +27,15 @@ def prefill_chunk(
     tokens: Sequence[int],
     start: int,
     plan: Plan,
+    scored: tuple[int, Sequence[int]] | None = None,
 ) -> tuple[torch.Tensor, Forward]:
     """Feed `tokens`, a prompt's positions start..start+T-1, into `slot` (an earlier chunk
     wrote its first `start` positions), steered and read by `plan` (the row's own, one row);
-    the last position's logits (1, V) and what the forward read."""
+    the last position's logits (1, V) and what the forward read.
+
+    `scored` = (i, targets): also the log-probabilities of `targets`, the tokens that follow the
+    chunk's positions i, i+1, ... (one each), in `Forward.scored`: log_softmax in float32 of
+    only the logits needed, gathered on the device to one value per target."""
     device = steering.special_ids.device
     length = len(tokens)
     ids = torch.tensor([list(tokens)], dtype=torch.long, device=device)  # (1, T)
@@ -38,8 +43,26 @@ def prefill_chunk(
     cache.chunk(slot, start, length)
     masks = cache.chunk_masks(start, length, eager_attention(model))
     tables = steering.step_tables(plan, ids)
-    logits = forward(model, steering, tables, ids, masks, positions, cache)
-    return logits, Forward(plan, tables, [range(length)], [0])
+    keep = length - scored[0] if scored else 1
+    logits = forward_logits(model, steering, tables, ids, masks, positions, cache, keep)
+    picked = None
+    if scored:
+        targets = torch.tensor(list(scored[1]), dtype=torch.long, device=device)  # (K,)
+        picked = token_logprobs(logits[0, : len(targets)], targets)
+    done = Forward(plan, tables, [range(length)], [0], scored=picked)
+    return logits[:, -1].float(), done
+
+
+def token_logprobs(logits: torch.Tensor, targets: torch.Tensor, block: int = 128) -> torch.Tensor:
+    """log_softmax(logits (K, V)) in float32 at `targets` (K,): (K,), a block of positions at a
+    time so that a long chunk never holds a second float32 copy of all its logits."""
+    parts = [
+        torch.log_softmax(logits[i : i + block].float(), dim=-1)
+        .gather(-1, targets[i : i + block, None])
+        .squeeze(-1)
+        for i in range(0, len(targets), block)
+    ]
+    return torch.cat(parts)
 
 
 class Batch:

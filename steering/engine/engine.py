@@ -76,18 +76,35 @@ class _Prompt:
     named: list[tuple[float, ...]] = field(default_factory=list)
     top: list[dict[str, list[tuple[int, int | float]]]] = field(default_factory=list)
     sums: dict[str, torch.Tensor] = field(default_factory=dict)
+    logprobs: list[float] = field(default_factory=list)  # of the scored tokens read so far
+
+    def scored(self, start: int, size: int) -> tuple[int, tuple[int, ...]] | None:
+        """What the chunk of `size` tokens from `start` scores (as `prefill_chunk` takes it):
+        the positions p from InspectSpec.score_from - 1 on, each with the token at p + 1."""
+        spec, ids = self.row.request.inspect, self.row.request.prompt_ids
+        if spec is None or not spec.score_from:
+            return None
+        first, end = max(start, spec.score_from - 1), min(start + size, len(ids) - 1)
+        if first >= end:
+            return None
+        return first - start, ids[first + 1 : end + 1]
 
     def read(self, result: RowResult | None) -> RowResult | None:
         """Add a chunk's readings: those of the prompt so far, with the chunk's own watched
         values and fired rules."""
         if result is None:
-            return None
+            return RowResult((), logprobs=tuple(self.logprobs)) if self.logprobs else None
         self.named += result.named
         self.top += result.top
         for sae, sums in result.sums.items():
             self.sums[sae] = self.sums[sae] + sums if sae in self.sums else sums
         return RowResult(
-            result.watched, result.fired, tuple(self.named), tuple(self.top), dict(self.sums)
+            result.watched,
+            result.fired,
+            tuple(self.named),
+            tuple(self.top),
+            dict(self.sums),
+            tuple(self.logprobs),
         )
 
 
@@ -204,15 +221,16 @@ class Engine:
     ) -> RequestHandle:
         """Queue a request; raises InvalidRequestError, QueueFullError or EngineClosedError.
 
-        `reserved`: a text of a discovery call (prefill only) that `reserve` counted already;
-        it does not count again, and waits its turn for the discovery rows' share."""
+        `reserved`: a text of a discovery call (a prefill-only read, or one of a Sweep's
+        generations) that `reserve` counted already; it does not count again, and waits its
+        turn for the discovery rows' share."""
         limits = self.limits
         validate_request(request, limits, self.d_sae_of)
         self._check_token_ids(request.prompt_ids)
         wanted = request.sampling.max_new_tokens or limits.default_max_new_tokens
         budget = min(wanted, self.slot_context - len(request.prompt_ids))
         row = Row(next(self._keys), request, OutputChannel(notify), budget, time.monotonic())
-        row.reserved = reserved and request.inspect is not None
+        row.reserved = reserved
         with self._cond:
             if self._closed:
                 raise EngineClosedError("the server is shutting down and takes no new requests")
@@ -223,9 +241,9 @@ class Engine:
         return RequestHandle(row.key, row.channel)
 
     def reserve(self) -> None:
-        """Count one discovery call (an Inspect, or a Contrast of any number of texts) as one
-        request in flight until `release`; raises QueueFullError at capacity, or
-        EngineClosedError. Its texts are then added with `reserved=True`."""
+        """Count one discovery call (an Inspect or a Score, or a Contrast or a Sweep of any
+        number of texts) as one request in flight until `release`; raises QueueFullError at
+        capacity, or EngineClosedError. Its texts are then added with `reserved=True`."""
         with self._cond:
             if self._closed:
                 raise EngineClosedError("the server is shutting down and takes no new requests")
@@ -536,6 +554,7 @@ class Engine:
                 ids[start : start + size],
                 start,
                 prompt.plan,
+                prompt.scored(start, size),
             )
         except Exception:
             log.exception("prefill failed for a request of %d prompt tokens", len(ids))
@@ -585,11 +604,15 @@ class Engine:
             if asked:
                 queue_logprobs(readback, logits, chosen, asked, max(tops))
         done.queue(readback)
+        if done.scored is not None:
+            readback.add("scored", done.scored)
         readback.fetch()
         tokens, finite = (readback.get(n)[0] if n in readback else [] for n in ("chosen", "finite"))
         logprobs: dict[int, Logprobs] = {}
         if asked and logits is not None:
             logprobs = dict(zip(asked, read_logprobs(readback, tops), strict=True))
+        if prompt is not None and "scored" in readback:
+            prompt.logprobs += readback.get("scored")[0]
         results = done.results(readback)
         now, emitted = time.monotonic(), 0
         for b, row in enumerate(rows):

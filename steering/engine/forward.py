@@ -40,6 +40,9 @@ class Forward:
     tables: StepTables | None  # None: nothing was steered or read
     positions: list[range]  # per row of the batch
     at: list[int]  # per row of the batch, its row in the forward (its slot in a decode)
+    # A prefill chunk that scores: the log-probabilities (K,) of the tokens that follow its
+    # scored positions, float32 on the device (see `prefill_chunk`); None: nothing scored.
+    scored: torch.Tensor | None = None
 
     def queue(self, readback: Readback) -> None:
         """Set the latch of the rules that fired in a decode (on the device: they take effect
@@ -127,6 +130,21 @@ def forward(
     cache: SlotCache,
 ) -> torch.Tensor:
     """One forward with steering; the last position's logits (B, V) in float32."""
+    return forward_logits(model, steering, tables, ids, masks, positions, cache, 1)[:, -1].float()
+
+
+def forward_logits(
+    model: torch.nn.Module,
+    steering: Steering,
+    tables: StepTables | None,
+    ids: torch.Tensor,  # (B, T)
+    masks: dict[str, torch.Tensor],  # per layer type, (B, 1, T, L)
+    positions: torch.Tensor,  # (B, T)
+    cache: SlotCache,
+    keep: int,
+) -> torch.Tensor:
+    """One forward with steering; the logits of the last `keep` positions (B, keep, V) in the
+    model's dtype (after the model's own final softcap, where it has one)."""
     with (
         torch.inference_mode(),
         steering.hooks.step(tables) if tables is not None else nullcontext(),
@@ -137,9 +155,9 @@ def forward(
             position_ids=positions,
             cache=cache,
             use_cache=True,
-            logits_to_keep=1,
+            logits_to_keep=keep,
         )
-    logits: torch.Tensor = out.logits[:, -1].float()
+    logits: torch.Tensor = out.logits
     return logits
 
 

@@ -15,7 +15,7 @@ class AdmittedRequest:
     request_id: str
     prompt_tokens: int
     edits: tuple[FeatureEdit, ...]
-    kind: str = "generate"  # or "inspect", "contrast" (one per text), "search"
+    kind: str = "generate"  # or "inspect", "contrast" (one per text), "search", "score", "sweep"
     watched: int = 0  # features watched
 
 

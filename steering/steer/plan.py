@@ -50,6 +50,8 @@ class RowResult:
     named: tuple[tuple[float, ...], ...] = ()  # inspect: per position, the named features
     top: tuple[dict[str, list[tuple[int, float]]], ...] = ()  # inspect: per position, per SAE
     sums: dict[str, torch.Tensor] = field(default_factory=dict)  # SAE -> (d_sae,) on the host
+    # score: the log-probability of each scored prompt token (InspectSpec.score_from on)
+    logprobs: tuple[float, ...] = ()
 
 
 @dataclass(frozen=True, eq=False)

@@ -17,6 +17,7 @@ from steering_client.discovery import (
     InspectedToken,
     TokenWeight,
 )
+from steering_client.dose import Score, ScoredToken, Sweep, SweepPoint, SweepRecommendation
 from steering_client.edits import Edit, FeatureRef, parse_edit, parse_feature_ref
 from steering_client.errors import SteeringClientError
 from steering_client.responses import (
@@ -56,8 +57,13 @@ __all__ = [
     "Preset",
     "Rule",
     "SaeInfo",
+    "Score",
+    "ScoredToken",
     "SteeringClient",
     "SteeringClientError",
+    "Sweep",
+    "SweepPoint",
+    "SweepRecommendation",
     "TokenLogprob",
     "TokenLogprobs",
     "TokenWeight",

@@ -176,7 +176,90 @@ def build_parser(run: Mapping[str, Runner]) -> argparse.ArgumentParser:
         "print a feature's card: label, typical maximum, contexts, promoted and suppressed tokens",
     )
     _add_feature_options(feature)
+    score = _add_command(
+        commands,
+        "score",
+        run["score"],
+        "print each continuation token's log-probability and the features' activations",
+    )
+    _add_score_options(score)
+    sweep = _add_command(
+        commands,
+        "sweep",
+        run["sweep"],
+        "generate at several strengths of one feature's edit, score them, recommend one",
+    )
+    _add_sweep_options(sweep)
     return parser
+
+
+def _add_score_options(score: argparse.ArgumentParser) -> None:
+    score.add_argument("prompt", metavar="PROMPT", help="the context (tokenized with BOS)")
+    score.add_argument(
+        "continuation", metavar="CONTINUATION", help="the text scored, appended to the prompt"
+    )
+    score.add_argument(
+        "--feature",
+        type=_feature_ref,
+        action="append",
+        default=[],
+        metavar=REF_GRAMMAR,
+        help="report this feature's activation at every continuation token (repeatable)",
+    )
+    score.add_argument(
+        "--edit",
+        type=_edits,
+        action="extend",
+        default=[],
+        metavar=GRAMMAR,
+        help="steer while reading (repeatable; comma-separated lists too)",
+    )
+
+
+def _add_sweep_options(sweep: argparse.ArgumentParser) -> None:
+    sweep.add_argument("feature", type=_feature_ref, metavar=REF_GRAMMAR, help="the feature")
+    sweep.add_argument(
+        "--prompts",
+        nargs="+",
+        required=True,
+        metavar="PROMPT",
+        help="the prompts (1 to the server's max_sweep_prompts, 8 by default)",
+    )
+    sweep.add_argument(
+        "--strengths",
+        type=_strengths,
+        default=[],
+        metavar="S,S,...",
+        help="comma-separated strengths, multiples of the feature's typical maximum where it has "
+        "one (default: 0,0.25,0.5,1,2,4,8; 0, the unsteered baseline, is always measured)",
+    )
+    sweep.add_argument(
+        "--mode", choices=("set", "add", "scale"), default="set", help="the edit's mode (set)"
+    )
+    sweep.add_argument(
+        "--max-new-tokens",
+        type=_integer("--max-new-tokens", _uint32_rule),
+        default=0,
+        metavar="N",
+        help="tokens per generation, greedy (0: the server default)",
+    )
+    sweep.add_argument(
+        "--only-when-active",
+        action="store_true",
+        help="apply the edit only where the feature fires",
+    )
+
+
+def _strengths(text: str) -> list[float]:
+    try:
+        values = [float(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected numbers joined by commas, got {text!r}"
+        ) from None
+    if not all(math.isfinite(v) for v in values):
+        raise argparse.ArgumentTypeError(f"strengths must be finite, got {text!r}")
+    return values
 
 
 def _add_command(

@@ -20,6 +20,7 @@ from steering_client.discovery import (
     feature_matches,
     inspected_tokens,
 )
+from steering_client.dose import Score
 from steering_client.request import (
     ChatMessage,
     EditLike,
@@ -30,6 +31,7 @@ from steering_client.request import (
     build_feature_card_request,
     build_generate_request,
     build_inspect_request,
+    build_score_request,
     build_search_request,
     comparison_seed,
     sampling_params,
@@ -180,3 +182,32 @@ def describe_feature(
 ) -> Unary[FeatureCard]:
     request = build_feature_card_request(feature, top_tokens=top_tokens)
     return Unary("DescribeFeature", request, FeatureCard.from_proto, timeout)
+
+
+class ScoreOptions(TypedDict, total=False):
+    """`score`'s keyword arguments: `edits` to steer while reading (none: the unsteered model),
+    `features` whose activations are reported at every continuation token."""
+
+    edits: Iterable[EditLike]
+    features: Iterable[FeatureLike]
+    timeout: float | None
+
+
+class SweepOptions(TypedDict, total=False):
+    """`sweep`'s keyword arguments: `mode` ("set", "add" or "scale"), `strengths` (empty: 0,
+    0.25, 0.5, 1, 2, 4, 8; multiples of the typical maximum where the feature has one),
+    `max_new_tokens` (0: the server's default), `only_when_active`."""
+
+    mode: str
+    strengths: Iterable[float]
+    max_new_tokens: int
+    only_when_active: bool
+    timeout: float | None
+
+
+def score(prompt: str, continuation: str, **options: Unpack[ScoreOptions]) -> Unary[Score]:
+    checked(options, ScoreOptions)
+    request = build_score_request(
+        prompt, continuation, options.get("edits", ()), options.get("features", ())
+    )
+    return Unary("Score", request, Score.from_proto, options.get("timeout"))

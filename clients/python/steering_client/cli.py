@@ -1,5 +1,6 @@
-"""`steering-client`: generate steered text, describe the server, and find features (inspect,
-search, contrast, feature cards), from a shell.
+"""`steering-client`: generate steered text, describe the server, find features (inspect,
+search, contrast, feature cards), and judge a dose (score a text, sweep a feature's strengths),
+from a shell.
 
 Generated text streams to stdout as it arrives; the watched features' table (with a note when a
 watched feature is also edited: its value is read before that edit), the edits' receipts and the
@@ -25,6 +26,7 @@ import grpc
 
 from steering_client.arguments import Parser, build_parser
 from steering_client.client import SteeringClient
+from steering_client.dose import format_score, format_sweep
 from steering_client.edits import Edit
 from steering_client.errors import SteeringClientError
 from steering_client.render import (
@@ -235,6 +237,25 @@ def _feature(client: SteeringClient, args: argparse.Namespace) -> int:
     return 0
 
 
+def _score(client: SteeringClient, args: argparse.Namespace) -> int:
+    scored = client.score(args.prompt, args.continuation, edits=args.edit, features=args.feature)
+    print(format_score(scored, args.feature))
+    return 0
+
+
+def _sweep(client: SteeringClient, args: argparse.Namespace) -> int:
+    swept = client.sweep(
+        args.feature,
+        args.prompts,
+        mode=args.mode,
+        strengths=args.strengths,
+        max_new_tokens=args.max_new_tokens,
+        only_when_active=args.only_when_active,
+    )
+    print(format_sweep(swept))
+    return 0
+
+
 def _summary(last: Chunk | Completion, *, seed: bool = True) -> str:
     parts = [f"finish_reason={last.finish_reason}"]
     if last.usage is not None:
@@ -257,4 +278,6 @@ COMMANDS = {
     "search": _search,
     "contrast": _contrast,
     "feature": _feature,
+    "score": _score,
+    "sweep": _sweep,
 }

@@ -21,10 +21,19 @@ import grpc.aio
 from typing_extensions import Unpack
 
 from steering_client import calls
-from steering_client.calls import Answer, ContrastOptions, GenerateOptions, InspectOptions, Unary
+from steering_client.calls import (
+    Answer,
+    ContrastOptions,
+    GenerateOptions,
+    InspectOptions,
+    ScoreOptions,
+    SweepOptions,
+    Unary,
+)
 from steering_client.discovery import Contrast, FeatureCard, FeatureMatch, InspectedToken
+from steering_client.dose import Score, Sweep
 from steering_client.errors import SteeringClientError
-from steering_client.request import FeatureLike, auth_metadata
+from steering_client.request import FeatureLike, auth_metadata, build_sweep_request
 from steering_client.responses import Chunk, Comparison, Completion, ModelDescription
 from steering_proto.v1 import steering_pb2 as pb
 from steering_proto.v1 import steering_pb2_grpc as pb_grpc
@@ -188,6 +197,27 @@ class SteeringClient(_Client):
         `SAE:FEATURE` text."""
         return self._unary(calls.describe_feature(feature, top_tokens, timeout))
 
+    def score(self, prompt: str, continuation: str, **options: Unpack[ScoreOptions]) -> Score:
+        """Read `prompt` (with BOS) and `continuation` (its own tokens) as one text: per
+        continuation token its log-probability and the `features`' activations (`edits` steer
+        the reading; none: the unsteered model)."""
+        return self._unary(calls.score(prompt, continuation, **options))
+
+    def sweep(
+        self, feature: FeatureLike | str, prompts: Iterable[str], **options: Unpack[SweepOptions]
+    ) -> Sweep:
+        """Generate greedily from every prompt at every strength of `feature`'s edit (one
+        batch), score the outputs unsteered, and recommend a strength (see `SweepOptions`)."""
+        calls.checked(options, SweepOptions)
+        request = build_sweep_request(feature, prompts, **_sweep_args(options))
+        stream = self._stub.Sweep(
+            request, timeout=self._deadline(options.get("timeout")), metadata=self._metadata
+        )
+        try:
+            return Sweep.from_protos(list(stream))
+        except grpc.RpcError as error:
+            raise SteeringClientError.from_rpc_error(error) from error
+
     def close(self) -> None:
         self._channel.close()
 
@@ -313,6 +343,25 @@ class AsyncSteeringClient(_Client):
         """One feature's card (see `SteeringClient.describe_feature`)."""
         return await self._unary(calls.describe_feature(feature, top_tokens, timeout))
 
+    async def score(self, prompt: str, continuation: str, **options: Unpack[ScoreOptions]) -> Score:
+        """Per continuation token its log-probability and activations (see
+        `SteeringClient.score`)."""
+        return await self._unary(calls.score(prompt, continuation, **options))
+
+    async def sweep(
+        self, feature: FeatureLike | str, prompts: Iterable[str], **options: Unpack[SweepOptions]
+    ) -> Sweep:
+        """One feature's edit over strengths and prompts (see `SteeringClient.sweep`)."""
+        calls.checked(options, SweepOptions)
+        request = build_sweep_request(feature, prompts, **_sweep_args(options))
+        stream = self._stub.Sweep(
+            request, timeout=self._deadline(options.get("timeout")), metadata=self._metadata
+        )
+        try:
+            return Sweep.from_protos([point async for point in stream])
+        except grpc.RpcError as error:
+            raise SteeringClientError.from_rpc_error(error) from error
+
     async def close(self) -> None:
         await self._channel.close()
 
@@ -349,3 +398,8 @@ class AsyncSteeringClient(_Client):
     async def _complete(self, request: pb.GenerateRequest, timeout: float | None) -> Completion:
         """The whole completion of one generation (a run of `compare`)."""
         return Completion.from_chunks([chunk async for chunk in self._stream(request, timeout)])
+
+
+def _sweep_args(options: SweepOptions) -> dict[str, Any]:
+    """`build_sweep_request`'s keyword arguments of a sweep's options (the timeout aside)."""
+    return {k: v for k, v in options.items() if k != "timeout"}

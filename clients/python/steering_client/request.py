@@ -13,7 +13,7 @@ from collections.abc import Iterable, Mapping, Sequence
 
 from google.protobuf.message import Message
 
-from steering_client.edits import Edit, FeatureRef, parse_feature_ref
+from steering_client.edits import MODE_TO_PROTO, Edit, FeatureRef, parse_feature_ref
 from steering_client.rules import Rule, rules_to_proto
 from steering_proto.v1 import steering_pb2 as pb
 
@@ -183,6 +183,40 @@ def _set_input(
     elif chat is not None:
         request.chat.SetInParent()  # selects `chat` in the oneof even for an empty list
         request.chat.messages.extend(_chat_message(m) for m in chat)
+
+
+def build_score_request(
+    prompt: str, continuation: str, edits: Iterable[EditLike], features: Iterable[FeatureLike]
+) -> pb.ScoreRequest:
+    request = pb.ScoreRequest(prompt=prompt, continuation=continuation)
+    request.edits.extend(_edits(edits))
+    request.features.extend(_feature_refs("features", features))
+    return request
+
+
+def build_sweep_request(
+    feature: FeatureLike | str,
+    prompts: Iterable[str],
+    *,
+    mode: str = "set",
+    strengths: Iterable[float] = (),
+    max_new_tokens: int = 0,
+    only_when_active: bool = False,
+) -> pb.SweepRequest:
+    if isinstance(feature, str):
+        feature = parse_feature_ref(feature)
+    if mode not in MODE_TO_PROTO or mode == "ablate":
+        raise ValueError(f"mode: expected set, add or scale, got {mode!r}")
+    if max_new_tokens < 0:
+        raise ValueError(f"max_new_tokens: must not be negative, got {max_new_tokens}")
+    return pb.SweepRequest(
+        feature=_feature_ref("feature", feature),
+        mode=MODE_TO_PROTO[mode],
+        strengths=list(strengths),
+        prompts=_strings("prompts", prompts),
+        max_new_tokens=max_new_tokens,
+        only_when_active=only_when_active,
+    )
 
 
 def _set_scalars(msg: Message, values: Mapping[str, object], *, prefix: str = "") -> None:

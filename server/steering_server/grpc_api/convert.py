@@ -11,6 +11,7 @@ from dataclasses import asdict
 
 from steering.discovery.cards import FeatureCard
 from steering.discovery.catalog import FeatureMatch
+from steering.discovery.dose import ScoredText, SweepPoint
 from steering.discovery.results import FeatureActivation, FeatureContrast, InspectedToken
 from steering.edits import EditMode, FeatureEdit
 from steering.errors import InvalidRequestError
@@ -26,7 +27,9 @@ from steering.requests import (
     Receipt,
     Rule,
     SamplingParams,
+    ScoreRequest,
     SearchBy,
+    SweepRequest,
     TextRequest,
 )
 from steering_proto.v1 import steering_pb2 as pb
@@ -238,6 +241,8 @@ def limits_message(limits: Limits, kv_cache_bytes: int = 0) -> pb.Limits:
         max_search_results=limits.max_search_results,
         max_rules_per_request=limits.max_rules_per_request,
         max_top_logprobs=limits.max_top_logprobs,
+        max_sweep_prompts=limits.max_sweep_prompts,
+        max_sweep_strengths=limits.max_sweep_strengths,
     )
 
 
@@ -294,3 +299,58 @@ def feature_card(card: FeatureCard) -> pb.FeatureCard:
         promoted=[pb.TokenWeight(**asdict(t)) for t in card.promoted],
         suppressed=[pb.TokenWeight(**asdict(t)) for t in card.suppressed],
     )
+
+
+# ---- Score and Sweep ----------------------------------------------------------------------
+
+
+def score_request(request: pb.ScoreRequest, request_id: str) -> ScoreRequest:
+    return ScoreRequest(
+        request.prompt,
+        request.continuation,
+        _edits(request.edits),
+        _refs(request.features),
+        request_id,
+    )
+
+
+def score_response(scored: ScoredText) -> pb.ScoreResponse:
+    return pb.ScoreResponse(
+        tokens=[
+            pb.ScoredToken(
+                token_id=t.token_id, text=t.text, logprob=t.logprob, activations=t.activations
+            )
+            for t in scored.tokens
+        ],
+        mean_logprob=scored.mean_logprob,
+        mean_activations=scored.mean_activations,
+        prompt_tokens=scored.prompt_tokens,
+    )
+
+
+def sweep_request(request: pb.SweepRequest, request_id: str) -> SweepRequest:
+    """EDIT_MODE_UNSPECIFIED is SET (the proto's default)."""
+    mode = MODE_OF.get(request.mode, EditMode.SET)
+    return SweepRequest(
+        FeatureRef(request.feature.sae, request.feature.feature),
+        tuple(request.prompts),
+        mode,
+        tuple(request.strengths),
+        request.max_new_tokens,
+        request.only_when_active,
+        request_id,
+    )
+
+
+def sweep_point(point: SweepPoint) -> pb.SweepPoint:
+    message = pb.SweepPoint(
+        strength=point.strength,
+        value=point.value,
+        concept=point.concept,
+        logprob=point.logprob,
+        repetition=point.repetition,
+        texts=point.texts,
+    )
+    if point.recommendation is not None:
+        message.recommendation.CopyFrom(pb.SweepRecommendation(**asdict(point.recommendation)))
+    return message

@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 from grpc import aio
 
 from steering.errors import EngineClosedError, SteeringError
-from steering.frontend import FrontEnd, TextChunk
+from steering.frontend import FrontEnd, TextChunk, score, sweep
 from steering_proto.v1 import steering_pb2 as pb
 from steering_proto.v1 import steering_pb2_grpc as pb_grpc
 from steering_server.grpc_api import convert
@@ -137,6 +137,26 @@ class SteeringServicer(pb_grpc.SteeringServiceServicer):
             return convert.feature_card(card), 0
 
         return await self._unary("DescribeFeature", context, call)
+
+    async def Score(self, request: pb.ScoreRequest, context: Context) -> pb.ScoreResponse:
+        async def call(request_id: str) -> tuple[pb.ScoreResponse, int]:
+            scored = await score(self._loaded(), convert.score_request(request, request_id))
+            return convert.score_response(scored), scored.prompt_tokens + len(scored.tokens)
+
+        return await self._unary("Score", context, call)
+
+    async def Sweep(
+        self, request: pb.SweepRequest, context: Context
+    ) -> AsyncIterator[pb.SweepPoint]:
+        """Every strength runs together, so the points are all ready at once; streamed in the
+        request's order (strength 0 first when the request lacks it)."""
+
+        async def call(request_id: str) -> tuple[list[pb.SweepPoint], int]:
+            points = await sweep(self._loaded(), convert.sweep_request(request, request_id))
+            return [convert.sweep_point(p) for p in points], 0
+
+        for point in await self._unary("Sweep", context, call):
+            yield point
 
     async def _unary(
         self,

@@ -14,6 +14,7 @@ from typing import Any
 
 from steering.discovery.cards import FeatureCard
 from steering.discovery.catalog import FeatureMatch
+from steering.discovery.dose import ScoredText, SweepPoint
 from steering.discovery.results import FeatureActivation, FeatureContrast, InspectedToken
 from steering.edits import EditMode, FeatureEdit
 from steering.errors import InvalidRequestError
@@ -27,6 +28,8 @@ from steering.requests import (
     Receipt,
     Rule,
     SamplingParams,
+    ScoreRequest,
+    SweepRequest,
     TextRequest,
 )
 from steering_server.http_api import schemas as s
@@ -218,6 +221,24 @@ def inspect_request(body: s.InspectBody, request_id: str) -> InspectRequest:
     return InspectRequest(text, tuple(body.saes), body.top_k, refs(body.features), body.no_top)
 
 
+def score_request(body: s.ScoreBody, request_id: str) -> ScoreRequest:
+    return ScoreRequest(
+        body.prompt, body.continuation, edits(body.edits), refs(body.features), request_id
+    )
+
+
+def sweep_request(body: s.SweepBody, request_id: str) -> SweepRequest:
+    return SweepRequest(
+        _ref(body.feature),
+        tuple(body.prompts),
+        EditMode(body.mode),
+        tuple(body.strengths),
+        body.max_new_tokens,
+        body.only_when_active,
+        request_id,
+    )
+
+
 def contrast_request(body: s.ContrastBody) -> ContrastRequest:
     return ContrastRequest(tuple(body.a), tuple(body.b), body.sae, body.top_k)
 
@@ -371,4 +392,26 @@ def describe_answer(served: ServedModel) -> s.DescribeAnswer:
             )
             for p in served.presets
         ],
+    )
+
+
+def score_answer(scored: ScoredText) -> s.ScoreAnswer:
+    return s.ScoreAnswer(
+        tokens=[s.ScoredTokenBody(**asdict(t)) for t in scored.tokens],
+        mean_logprob=scored.mean_logprob,
+        mean_activations=list(scored.mean_activations),
+        prompt_tokens=scored.prompt_tokens,
+    )
+
+
+def sweep_answer(points: Sequence[SweepPoint]) -> s.SweepAnswer:
+    """The points in order; the recommendation (the last point's) beside them."""
+    recommendation = points[-1].recommendation
+    assert recommendation is not None
+    return s.SweepAnswer(
+        points=[
+            s.SweepPointBody(**{k: v for k, v in asdict(p).items() if k != "recommendation"})
+            for p in points
+        ],
+        recommendation=s.SweepRecommendationBody(**asdict(recommendation)),
     )

@@ -27,7 +27,7 @@ from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from steering.errors import EngineClosedError, SteeringError
-from steering.frontend import FrontEnd, TextChunk, TokenLogprobs
+from steering.frontend import FrontEnd, TextChunk, TokenLogprobs, score, sweep
 from steering.requests import FeatureCardRequest, FinishReason, SearchBy, TextRequest
 from steering_server.http_api import convert
 from steering_server.http_api import schemas as s
@@ -96,6 +96,7 @@ def build_app(state: EdgeState) -> FastAPI:
     _openai_routes(app, state)
     _steering_routes(app, state)
     add_page_routes(app)
+    _dose_routes(app, state)
     state.routes = app.router.routes
     app.add_middleware(EdgeMiddleware, state=state)
     return app
@@ -229,6 +230,29 @@ def _steering_routes(app: FastAPI, state: EdgeState) -> None:
             return convert.feature_card_answer(card), 0
 
         return await _discovery(state, request, "DescribeFeature", work)
+
+
+def _dose_routes(app: FastAPI, state: EdgeState) -> None:
+    @app.post("/v1/steering/score", response_model=s.ScoreAnswer, responses=ERRORS)
+    async def score_route(body: s.ScoreBody, request: Request) -> s.ScoreAnswer:
+        """Per continuation token, its log-probability and the named features (Score)."""
+
+        async def work(request_id: str) -> tuple[s.ScoreAnswer, int]:
+            scored = await score(state.loaded(), convert.score_request(body, request_id))
+            return convert.score_answer(scored), scored.prompt_tokens + len(scored.tokens)
+
+        return await _discovery(state, request, "Score", work)
+
+    @app.post("/v1/steering/sweep", response_model=s.SweepAnswer, responses=ERRORS)
+    async def sweep_route(body: s.SweepBody, request: Request) -> s.SweepAnswer:
+        """One feature's edit at several strengths on several prompts, each output scored
+        unsteered, and the recommended strength (Sweep)."""
+
+        async def work(request_id: str) -> tuple[s.SweepAnswer, int]:
+            points = await sweep(state.loaded(), convert.sweep_request(body, request_id))
+            return convert.sweep_answer(points), 0
+
+        return await _discovery(state, request, "Sweep", work)
 
 
 async def _discovery(

@@ -430,6 +430,57 @@ class ContrastAnswer(BaseModel):
     toward_b: list[FeatureContrastBody]
 
 
+class ScoreBody(Strict):
+    prompt: str
+    continuation: str
+    edits: list[Edit] = Field(default_factory=list)
+    features: list[Ref] = Field(default_factory=list)
+
+
+class ScoredTokenBody(BaseModel):
+    token_id: int
+    text: str
+    logprob: float
+    activations: list[float]
+
+
+class ScoreAnswer(BaseModel):
+    tokens: list[ScoredTokenBody]
+    mean_logprob: float
+    mean_activations: list[float]
+    prompt_tokens: int
+
+
+class SweepBody(Strict):
+    feature: Ref
+    prompts: list[str]
+    mode: Literal["set", "add", "scale"] = "set"
+    strengths: list[float] = Field(default_factory=list)  # empty: 0, 0.25, 0.5, 1, 2, 4, 8
+    max_new_tokens: int = 0
+    only_when_active: bool = False
+
+
+class SweepRecommendationBody(BaseModel):
+    found: bool
+    strength: float
+    value: float
+    reason: str
+
+
+class SweepPointBody(BaseModel):
+    strength: float
+    value: float
+    concept: float
+    logprob: float
+    repetition: float
+    texts: list[str]
+
+
+class SweepAnswer(BaseModel):
+    points: list[SweepPointBody]
+    recommendation: SweepRecommendationBody
+
+
 class ModelInfoBody(BaseModel):
     name: str
     num_layers: int

@@ -30,7 +30,9 @@ class FrontEnd:
     async def generate(self, request: Any) -> AsyncIterator[TextChunk]:
         yield TextChunk((5,), "a", FinishReason.LENGTH, 2, 1)
 
-    async def search(self, query: str, *, sae: str = "", limit: int = 0) -> list[Any]:
+    async def search(
+        self, query: str, *, sae: str = "", limit: int = 0, by: Any = None
+    ) -> list[Any]:
         return []
 
 
