@@ -1,6 +1,7 @@
 """`make screenshots`: start `steering-server --demo`, walk the playground as a newcomer would
-(search "sea", add the sea feature, generate both columns, inspect a sentence, contrast two sets)
-in the same headless Chromium as the browser tests, and write the PNGs to docs/ (or argv[1])."""
+(search "sea", add the sea feature, generate both columns, sweep its strength, inspect a
+sentence, contrast two sets) in the same headless Chromium as the browser tests, and write the
+PNGs to docs/ (or argv[1])."""
 
 from __future__ import annotations
 
@@ -72,8 +73,28 @@ def shoot(driver: Any, url: str, out: Path) -> None:
     by_id(driver, "prompt-input").send_keys(PROMPT)
     by_id(driver, "generate-button").click()
     until(driver, lambda: driver.find_elements(By.CSS_SELECTOR, '[data-testid="receipt"]'))
+    until(driver, lambda: all(
+        b.get_attribute("data-logprob") for b in driver.find_elements(
+            By.CSS_SELECTOR, '[data-testid="concept-presence"]')))  # fmt: skip
     driver.execute_script("window.scrollTo(0, 0)")
     driver.save_screenshot(str(out / "playground-steered.png"))
+
+    # How strong? The sweep over the prompt and the three neutral prompts the page offers, at
+    # the default strengths, with the page's max tokens.
+    by_id(driver, "sweep-button").click()
+    until(driver, lambda: driver.find_elements(By.CSS_SELECTOR, '[data-testid="sweep-chart"]'), 900)
+    section = driver.find_element(By.CSS_SELECTOR, 'section[aria-labelledby="h-sweep"]')
+    snap(driver, section, out / "playground-sweep.png")
+    rec = by_id(driver, "sweep-recommendation")
+    print("sweep:", rec.text)
+    for point in driver.find_elements(By.CSS_SELECTOR, '[data-testid="sweep-point"]'):
+        print(
+            {
+                k: point.get_attribute(f"data-{k}")
+                for k in ("strength", "value", "concept", "logprob", "repetition")
+            }
+        )
+    print(by_id(driver, "sweep-texts").text)
 
     by_id(driver, "inspect-input").send_keys(SENTENCE)
     driver.find_element(By.ID, "inspect-feature").send_keys("demo:632")
@@ -106,7 +127,7 @@ def main() -> None:
             driver.quit()
             proc.send_signal(signal.SIGTERM)
             proc.wait(60)
-    print(f"screenshots in {out}/: playground-steered.png, -inspect.png, -contrast.png")
+    print(f"screenshots in {out}/: playground-steered.png, -sweep.png, -inspect.png, -contrast.png")
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ import pytest
 from selenium.common.exceptions import StaleElementReferenceException as StaleElement
 from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
-from selenium.webdriver.support.ui import WebDriverWait
+from selenium.webdriver.support.ui import Select, WebDriverWait
 
 from steering_client.arguments import build_parser
 from steering_client.cli import COMMANDS
@@ -276,3 +276,157 @@ def test_errors_name_the_field(page: Page) -> None:
     page.wait(lambda: page.error())
     assert "steering.edits[0].feature" in page.error()
     assert "99999" in page.error()
+
+
+# ---- dose: search by meaning, feature cards, Sweep, concept presence -----------------------
+
+
+def get(srv: ServerThread, path: str) -> dict[str, Any]:
+    with urllib.request.urlopen(origin(srv) + path, timeout=60) as answer:
+        return dict(json.loads(answer.read()))
+
+
+def test_search_by_meaning_marks_how_each_was_found(page: Page, page_server: ServerThread) -> None:
+    page.open()
+    Select(page.one("search-by")).select_by_value("activation")
+    page.type("search-input", "waves on the ocean" + Keys.ENTER)
+    page.wait(lambda: page.all("search-result"))
+    hits = page.all("search-result")
+    answer = api(
+        page_server,
+        "/v1/steering/search",
+        {"query": "waves on the ocean", "limit": 12, "by": "activation"},
+    )
+    assert [h.find_element(By.TAG_NAME, "code").text for h in hits] == [
+        f"{m['sae']}:{m['feature']}" for m in answer["matches"]
+    ]
+    assert {h.get_attribute("data-found-by") for h in hits} == {"activation"}
+    assert {page.all("found-by", h)[0].text for h in hits} == {"meaning"}
+
+    Select(page.one("search-by")).select_by_value("both")
+    page.type("search-input", "sea" + Keys.ENTER)
+    page.wait(lambda: page.all("search-result")[0].get_attribute("data-found-by") == "labels")
+    found = [h.get_attribute("data-found-by") for h in page.all("search-result")]
+    both = api(page_server, "/v1/steering/search", {"query": "sea", "limit": 12, "by": "both"})
+    assert found == [m["found_by"] for m in both["matches"]]
+    assert "activation" in found  # label hits first, then the model's reading
+
+
+def test_feature_card_opens_from_an_id(page: Page, page_server: ServerThread) -> None:
+    page.open()
+    add_sea(page)
+    hit = next(r for r in page.all("search-result") if "a:7" in r.text)
+    page.all("feature-id", hit)[0].click()
+    card = page.one("feature-card")
+    page.wait(lambda: page.all("card-promoted", card))
+    expected = get(page_server, "/v1/steering/features/a/7?top_tokens=10")
+    assert page.one("card-label").text == expected["label"] == "the sea"
+    assert "typical max 6.5" in card.text
+    promoted = page.all("card-promoted", card)
+    assert [int(t.get_attribute("data-token-id")) for t in promoted] == [
+        t["token_id"] for t in expected["promoted"]
+    ]
+    assert [t.get_attribute("data-text") for t in promoted] == [
+        t["text"] for t in expected["promoted"]
+    ]
+    suppressed = [int(t.get_attribute("data-token-id")) for t in page.all("card-suppressed", card)]
+    assert suppressed == [t["token_id"] for t in expected["suppressed"]]
+    page.driver.find_element(By.TAG_NAME, "body").send_keys(Keys.ESCAPE)
+    page.wait(lambda: not card.is_displayed())
+    # The edit row's id opens the same card.
+    page.all("feature-id", page.all("edit-row")[0])[0].click()
+    page.wait(lambda: card.is_displayed() and page.all("card-promoted", card))
+    assert card.get_attribute("data-feature") == "a:7"
+
+
+def test_top_contexts_are_marked_as_text(page: Page) -> None:
+    """A top context's [[token]] is highlighted, and the server's strings never become HTML."""
+    page.open()
+    # The page's own renderer, fed a hostile context through a stubbed fetch.
+    page.driver.execute_script(
+        """
+        const real = window.fetch;
+        window.fetch = async (url, init) => String(url).includes('/v1/steering/features/')
+          ? new Response(JSON.stringify({sae: 'a', feature: 3, label: '<b>x</b>', typical_max: 0,
+              frequency: 0.01, top_contexts: ['the <img src=x> [[sea]] was [[calm]]'],
+              promoted: [], suppressed: []}), {headers: {'content-type': 'application/json'}})
+          : real(url, init);
+        """
+    )
+    page.type("search-input", "ocean" + Keys.ENTER)
+    page.wait(lambda: any("a:3" in r.text for r in page.all("search-result")))
+    hit = next(r for r in page.all("search-result") if "a:3" in r.text)
+    page.all("feature-id", hit)[0].click()
+    page.wait(lambda: page.all("card-context"))
+    context = page.all("card-context")[0]
+    assert context.text == "the <img src=x> sea was calm"
+    assert [m.text for m in context.find_elements(By.TAG_NAME, "mark")] == ["sea", "calm"]
+    assert context.find_elements(By.TAG_NAME, "img") == []
+    assert page.one("card-label").text == "<b>x</b>"
+    page.one("feature-card").find_element(By.ID, "card-close").click()
+
+
+def test_sweep_draws_the_api_answer_and_uses_its_strength(
+    page: Page, page_server: ServerThread
+) -> None:
+    page.open("max=3&temp=0&seed=1")
+    page.type("prompt-input", PROMPT)
+    page.type("search-input", "sea" + Keys.ENTER)
+    page.wait(lambda: any("a:11" in r.text for r in page.all("search-result")))
+    hit = next(r for r in page.all("search-result") if "a:11" in r.text)
+    hit.find_element(By.CSS_SELECTOR, '[data-testid="add-feature"]').click()
+    page.one("edit-mode").send_keys("add")
+    page.type("sweep-prompts", "Once upon a time")
+    page.type("sweep-strengths", "0, 1, 4")
+    page.one("sweep-button").click()
+    page.wait(lambda: page.all("sweep-point"), timeout=60)
+    assert page.error() == ""
+    body = {
+        "feature": "a:11", "mode": "add", "prompts": [PROMPT, "Once upon a time"],
+        "strengths": [0, 1, 4], "max_new_tokens": 3, "only_when_active": False,
+    }  # fmt: skip
+    expected = api(page_server, "/v1/steering/sweep", body)
+    points = page.all("sweep-point")
+    assert len(points) == 3 == len(expected["points"])
+    for shown, want in zip(points, expected["points"], strict=True):
+        assert float(shown.get_attribute("data-strength")) == want["strength"]
+        assert float(shown.get_attribute("data-concept")) == want["concept"]
+        assert float(shown.get_attribute("data-logprob")) == want["logprob"]
+    assert page.one("sweep-chart").tag_name == "svg"
+    # A point's texts, prompt by prompt.
+    points[2].click()
+    texts = page.one("sweep-texts").text
+    assert all(t in texts for t in expected["points"][2]["texts"] if t.strip())
+
+    rec = expected["recommendation"]
+    shown_rec = page.one("sweep-recommendation")
+    assert shown_rec.get_attribute("data-found") == str(rec["found"]).lower()
+    assert rec["found"], rec  # on this SAE, a:11 added at 1 qualifies
+    assert float(shown_rec.get_attribute("data-value")) == rec["value"]
+    assert "recommended" in shown_rec.text
+    slider = page.all("edit-strength")[0]
+    page.slide(slider, 1000)
+    page.one("sweep-use").click()
+    page.wait(
+        lambda: float(page.all("edit-strength")[0].get_attribute("data-value")) == rec["value"]
+    )
+    assert "a:11=add:1~" in page.driver.current_url
+
+
+def test_concept_presence_is_the_unsteered_score(page: Page, page_server: ServerThread) -> None:
+    page.open("max=6&temp=0&seed=2")
+    page.type("prompt-input", PROMPT)
+    add_sea(page)
+    generate(page)
+    assert page.error() == ""
+    boxes = page.all("concept-presence")
+    assert len(boxes) == 2
+    outputs = [page.one("output-unsteered").text, page.one("output-steered").text]
+    for box, text in zip(boxes, outputs, strict=True):
+        page.wait(lambda b=box: b.get_attribute("data-logprob") is not None)
+        body = {"prompt": PROMPT, "continuation": text, "features": ["a:7"]}
+        score = api(page_server, "/v1/steering/score", body)
+        assert float(box.get_attribute("data-activation")) == score["mean_activations"][0]
+        assert float(box.get_attribute("data-logprob")) == score["mean_logprob"]
+        assert box.text.startswith("concept presence (unsteered reading) of a:7: mean activation ")
+    assert "read before the feature's own edit" in page.driver.page_source

@@ -153,9 +153,10 @@ function editRow(edit, index) {
   title.className = "row spread";
   const name = document.createElement("span");
   name.className = "feature";
-  name.innerHTML = `<code></code> <span class="label"></span>`;
-  name.querySelector("code").textContent = ref(edit);
-  name.querySelector(".label").textContent = edit.label;
+  const label = document.createElement("span");
+  label.className = "label";
+  label.textContent = edit.label;
+  name.append(featureId(edit), " ", label);
   const remove = document.createElement("button");
   remove.type = "button";
   remove.className = "icon";
@@ -180,7 +181,14 @@ function editRow(edit, index) {
   active.innerHTML = `<input type="checkbox" data-testid="edit-active"> only when active`;
   const activeBox = active.querySelector("input");
   activeBox.checked = edit.active;
-  controls.append(mode, active);
+  const sweepButton = document.createElement("button");
+  sweepButton.type = "button";
+  sweepButton.className = "add sweep-button";
+  sweepButton.textContent = "Sweep";
+  sweepButton.title = `how strong? generate at several strengths of ${ref(edit)} and chart concept and fluency`;
+  sweepButton.setAttribute("data-testid", "sweep-button");
+  sweepButton.addEventListener("click", () => runSweep(edit, sweepButton));
+  controls.append(mode, active, sweepButton);
 
   const slider = document.createElement("input");
   slider.type = "range";
@@ -195,6 +203,7 @@ function editRow(edit, index) {
     slider.min = low < 0 ? -SLIDER_STEPS : 0;
     slider.max = SLIDER_STEPS;
     slider.disabled = edit.mode === "ablate";
+    sweepButton.disabled = edit.mode === "ablate" || sweeping;
     const amount = usesMultiple(edit) ? edit.value / edit.tm : edit.value;
     slider.value = positionOf(amount, high);
     slider.setAttribute("data-value", String(edit.mode === "ablate" ? 0 : edit.value));
@@ -393,6 +402,7 @@ async function generate() {
   const plain = new Column($("output-unsteered"), scale);
   const steered = new Column($("output-steered"), scale);
   $("receipts").replaceChildren();
+  for (const id of ["presence-unsteered", "presence-steered"]) $(id).hidden = true;
   const button = $("generate-button");
   button.disabled = true;
   const receipts = (chunk) => {
@@ -417,11 +427,402 @@ async function generate() {
   if (failed) showError(failed.reason);
   plain.done();
   steered.done();
+  if (!failed) {
+    try {
+      await conceptPresence(running.signal);
+    } catch (err) {
+      showError(err);
+    }
+  }
   if (state.running === running) state.running = null;
   button.disabled = false;
 }
 
+// ---- concept presence, the Score way ---------------------------------------------------
+
+// Each column's text read by the unsteered model (POST /v1/steering/score): the watched
+// feature's mean activation over it (unlike the watched values above, not read under the edit)
+// and the text's mean log-probability per token (its fluency).
+async function conceptPresence(signal) {
+  const feature = watched();
+  if (!feature) return;
+  const prompt = $("prompt-input").value;
+  const columns = [["output-unsteered", "presence-unsteered"], ["output-steered", "presence-steered"]];
+  const boxes = columns.map(([, box]) => $(box));
+  for (const box of boxes) {
+    box.hidden = false;
+    box.textContent = "concept presence: measuring…";
+  }
+  const answers = await Promise.all(columns.map(([output]) => {
+    const continuation = $(output).textContent;
+    if (!continuation) return null;
+    return api("/v1/steering/score", { prompt, continuation, features: [feature] }, signal);
+  }));
+  answers.forEach((answer, i) => {
+    const box = boxes[i];
+    box.replaceChildren();
+    if (!answer) {
+      box.textContent = "concept presence: no text to read";
+      return;
+    }
+    const activation = answer.mean_activations[0];
+    box.setAttribute("data-activation", String(activation));
+    box.setAttribute("data-logprob", String(answer.mean_logprob));
+    const b = (x) => {
+      const el = document.createElement("b");
+      el.textContent = String(round(x));
+      return el;
+    };
+    box.append(`concept presence (unsteered reading) of ${feature}: mean activation `, b(activation),
+      ", mean logprob ", b(answer.mean_logprob));
+    box.title = `${answer.tokens.length} tokens read after the prompt`
+      + ($("chat-mode").checked ? " (the prompt read as plain text, without the chat template)" : "");
+  });
+}
+
+// ---- feature cards ---------------------------------------------------------------------
+
+// A feature's id as a button that opens its card.
+function featureId(feature) {
+  const button = document.createElement("button");
+  button.type = "button";
+  button.className = "fid";
+  button.setAttribute("data-testid", "feature-id");
+  button.title = `${ref(feature)}: open its card`;
+  const code = document.createElement("code");
+  code.textContent = ref(feature);
+  button.append(code);
+  button.addEventListener("click", () => openCard(feature, button));
+  return button;
+}
+
+// A token as text people can read: spaces and line breaks made visible.
+const shown = (text) => (text === "" ? "∅" : text.replaceAll(" ", "·").replaceAll("\n", "⏎"));
+
+// A top context, "…the [[sea]] was…": the marked tokens highlighted, everything as text.
+function contextLine(context) {
+  const li = document.createElement("li");
+  li.setAttribute("data-testid", "card-context");
+  const parts = context.split(/\[\[(.*?)\]\]/s);
+  parts.forEach((part, i) => {
+    if (i % 2 === 0) {
+      if (part) li.append(part);
+    } else {
+      const mark = document.createElement("mark");
+      mark.textContent = part;
+      li.append(mark);
+    }
+  });
+  return li;
+}
+
+function tokenChips(tokens, testid) {
+  const list = document.createElement("ul");
+  list.className = "chips";
+  for (const t of tokens) {
+    const li = document.createElement("li");
+    li.className = "chip";
+    li.setAttribute("data-testid", testid);
+    li.setAttribute("data-token-id", String(t.token_id));
+    li.setAttribute("data-text", t.text);
+    li.setAttribute("data-weight", String(t.weight));
+    li.textContent = shown(t.text);
+    li.title = `token ${t.token_id} ${JSON.stringify(t.text)}: ${round(t.weight)}`;
+    list.append(li);
+  }
+  return list;
+}
+
+let cardOpener = null; // the id button that opened the card (focus goes back there)
+
+async function openCard(feature, opener) {
+  cardOpener = opener || null;
+  const panel = $("feature-card");
+  const body = $("card-body");
+  $("card-title").textContent = ref(feature);
+  body.replaceChildren(Object.assign(document.createElement("p"), { className: "hint", textContent: "loading…" }));
+  panel.hidden = false;
+  panel.setAttribute("data-feature", ref(feature));
+  try {
+    const path = `/v1/steering/features/${encodeURIComponent(feature.sae)}/${Number(feature.feature)}?top_tokens=10`;
+    const card = await api(path);
+    if (panel.getAttribute("data-feature") !== ref(feature)) return; // another card was opened
+    renderCard(card);
+    $("card-close").focus();
+  } catch (err) {
+    body.replaceChildren();
+    showError(err);
+  }
+}
+
+function renderCard(card) {
+  const body = $("card-body");
+  const label = document.createElement("p");
+  label.className = "card-label";
+  label.setAttribute("data-testid", "card-label");
+  label.textContent = card.label || "(no label)";
+  const facts = document.createElement("p");
+  facts.className = "small muted";
+  facts.textContent = [
+    card.typical_max > 0 ? `typical max ${round(card.typical_max)}` : "typical max unknown",
+    card.frequency > 0 ? `fires at ${round(card.frequency * 100)}% of tokens` : "frequency unknown",
+  ].join(" · ");
+  const add = document.createElement("button");
+  add.type = "button";
+  add.className = "add";
+  add.textContent = "add as an edit";
+  add.addEventListener("click", () => addEdit(card));
+  const parts = [label, facts, add];
+  const heading = (text) => Object.assign(document.createElement("h3"), { textContent: text });
+  if (card.top_contexts.length) {
+    const list = document.createElement("ul");
+    list.className = "contexts";
+    list.append(...card.top_contexts.map(contextLine));
+    parts.push(heading("top contexts"), list);
+  }
+  parts.push(
+    heading("promotes (decoder · unembedding, highest)"), tokenChips(card.promoted, "card-promoted"),
+    heading("suppresses (lowest)"), tokenChips(card.suppressed, "card-suppressed"),
+  );
+  body.replaceChildren(...parts);
+}
+
+function closeCard() {
+  $("feature-card").hidden = true;
+  $("feature-card").removeAttribute("data-feature");
+  if (cardOpener && cardOpener.isConnected) cardOpener.focus();
+  cardOpener = null;
+}
+
+// ---- sweep: a dose-response chart --------------------------------------------------------
+
+let sweeping = false;
+
+function sweepStrengths() {
+  const text = $("sweep-strengths").value.trim();
+  if (!text) return [];
+  return text.split(/[\s,]+/).filter(Boolean).map((x) => Number(x.replace(/x$/, "")));
+}
+
+function sweepPrompts() {
+  const prompts = [$("prompt-input").value.trim(), ...lines("sweep-prompts")].filter(Boolean);
+  return [...new Set(prompts)];
+}
+
+async function runSweep(edit, button) {
+  clearError();
+  const body = {
+    feature: ref(edit), mode: edit.mode, prompts: sweepPrompts(), strengths: sweepStrengths(),
+    only_when_active: edit.active,
+  };
+  const max = Number($("max-tokens").value);
+  if (max > 0) body.max_new_tokens = max;
+  sweeping = true;
+  for (const b of document.querySelectorAll('[data-testid="sweep-button"]')) b.disabled = true;
+  const pairs = body.prompts.length * (body.strengths.length || 7);
+  $("sweep-status").textContent = `sweeping ${ref(edit)}: about ${pairs} generations in one batch…`;
+  try {
+    const answer = await api("/v1/steering/sweep", body);
+    renderSweep(answer, body, edit);
+    $("sweep-status").textContent = "";
+    $("h-sweep").scrollIntoView({ block: "nearest" });
+  } catch (err) {
+    $("sweep-status").textContent = "";
+    showError(err);
+  } finally {
+    sweeping = false;
+    renderEdits();
+    button.blur();
+  }
+}
+
+const SVG = "http://www.w3.org/2000/svg";
+
+function svg(tag, attrs, text) {
+  const el = document.createElementNS(SVG, tag);
+  for (const [k, v] of Object.entries(attrs)) el.setAttribute(k, String(v));
+  if (text !== undefined) el.textContent = text;
+  return el;
+}
+
+// A nice range [low, high] around values, with a few round ticks.
+function axis(values) {
+  let low = Math.min(...values);
+  let high = Math.max(...values);
+  if (high - low < 1e-9) {
+    low -= 1;
+    high += 1;
+  }
+  const pad = (high - low) * 0.08;
+  low -= pad;
+  high += pad;
+  const raw = (high - low) / 4;
+  const step = 10 ** Math.floor(Math.log10(raw));
+  const nice = [1, 2, 2.5, 5, 10].map((m) => m * step).find((s) => s >= raw);
+  const ticks = [];
+  for (let t = Math.ceil(low / nice) * nice; t <= high + 1e-9; t += nice) ticks.push(round(t));
+  return { low, high, ticks };
+}
+
+// The chart: strengths evenly along x (0, 0.25, … are a doubling series), concept on the
+// left axis, mean log-probability on the right, the recommended strength marked, and the
+// floor the recommendation keeps log-probability above (strength 0's minus 1 nat) dashed.
+function sweepChart(answer, relative, onPick) {
+  const W = 640, H = 250, L = 52, R = 56, T = 18, B = 40;
+  const points = answer.points;
+  const n = points.length;
+  const x = (i) => L + (n === 1 ? (W - L - R) / 2 : (i * (W - L - R)) / (n - 1));
+  const base = points.find((p) => p.strength === 0);
+  const floor = base ? base.logprob - 1 : null;
+  const cy = axis(points.map((p) => p.concept).concat(0));
+  const ly = axis(points.map((p) => p.logprob).concat(floor === null ? [] : [floor]));
+  const yOf = (a) => (v) => T + ((a.high - v) / (a.high - a.low)) * (H - T - B);
+  const yc = yOf(cy), yl = yOf(ly);
+  const chart = svg("svg", {
+    viewBox: `0 0 ${W} ${H}`, class: "sweep-chart", role: "img", "data-testid": "sweep-chart",
+    "aria-label": "concept and log-probability against strength",
+  });
+  chart.append(svg("title", {}, "concept (left) and mean log-probability (right) against strength"));
+  for (const t of cy.ticks) {
+    chart.append(svg("line", { x1: L, x2: W - R, y1: yc(t), y2: yc(t), class: "grid" }));
+    chart.append(svg("text", { x: L - 6, y: yc(t) + 4, class: "tick concept", "text-anchor": "end" }, String(t)));
+  }
+  for (const t of ly.ticks) {
+    chart.append(svg("text", { x: W - R + 6, y: yl(t) + 4, class: "tick logprob" }, String(t)));
+  }
+  chart.append(svg("text", { x: 4, y: 12, class: "axis-name concept" }, "concept ●"));
+  chart.append(svg("text", { x: W - 4, y: 12, class: "axis-name logprob", "text-anchor": "end" }, "logprob ◆"));
+  chart.append(svg("text", { x: (L + W - R) / 2, y: H - 4, class: "axis-name", "text-anchor": "middle" },
+    relative ? "strength (× typical max)" : "strength"));
+  if (floor !== null) {
+    chart.append(svg("line", { x1: L, x2: W - R, y1: yl(floor), y2: yl(floor), class: "floor" }));
+    chart.append(svg("text", { x: W - R - 4, y: yl(floor) - 4, class: "tick logprob", "text-anchor": "end" },
+      "unsteered − 1 nat"));
+  }
+  const rec = answer.recommendation;
+  const path = (y, key) => points.map((p, i) => `${i ? "L" : "M"}${x(i).toFixed(1)},${y(p[key]).toFixed(1)}`).join(" ");
+  chart.append(svg("path", { d: path(yc, "concept"), class: "line concept" }));
+  chart.append(svg("path", { d: path(yl, "logprob"), class: "line logprob" }));
+  points.forEach((p, i) => {
+    const recommended = rec.found && p.strength === rec.strength;
+    const g = svg("g", {
+      class: `point${recommended ? " recommended" : ""}`, tabindex: 0, role: "button",
+      "data-testid": "sweep-point", "data-strength": p.strength, "data-value": p.value,
+      "data-concept": p.concept, "data-logprob": p.logprob, "data-repetition": p.repetition,
+      "aria-label": `strength ${p.strength}: concept ${round(p.concept)}, logprob ${round(p.logprob)}`,
+    });
+    const left = i === 0 ? L : (x(i - 1) + x(i)) / 2;
+    const right = i === n - 1 ? W - R : (x(i) + x(i + 1)) / 2;
+    g.append(svg("rect", { x: left, y: T, width: right - left, height: H - T - B, class: "band" }));
+    if (recommended) {
+      g.append(svg("line", { x1: x(i), x2: x(i), y1: T, y2: H - B, class: "rec-line" }));
+      g.append(svg("text", { x: x(i), y: T - 5, class: "rec-label", "text-anchor": "middle" }, "recommended"));
+    }
+    g.append(svg("circle", { cx: x(i), cy: yc(p.concept), r: 4.5, class: "dot concept" }));
+    const d = 5;
+    g.append(svg("path", { d: `M${x(i)},${yl(p.logprob) - d}l${d},${d}l${-d},${d}l${-d},${-d}z`, class: "dot logprob" }));
+    g.append(svg("text", { x: x(i), y: H - B + 16, class: "tick", "text-anchor": "middle" }, `${p.strength}${relative ? "×" : ""}`));
+    g.append(svg("title", {}, `strength ${p.strength} (value ${round(p.value)})\nconcept ${round(p.concept)}`
+      + `\nlogprob ${round(p.logprob)}\nrepeated 3-grams ${Math.round(p.repetition * 100)}%\nclick for the texts`));
+    g.addEventListener("click", () => onPick(i));
+    g.addEventListener("keydown", (e) => {
+      if (e.key === "Enter" || e.key === " ") {
+        e.preventDefault();
+        onPick(i);
+      }
+    });
+    chart.append(g);
+  });
+  return chart;
+}
+
+function renderSweep(answer, body, edit) {
+  const box = $("sweep-result");
+  const points = answer.points;
+  const relative = points.some((p) => p.strength !== 0 && p.value !== p.strength);
+  const rec = answer.recommendation;
+  const head = document.createElement("p");
+  head.className = "small";
+  head.append(`${body.feature} `, Object.assign(document.createElement("span"), { className: "muted", textContent: edit.label }),
+    ` · ${body.mode} · ${body.prompts.length} prompt${body.prompts.length === 1 ? "" : "s"}`);
+  const texts = document.createElement("div");
+  texts.className = "sweep-texts";
+  texts.setAttribute("data-testid", "sweep-texts");
+  const pick = (i) => {
+    const p = points[i];
+    for (const g of box.querySelectorAll('[data-testid="sweep-point"]')) g.classList.toggle("picked", g.getAttribute("data-strength") === String(p.strength));
+    const title = document.createElement("h3");
+    title.textContent = `texts at strength ${p.strength}${relative ? "×" : ""} (value ${round(p.value)}; `
+      + `repeated 3-grams ${Math.round(p.repetition * 100)}%)`;
+    const list = document.createElement("ol");
+    p.texts.forEach((t, j) => {
+      const li = document.createElement("li");
+      const prompt = document.createElement("span");
+      prompt.className = "muted";
+      prompt.textContent = body.prompts[j];
+      li.append(prompt, t);
+      list.append(li);
+    });
+    texts.replaceChildren(title, list);
+  };
+  const recBox = document.createElement("div");
+  recBox.className = "row spread sweep-rec";
+  const recText = document.createElement("p");
+  recText.setAttribute("data-testid", "sweep-recommendation");
+  recText.setAttribute("data-found", String(rec.found));
+  if (rec.found) {
+    recText.setAttribute("data-strength", String(rec.strength));
+    recText.setAttribute("data-value", String(rec.value));
+    const b = document.createElement("b");
+    b.textContent = relative ? `${rec.strength}× typical max (${round(rec.value)})` : String(round(rec.value));
+    recText.append("recommended: ", b, ` — ${rec.reason}`);
+  } else {
+    recText.append(`no recommendation: ${rec.reason}`);
+  }
+  recBox.append(recText);
+  if (rec.found) {
+    const use = document.createElement("button");
+    use.type = "button";
+    use.className = "primary";
+    use.textContent = "use this strength";
+    use.setAttribute("data-testid", "sweep-use");
+    use.addEventListener("click", () => {
+      const target = state.edits.find((e) => ref(e) === body.feature);
+      if (!target) {
+        showError(new ApiError(`${body.feature} is no longer among the edits`, null));
+        return;
+      }
+      target.mode = body.mode;
+      target.value = rec.value;
+      renderEdits();
+      saveState();
+    });
+    recBox.append(use);
+  }
+  box.replaceChildren(head, sweepChart(answer, relative, pick), recBox, texts);
+  box.hidden = false;
+  const first = points.findIndex((p) => rec.found && p.strength === rec.strength);
+  pick(first >= 0 ? first : points.length - 1);
+}
+
 // ---- search, presets, model ------------------------------------------------------------
+
+// A match's numbers: an activation hit's score is its mean activation over the query in units
+// of its typical maximum (raw where unknown).
+function matchDetail(m) {
+  const parts = [];
+  if (m.found_by === "activation") {
+    parts.push(m.typical_max > 0 ? `reads ${round(m.score)}× its max here` : `reads ${round(m.score)} here`);
+  }
+  if (m.typical_max > 0) parts.push(`typical max ${round(m.typical_max)}`);
+  return parts.join(" · ");
+}
+
+const PLACEHOLDERS = {
+  labels: "search labels, e.g. sea",
+  activation: "describe it, e.g. ocean",
+  both: "labels and meaning, e.g. ocean",
+};
 
 function featureItem(feature, detail) {
   const li = document.createElement("li");
@@ -434,10 +835,13 @@ function featureItem(feature, detail) {
   add.title = `add ${ref(feature)} to the edits`;
   add.addEventListener("click", () => addEdit(feature));
   const text = document.createElement("span");
-  text.innerHTML = `<code></code> <span class="label"></span> <span class="muted small"></span>`;
-  text.querySelector("code").textContent = ref(feature);
-  text.querySelector(".label").textContent = feature.label || "(no label)";
-  text.querySelector(".muted").textContent = detail;
+  const label = document.createElement("span");
+  label.className = "label";
+  label.textContent = feature.label || "(no label)";
+  const more = document.createElement("span");
+  more.className = "muted small";
+  more.textContent = detail;
+  text.append(featureId(feature), " ", label, " ", more);
   li.append(add, text);
   return li;
 }
@@ -447,17 +851,29 @@ async function search(event) {
   const query = $("search-input").value.trim();
   if (!query) return;
   clearError();
+  const by = $("search-by").value;
   try {
-    const answer = await api("/v1/steering/search", { query, limit: 12 });
+    const answer = await api("/v1/steering/search", { query, limit: 12, by });
     const items = answer.matches.map((m) => {
-      const li = featureItem(m, m.typical_max > 0 ? `typical max ${round(m.typical_max)}` : "");
+      const li = featureItem(m, matchDetail(m));
       li.setAttribute("data-testid", "search-result");
+      li.setAttribute("data-found-by", m.found_by);
+      const how = document.createElement("span");
+      how.className = `found found-${m.found_by}`;
+      how.setAttribute("data-testid", "found-by");
+      how.textContent = m.found_by === "activation" ? "meaning" : "label";
+      how.title = m.found_by === "activation"
+        ? "found by meaning: the model read your query and this feature lit up"
+        : "found by the words of its label";
+      li.append(how);
       return li;
     });
     if (!items.length) {
       const none = document.createElement("li");
       none.className = "hint";
-      none.textContent = `no label matches “${query}”`;
+      none.textContent = by === "labels"
+        ? `no label matches “${query}”: try searching by meaning`
+        : `nothing matches “${query}”`;
       items.push(none);
     }
     $("search-results").replaceChildren(...items);
@@ -671,6 +1087,13 @@ function wire() {
   });
   $("inspect-button").addEventListener("click", inspect);
   $("contrast-button").addEventListener("click", contrast);
+  $("card-close").addEventListener("click", closeCard);
+  document.addEventListener("keydown", (e) => {
+    if (e.key === "Escape" && !$("feature-card").hidden) closeCard();
+  });
+  $("search-by").addEventListener("change", () => {
+    $("search-input").placeholder = PLACEHOLDERS[$("search-by").value];
+  });
   $("copy-curl").addEventListener("click", () => copy(asCurl, "curl command"));
   $("copy-python").addEventListener("click", () => copy(asPython, "Python"));
   $("copy-cli").addEventListener("click", () => copy(asCli, "steering-client command"));
