@@ -565,7 +565,7 @@ function renderCard(card) {
   facts.className = "small muted";
   facts.textContent = [
     card.typical_max > 0 ? `typical max ${round(card.typical_max)}` : "typical max unknown",
-    card.frequency > 0 ? `fires at ${round(card.frequency * 100)}% of tokens` : "frequency unknown",
+    card.frequency > 0 ? `fires at ${Number((card.frequency * 100).toPrecision(2))}% of tokens` : "frequency unknown",
   ].join(" · ");
   const add = document.createElement("button");
   add.type = "button";
@@ -636,7 +636,9 @@ async function runSweep(edit, button) {
   }
 }
 
-const SVG = "http://www.w3.org/2000/svg";
+// SVG's namespace as the HTML parser assigns it (the page spells out no address).
+const SVG = Object.assign(document.createElement("template"), { innerHTML: "<svg></svg>" })
+  .content.firstChild.namespaceURI;
 
 function svg(tag, attrs, text) {
   const el = document.createElementNS(SVG, tag);
@@ -700,9 +702,8 @@ function sweepChart(answer, relative, onPick) {
       "unsteered − 1 nat"));
   }
   const rec = answer.recommendation;
-  const path = (y, key) => points.map((p, i) => `${i ? "L" : "M"}${x(i).toFixed(1)},${y(p[key]).toFixed(1)}`).join(" ");
-  chart.append(svg("path", { d: path(yc, "concept"), class: "line concept" }));
-  chart.append(svg("path", { d: path(yl, "logprob"), class: "line logprob" }));
+  // Each strength's column (what hover and click act on) under the curves and their dots.
+  const marks = svg("g", { class: "marks" });
   points.forEach((p, i) => {
     const recommended = rec.found && p.strength === rec.strength;
     const g = svg("g", {
@@ -718,9 +719,9 @@ function sweepChart(answer, relative, onPick) {
       g.append(svg("line", { x1: x(i), x2: x(i), y1: T, y2: H - B, class: "rec-line" }));
       g.append(svg("text", { x: x(i), y: T - 5, class: "rec-label", "text-anchor": "middle" }, "recommended"));
     }
-    g.append(svg("circle", { cx: x(i), cy: yc(p.concept), r: 4.5, class: "dot concept" }));
+    marks.append(svg("circle", { cx: x(i), cy: yc(p.concept), r: 4.5, class: "dot concept" }));
     const d = 5;
-    g.append(svg("path", { d: `M${x(i)},${yl(p.logprob) - d}l${d},${d}l${-d},${d}l${-d},${-d}z`, class: "dot logprob" }));
+    marks.append(svg("path", { d: `M${x(i)},${yl(p.logprob) - d}l${d},${d}l${-d},${d}l${-d},${-d}z`, class: "dot logprob" }));
     g.append(svg("text", { x: x(i), y: H - B + 16, class: "tick", "text-anchor": "middle" }, `${p.strength}${relative ? "×" : ""}`));
     g.append(svg("title", {}, `strength ${p.strength} (value ${round(p.value)})\nconcept ${round(p.concept)}`
       + `\nlogprob ${round(p.logprob)}\nrepeated 3-grams ${Math.round(p.repetition * 100)}%\nclick for the texts`));
@@ -733,6 +734,10 @@ function sweepChart(answer, relative, onPick) {
     });
     chart.append(g);
   });
+  const path = (y, key) => points.map((p, i) => `${i ? "L" : "M"}${x(i).toFixed(1)},${y(p[key]).toFixed(1)}`).join(" ");
+  marks.prepend(svg("path", { d: path(yc, "concept"), class: "line concept" }),
+    svg("path", { d: path(yl, "logprob"), class: "line logprob" }));
+  chart.append(marks);
   return chart;
 }
 
@@ -812,7 +817,8 @@ function renderSweep(answer, body, edit) {
 function matchDetail(m) {
   const parts = [];
   if (m.found_by === "activation") {
-    parts.push(m.typical_max > 0 ? `reads ${round(m.score)}× its max here` : `reads ${round(m.score)} here`);
+    const two = Number(m.score.toPrecision(2));
+    parts.push(m.typical_max > 0 ? `${two}× its max here` : `${two} here`);
   }
   if (m.typical_max > 0) parts.push(`typical max ${round(m.typical_max)}`);
   return parts.join(" · ");
@@ -858,6 +864,7 @@ async function search(event) {
       const li = featureItem(m, matchDetail(m));
       li.setAttribute("data-testid", "search-result");
       li.setAttribute("data-found-by", m.found_by);
+      if (by === "labels") return li;
       const how = document.createElement("span");
       how.className = `found found-${m.found_by}`;
       how.setAttribute("data-testid", "found-by");
