@@ -65,10 +65,15 @@ def main() -> None:
     p.add_argument("--concurrent", type=int, default=4)
     p.add_argument("--prompt-tokens", type=int, default=48)
     p.add_argument("--new-tokens", type=int, default=48)
-    p.add_argument("--fixed-rows", action="store_true", help="EngineConfig(fixed_decode_rows=True)")
+    p.add_argument(
+        "--decode-shapes",
+        default="batch",
+        choices=["batch", "context", "fixed"],
+        help="EngineConfig.decode_shapes",
+    )
     args = p.parse_args()
     torch.set_num_threads(args.threads)
-    config = {"fixed_decode_rows": True} if args.fixed_rows else {}
+    config = {"decode_shapes": args.decode_shapes}
     for preset in args.preset:
         setup = Setup(
             preset, args.layers, torch.device(args.device), getattr(torch, args.dtype), 1, 0

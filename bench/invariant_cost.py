@@ -1,8 +1,8 @@
 """What the batch-invariant decode costs: decode tokens/s of a served model (a local folder, e.g.
-the demo's) in float32, in bfloat16, and in bfloat16 with fixed decode rows (what the server's
-default `--fixed-decode-rows auto` runs in bfloat16), at 1 and 8 concurrent greedy streams, with
-the server's default limits (16 rows, prompts of 4,096 and 1,024 new tokens: the whole context
-a fixed decode attends over).
+the demo's) in float32 and bfloat16 at the batch's shapes, and in bfloat16 reading every slot's
+whole context (what the server's default `--decode-shapes auto` runs in bfloat16) and at fixed
+rows and context, at 1 and 8 concurrent greedy streams, with the server's default limits (16
+rows, prompts of 4,096 and 1,024 new tokens: the whole context an invariant decode reads).
 
     python -m bench.invariant_cost ~/.cache/steering-server/model --reps 3
 """
@@ -18,12 +18,14 @@ import torch
 from bench.common import Table, interleave
 from steering import load_model
 from steering.engine import Engine, EngineConfig
+from steering.engine.engine import DecodeShapes
 from steering.requests import GenerationRequest, Limits, SamplingParams
 
-VARIANTS = {
-    "float32": (torch.float32, False),
-    "bfloat16": (torch.bfloat16, False),
-    "bfloat16, fixed decode rows": (torch.bfloat16, True),
+VARIANTS: dict[str, tuple[torch.dtype, DecodeShapes]] = {
+    "float32, batch shapes": (torch.float32, "batch"),
+    "bfloat16, batch shapes": (torch.bfloat16, "batch"),
+    "bfloat16, whole context (the default)": (torch.bfloat16, "context"),
+    "bfloat16, fixed rows and context": (torch.bfloat16, "fixed"),
 }
 
 
@@ -47,12 +49,13 @@ def main() -> None:
     args = p.parse_args()
     torch.set_num_threads(1)
     engines: dict[str, tuple[Engine, tuple[int, ...]]] = {}
-    for name, (dtype, fixed) in VARIANTS.items():
+    for name, (dtype, shapes) in VARIANTS.items():
         lm = load_model(args.model, dtype=dtype)
-        config = EngineConfig(Limits(), fixed_decode_rows=fixed)
+        config = EngineConfig(Limits(), decode_shapes=shapes)
         prompt = tuple(lm.tokenizer("My favourite breakfast is").input_ids)
         engines[name] = (Engine.from_loaded(lm, (), config), prompt)
-    table = Table("Decode tokens/s by dtype and decode shapes", "tokens/s", "float32")
+    baseline = "bfloat16, batch shapes"
+    table = Table("Decode tokens/s by dtype and decode shapes", "tokens/s", baseline)
 
     def run(name: str) -> Any:
         engine, prompt = engines[name]

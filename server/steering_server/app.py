@@ -17,7 +17,7 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from prometheus_client import start_http_server
@@ -28,6 +28,7 @@ from steering.demo.gemma import prepare_demo
 from steering.discovery.catalog import Catalog
 from steering.discovery.labels import labels_beside, load_label_file
 from steering.engine import Engine, EngineConfig
+from steering.engine.engine import DecodeShapes
 from steering.frontend import FrontEnd
 from steering.sae.formats import file_sha256, sae_file
 from steering.sae.vectors import load_vectors
@@ -64,13 +65,13 @@ def resolve_dtype(setting: str, device: torch.device) -> torch.dtype:
     return {"float32": torch.float32, "bfloat16": torch.bfloat16}[setting]
 
 
-def fixed_decode_rows(setting: str, dtype: torch.dtype, cuda_graphs: bool) -> bool:
-    """Whether decode runs at fixed shapes: `auto` where bfloat16 (or float16) rounding would
-    make a row's result depend on how many rows share the step (float32 decodes are the same
-    bits at any row count on the CPUs measured; CUDA graphs replay their own buckets)."""
+def decode_shapes(setting: str, dtype: torch.dtype, cuda_graphs: bool) -> DecodeShapes:
+    """The decode's shapes: `auto` reads the whole context where bfloat16 (or float16) attention
+    would round differently with the keys the longest row brings (float32 gave the same bits at
+    any length on the CPUs measured; CUDA graphs replay their own buckets)."""
     if setting == "auto":
-        return dtype != torch.float32 and not cuda_graphs
-    return setting == "on"
+        return "context" if dtype != torch.float32 and not cuda_graphs else "batch"
+    return cast(DecodeShapes, setting)
 
 
 def load(settings: Settings) -> Loaded:
@@ -171,9 +172,7 @@ class SteeringApp:
             s.limits(),
             s.prefill_tokens_per_step,
             cuda_graphs=graphs,
-            fixed_decode_rows=fixed_decode_rows(
-                s.fixed_decode_rows, loaded.model.model.dtype, graphs
-            ),
+            decode_shapes=decode_shapes(s.decode_shapes, loaded.model.model.dtype, graphs),
         )
         engine = Engine.from_loaded(loaded.model, loaded.attachments, config)
         self.frontend = FrontEnd(

@@ -155,11 +155,12 @@ class Settings(BaseSettings):
         description="prompt tokens an engine step may compute at a prompt's start, counted in "
         "cost: a long prompt's first chunk; deeper chunks hold fewer tokens at the same cost",
     )
-    fixed_decode_rows: Literal["auto", "on", "off"] = Field(
+    decode_shapes: Literal["auto", "batch", "context", "fixed"] = Field(
         "auto",
-        description="decode at all max_active_rows rows and the whole context every step, so "
-        "no shape depends on the batch (auto: on where the model computes in bfloat16 without "
-        "CUDA graphs, whose batch-dependent rounding it removes; see DescribeModel)",
+        description="the decode's shapes: batch (rows and keys of the batch), context (every "
+        "slot's whole context read, so no row's attention depends on the others), fixed (also "
+        "all max_active_rows rows); auto: context where the model computes in bfloat16 without "
+        "CUDA graphs, batch otherwise (see DescribeModel's batch_invariance)",
     )
     # Serving.
     auth_tokens: Annotated[list[str], NoDecode] = Field(

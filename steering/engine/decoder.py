@@ -50,23 +50,34 @@ class Decoder:
         return logits, tables
 
 
-class FixedDecoder(Decoder):
-    """Every decode step at one shape, whatever runs beside a row: all the cache's slots (those
-    beyond the batch fed padding at their parked positions, as GraphedDecoder's padding rows are),
-    every key position of the slot context, and every steering table at full width. A row's
-    arithmetic then never depends on the others, even where kernels pick their blocking by shape
-    (as bfloat16 ones may). Costs the forward of a full batch at full context every step."""
+class ContextDecoder(Decoder):
+    """Every decode step reads every key position of the slot context (masked past each slot's
+    own) with every steering table at full width, so no row's attention or steering arithmetic
+    depends on how long the other rows are; the rows are the batch's. In bfloat16 the attention's
+    rounding changed with the number of keys read (the demo's greedy text changed beside a longer
+    prompt), not with the number of rows. Costs attention over the whole context per row."""
 
     def __init__(self, model: Any, steering: Steering, cache: SlotCache) -> None:
         super().__init__(model, steering, cache)
         steering.slots.fixed = True
 
     def __call__(self, ids: torch.Tensor, positions: torch.Tensor, length: int) -> Decoded:
+        return Decoder.__call__(self, ids, positions, self.cache.shape.context)
+
+
+class FixedDecoder(ContextDecoder):
+    """Every decode step at one shape, whatever runs beside a row: as ContextDecoder, and at all
+    the cache's slots (those beyond the batch fed padding at their parked positions, as
+    GraphedDecoder's padding rows are). A row's arithmetic then never depends on the others, even
+    where kernels pick their blocking by row count. Costs the forward of a full batch at full
+    context every step."""
+
+    def __call__(self, ids: torch.Tensor, positions: torch.Tensor, length: int) -> Decoded:
         n, rows = ids.shape[0], self.cache.shape.slots
         parked = self.cache.parked[n:rows]  # free, or mid-prompt: never read
         ids = torch.cat([ids, ids.new_full((rows - n, 1), PAD_ID)])
         positions = torch.cat([positions, positions.new_tensor(parked)])
-        logits, tables = super().__call__(ids, positions, self.cache.shape.context)
+        logits, tables = super().__call__(ids, positions, length)
         return logits[:n], _first_rows(tables, n)
 
 

@@ -25,14 +25,14 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field, replace
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import torch
 
 from steering.engine.batch import Batch, prefill_chunk
 from steering.engine.channel import OutputChannel
 from steering.engine.chunks import ChunkCosts
-from steering.engine.decoder import Decoder, FixedDecoder, GraphedDecoder
+from steering.engine.decoder import ContextDecoder, Decoder, FixedDecoder, GraphedDecoder
 from steering.engine.forward import Forward, Steering
 from steering.engine.logprobs import Logprobs, queue_logprobs, read_logprobs
 from steering.engine.row import Row
@@ -47,6 +47,8 @@ from steering.steer.plan import Plan, Readback, RowResult
 from steering.steer.slot_tables import SlotTables
 
 log = logging.getLogger(__name__)
+
+DecodeShapes = Literal["batch", "context", "fixed"]
 T = TypeVar("T")
 
 
@@ -59,9 +61,10 @@ class EngineConfig:
     prefill_tokens_per_step: int = 512
     # Replay decode steps from CUDA graphs (a CUDA model only); see steering.engine.decoder.
     cuda_graphs: bool = False
-    # Decode every step at all max_active_rows rows and the whole slot context (see
-    # steering.engine.decoder.FixedDecoder): batch-invariant shapes, at a full batch's cost.
-    fixed_decode_rows: bool = False
+    # The decode's shapes: "batch" (the batch's rows and its longest row's keys), "context"
+    # (every slot's whole context read, rows by batch: ContextDecoder) or "fixed" (all
+    # max_active_rows rows and the whole context: FixedDecoder). CUDA graphs replay buckets.
+    decode_shapes: DecodeShapes = "batch"
 
 
 @dataclass(eq=False)
@@ -175,7 +178,9 @@ class Engine:
         decoder: type[Decoder] = Decoder
         if self.config.cuda_graphs:
             decoder = GraphedDecoder
-        elif self.config.fixed_decode_rows:
+        elif self.config.decode_shapes == "context":
+            decoder = ContextDecoder
+        elif self.config.decode_shapes == "fixed":
             decoder = FixedDecoder
         self._decoder = decoder(self.model, self._steering, self._cache)
         log.info(
@@ -354,13 +359,16 @@ class Engine:
     @property
     def batch_invariance(self) -> str:
         """What keeps a request's results independent of what shares its batch: prefill is
-        always one row per forward at chunk boundaries of the prompt alone; decode runs at all
-        rows and the whole context with `fixed_decode_rows`, else at the batch's row count
-        (padded to a bucket under CUDA graphs)."""
-        if self.config.fixed_decode_rows and not self.config.cuda_graphs:
-            decode = "fixed rows and context"
+        always one row per forward at chunk boundaries of the prompt alone; decode as
+        `decode_shapes` says (buckets of rows and keys under CUDA graphs)."""
+        if self.cuda_graphs == "on":
+            decode = "rows and keys by batch bucket"
         else:
-            decode = "rows by batch" + (" bucket" if self.cuda_graphs == "on" else "")
+            decode = {
+                "batch": "rows and keys by batch",
+                "context": "every slot's whole context, rows by batch",
+                "fixed": "fixed rows and context",
+            }[self.config.decode_shapes]
         return f"prefill: one row per forward, chunks by the prompt alone; decode: {decode}"
 
     @property

@@ -1,9 +1,9 @@
 """On the real demo model, in float32 and in bfloat16 (what `--dtype auto` picks on CPUs with
-native bf16), configured as the server's default configures it (fixed decode rows in bfloat16:
-without them this test saw a short prompt's text change beside a long one): a request's greedy
-tokens are the request's alone whatever shares its batch —
-long prompts prefilled in chunks across steps beside short ones, requests joining while a
-prompt is mid-chunk, a long prompt aborted mid-chunk, steered and unsteered rows together."""
+native bf16), configured as the server's default configures it (in bfloat16 every decode reads
+the slot's whole context: without it this test saw a short prompt's text change beside a long
+one): a request's greedy tokens are the request's alone whatever shares its batch — long
+prompts prefilled in chunks across steps beside short ones, requests joining while a prompt is
+mid-chunk, a long prompt aborted mid-chunk, steered and unsteered rows together."""
 
 from __future__ import annotations
 
@@ -32,7 +32,9 @@ def setup(request: pytest.FixtureRequest, demo: DemoAssets) -> Iterator[tuple[En
     lm = load_model(demo.model_dir, dtype=request.param)
     sae = SaeAttachment(demo.sae_name, load_sae(demo.sae_dir), demo.layer)
     config = EngineConfig(
-        Limits(max_active_rows=6), prefill_tokens_per_step=BUDGET, fixed_decode_rows=True
+        Limits(max_active_rows=6),
+        prefill_tokens_per_step=BUDGET,
+        decode_shapes="batch" if request.param == torch.float32 else "context",
     )
     yield Engine.from_loaded(lm, [sae], config), lm
 

@@ -170,14 +170,14 @@ def test_describe_model(server: ServerThread) -> None:
     assert d.model.cuda_graphs == "off" and server.metrics()["steering_cuda_graphs"] == 0
     assert d.model.dtype == str(server.app.frontend.engine.dtype).removeprefix("torch.")
     assert d.model.batch_invariance == (
-        "prefill: one row per forward, chunks by the prompt alone; decode: rows by batch"
+        "prefill: one row per forward, chunks by the prompt alone; decode: rows and keys by batch"
     )
 
 
-def test_describe_model_says_fixed_decode_rows_are_in_force(
+def test_describe_model_says_which_decode_shapes_are_in_force(
     model_folders: dict[str, Path], sae_specs: list[str]
 ) -> None:
-    srv = ServerThread(model=model_folders["gemma3"], sae=sae_specs[:1], fixed_decode_rows="on")
+    srv = ServerThread(model=model_folders["gemma3"], sae=sae_specs[:1], decode_shapes="fixed")
     try:
         d = srv.stub.DescribeModel(pb.DescribeModelRequest())
         assert d.model.batch_invariance.endswith("decode: fixed rows and context")

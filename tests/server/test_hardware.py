@@ -43,11 +43,12 @@ def test_cuda_graphs_auto_follows_the_device() -> None:
     assert hardware.cuda_graphs_wanted("on", torch.device("cuda"))
 
 
-def test_fixed_decode_rows_auto_is_on_in_bfloat16_without_cuda_graphs() -> None:
-    """bfloat16 decodes round differently at different row counts (the demo's greedy text
-    changed with its neighbours, tests/real_model/test_invariance.py): the default fixes them."""
-    assert app.fixed_decode_rows("auto", torch.bfloat16, cuda_graphs=False)
-    assert not app.fixed_decode_rows("auto", torch.float32, cuda_graphs=False)
-    assert not app.fixed_decode_rows("auto", torch.bfloat16, cuda_graphs=True)
-    assert app.fixed_decode_rows("on", torch.float32, cuda_graphs=False)
-    assert not app.fixed_decode_rows("off", torch.bfloat16, cuda_graphs=False)
+def test_decode_shapes_auto_reads_the_whole_context_in_bfloat16_without_cuda_graphs() -> None:
+    """bfloat16 attention rounds differently with the keys the longest row brings (the demo's
+    greedy text changed beside a longer prompt, tests/real_model/test_invariance.py): the
+    default reads every slot's whole context there."""
+    assert app.decode_shapes("auto", torch.bfloat16, cuda_graphs=False) == "context"
+    assert app.decode_shapes("auto", torch.float32, cuda_graphs=False) == "batch"
+    assert app.decode_shapes("auto", torch.bfloat16, cuda_graphs=True) == "batch"
+    assert app.decode_shapes("fixed", torch.float32, cuda_graphs=False) == "fixed"
+    assert app.decode_shapes("batch", torch.bfloat16, cuda_graphs=False) == "batch"

@@ -11,7 +11,14 @@ import torch
 
 from steering import EditMode, FeatureEdit, LoadedModel, load_model
 from steering.engine import Engine, EngineConfig
-from steering.engine.decoder import Decoder, FixedDecoder, GraphedDecoder, replay_mismatch
+from steering.engine.decoder import (
+    ContextDecoder,
+    Decoder,
+    FixedDecoder,
+    GraphedDecoder,
+    replay_mismatch,
+)
+from steering.engine.engine import DecodeShapes
 from steering.requests import FeatureRef, GenerationRequest, Rule, SamplingParams
 from tests.steering.engine.test_engine import (
     EDITS,
@@ -168,15 +175,20 @@ def test_replay_mismatch_names_what_differs() -> None:
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_fixed_decode_rows_runs_every_step_at_one_shape_and_equals_the_request_alone(
-    model_folders: dict[str, Path], dtype: torch.dtype, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("shapes_kind", ["context", "fixed"])
+def test_invariant_decode_shapes_read_the_whole_context_and_equal_the_request_alone(
+    model_folders: dict[str, Path],
+    dtype: torch.dtype,
+    shapes_kind: DecodeShapes,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """EngineConfig.fixed_decode_rows: every decode forward at max_active_rows rows and the
-    whole slot context, whatever runs; a mix of requests joining and leaving gives each one the
-    tokens it gets alone, steered or not."""
+    """EngineConfig.decode_shapes "context": every decode forward reads the whole slot context
+    (rows by batch); "fixed": also at max_active_rows rows, whatever runs. A mix of requests
+    joining and leaving gives each one the tokens it gets alone, steered or not."""
     lm = load_model(model_folders["gemma2"], dtype=dtype)
-    engine = Engine.from_loaded(lm, _attachments(lm), EngineConfig(fixed_decode_rows=True))
-    assert isinstance(engine._decoder, FixedDecoder) and engine._slots.fixed
+    engine = Engine.from_loaded(lm, _attachments(lm), EngineConfig(decode_shapes=shapes_kind))
+    kind = FixedDecoder if shapes_kind == "fixed" else ContextDecoder
+    assert type(engine._decoder) is kind and engine._slots.fixed
     shapes: set[tuple[int, int]] = set()
     eager = Decoder.__call__
 
@@ -194,7 +206,9 @@ def test_fixed_decode_rows_runs_every_step_at_one_shape_and_equals_the_request_a
         alone.append(_collect(handle.channel)[0])
     handles = _joining_and_leaving(engine, prompts, edits, lengths)
     shape = engine._cache.shape
-    assert shapes == {(shape.slots, shape.context)}
+    assert {length for _, length in shapes} == {shape.context}
+    rows = {n for n, _ in shapes}
+    assert rows == {shape.slots} if shapes_kind == "fixed" else len(rows) > 1
     assert {i: _collect(h.channel)[0] for i, h in handles.items()} == dict(enumerate(alone))
     if dtype == torch.float32:
         assert alone[4] == _reference(lm, engine.hooks, prompts[4], edits[4], lengths[4])
