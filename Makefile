@@ -70,6 +70,20 @@ demo: $(DEMO_STAMP)
 .PHONY: train-demo-sae
 train-demo-sae: $(DEMO_STAMP)
 	$(PY) -m steering.train.demo_sae --work build/demo-sae --out steering/demo/sae
+	$(MAKE) demo-features
+
+# Give the demo's labels (steering/demo/sae/explanations.json) steering-features' typical maxima
+# and firing frequencies (maxActApprox, frac_nonzero), read from every held-out document of its
+# corpus (~505k tokens): about 10 minutes on 2 cores. Resumable: its files stay in
+# build/demo-features/. The labels, maxActivation, frequency and topContexts stay as they are.
+.PHONY: demo-features
+demo-features: $(DEMO_STAMP)
+	$(PY) -m steering.train.demo_features texts --corpus build/demo-features/corpus \
+		--out build/demo-features/held-out.txt
+	$(VENV)/bin/steering-features --model "$$($(PY) -m steering.train.demo_features model)" \
+		--sae demo=steering/demo/sae@6 --texts build/demo-features/held-out.txt \
+		--out build/demo-features/features.json
+	$(PY) -m steering.train.demo_features merge build/demo-features/features.json
 
 # The playground's screenshots in docs/: the demo server and the headless Chromium of
 # tests/browser (Debian `chromium` + `chromium-driver`), walked as a newcomer would.

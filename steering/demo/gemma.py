@@ -56,9 +56,10 @@ class DemoFeature(NamedTuple):
 
 
 # A feature of the demo SAE worth steering (its label: the words it fires on in held-out text),
-# set to 1.5 times its typical maximum activation (324.5): the text turns to beaches, boats and
-# the ocean while staying fluent. Set to twice that, it brings sea words to all five neutral
-# prompts of the real-model tests.
+# set to about 1.4 times its typical maximum activation (`maxActApprox` 355.4, by
+# `make demo-features`): the text turns to beaches, boats and the ocean while staying fluent.
+# At 1x only some prompts turn to the sea; at 2x most texts speak of it but several end in
+# repeated special tokens.
 DEMO_FEATURES: dict[str, DemoFeature] = {
     "sea": DemoFeature(SAE_NAME, 632, EditMode.SET, 490.0, "sea, water, waters, naval"),
 }

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 
@@ -14,7 +13,7 @@ from transformers import AutoModelForCausalLM
 from steering import LoadedModel
 from steering.demo.gemma import DEMO_FEATURES, SAE_NAME, DemoAssets
 from steering.discovery.catalog import Catalog
-from steering.discovery.labels import load_labels
+from steering.discovery.labels import load_label_file, load_labels
 from steering.edits import EditMode, FeatureEdit
 from steering.engine import Engine
 from steering.requests import FinishReason
@@ -129,14 +128,10 @@ def test_the_sea_feature_is_found_by_search_and_steers_to_the_sea(
     """Search "sea" and, as a reader of the results would, take the label most about the sea
     (the most words of the sea's vocabulary; ties to the better-ranked); set that feature to a
     few times its typical maximum activation."""
-    labels = load_labels(demo.sae_dir / "explanations.json", 1 << 20)
-    hits = Catalog({SAE_NAME: labels}).search("sea", limit=10)
+    read = load_label_file(demo.sae_dir / "explanations.json", 1 << 20)
+    hits = Catalog({SAE_NAME: read.labels}).search("sea", limit=10)
     sea = max(hits, key=lambda hit: len(_sea_words(hit.label)))
-    typical = next(
-        e["maxActivation"]
-        for e in json.loads((demo.sae_dir / "explanations.json").read_text())
-        if e["index"] == str(sea.feature)
-    )
+    typical = read.typical_max[sea.feature]  # as the server reads it: maxActApprox first
     plain = _steered(engine, gemma, None)
     assert not any(_sea_words(text) for text in plain), plain
     for times in (2, 4, 8):

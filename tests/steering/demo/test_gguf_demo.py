@@ -14,7 +14,7 @@ import torch
 from steering import load_sae
 from steering.demo import gemma
 from steering.demo.toy import build_tokenizer
-from steering.discovery.labels import load_labels
+from steering.discovery.labels import load_label_file, load_labels
 from steering.errors import ModelError
 from steering.models import gguf
 from steering.models.gguf import GEMMA_CHAT_TEMPLATE, gguf_file, require_gguf_support
@@ -78,15 +78,28 @@ def test_the_shipped_sae_matches_its_recorded_sha256_and_labels() -> None:
     labels = load_labels(gemma.SHIPPED_SAE / "explanations.json", sae.d_sae)
     live = round((1 - record["metrics"]["dead_fraction"]) * sae.d_sae)
     assert len(labels) == record["labels"] == live  # every feature that fires has a label
+    read = load_label_file(gemma.SHIPPED_SAE / "explanations.json", sae.d_sae)
     for feature in gemma.DEMO_FEATURES.values():
         assert labels[feature.feature] == feature.description  # its label, as the SAE ships it
-        typical = next(
-            e["maxActivation"]
-            for e in json.loads((gemma.SHIPPED_SAE / "explanations.json").read_text())
-            if e["index"] == str(feature.feature)
-        )
+        typical = read.typical_max[feature.feature]  # as the server reads it: maxActApprox
         assert typical < feature.value < 3 * typical  # above its typical maximum, not wildly
     assert torch.isfinite(sae.threshold).all()
+
+
+def test_the_shipped_labels_carry_steering_features_fields_beside_their_own() -> None:
+    """`make demo-features` gave every feature that fired on the held-out passages its
+    `maxActApprox` and `frac_nonzero`; the demo's own labelling fields stay."""
+    entries = json.loads((gemma.SHIPPED_SAE / "explanations.json").read_text())
+    fields = ("description", "maxActivation", "frequency", "topContexts")
+    assert all(all(k in e for k in fields) for e in entries)
+    given = [e for e in entries if "maxActApprox" in e]
+    assert len(given) >= 0.99 * len(entries)
+    for e in given:
+        assert e["maxActApprox"] > 0 and 0 < e["frac_nonzero"] <= 1
+        assert list(e).index("frac_nonzero") == list(e).index("topContexts") - 1
+    read = load_label_file(gemma.SHIPPED_SAE / "explanations.json", 1 << 20)
+    assert {int(e["index"]): e["maxActApprox"] for e in given}.items() <= read.typical_max.items()
+    assert {int(e["index"]): e["frac_nonzero"] for e in given}.items() <= read.frequency.items()
 
 
 def test_the_demo_sae_part_is_copied_once_and_replaced_when_it_changes(tmp_path: Path) -> None:
