@@ -74,13 +74,14 @@ train-demo-sae: $(DEMO_STAMP)
 
 # Give the demo's labels (steering/demo/sae/explanations.json) steering-features' typical maxima
 # and firing frequencies (maxActApprox, frac_nonzero), read from every held-out document of its
-# corpus (~505k tokens): about 10 minutes on 2 cores. Resumable: its files stay in
-# build/demo-features/. The labels, maxActivation, frequency and topContexts stay as they are.
+# corpus (490k tokens): about 8 minutes on 2 cores. Resumable: its files stay in
+# build/demo-features/ (steering_server.features_tool is steering-features). The labels,
+# maxActivation, frequency and topContexts stay as they are.
 .PHONY: demo-features
 demo-features: $(DEMO_STAMP)
 	$(PY) -m steering.train.demo_features texts --corpus build/demo-features/corpus \
 		--out build/demo-features/held-out.txt
-	$(VENV)/bin/steering-features --model "$$($(PY) -m steering.train.demo_features model)" \
+	$(PY) -m steering_server.features_tool --model "$$($(PY) -m steering.train.demo_features model)" \
 		--sae demo=steering/demo/sae@6 --texts build/demo-features/held-out.txt \
 		--out build/demo-features/features.json
 	$(PY) -m steering.train.demo_features merge build/demo-features/features.json
