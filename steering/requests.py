@@ -128,7 +128,7 @@ class ScoreRequest:
 
 
 # Sweep strengths when a request gives none: multiples of the typical maximum where known.
-DEFAULT_SWEEP_STRENGTHS = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
+DEFAULT_SWEEP_STRENGTHS = (0.0, 0.25, 0.5, 1.0, 1.5, 2.0, 4.0, 8.0)
 
 
 @dataclass(frozen=True)

@@ -50,13 +50,10 @@ def test_a_sweep_of_the_sea_feature_recommends_a_strength_that_speaks_of_the_sea
     front: FrontEnd,
 ) -> None:
     sea = DEMO_FEATURES["sea"]
-    # The default strengths with 1.5 added: with the typical maximum of steering-features
-    # (maxActApprox 355.4) the concept peaks between 1x and 2x, and the default grid alone
-    # recommends 1x, where only 3 of the 8 texts speak of the sea.
-    strengths = (0.0, 0.25, 0.5, 1.0, 1.5, 2.0, 4.0, 8.0)
-    request = SweepRequest(
-        FeatureRef(sea.sae, sea.feature), NEUTRAL, strengths=strengths, max_new_tokens=24
-    )
+    # The default strengths (0, 0.25, 0.5, 1, 1.5, 2, 4, 8 × the typical maximum, 355.4): the
+    # concept peaks between 1x and 2x; without 1.5 the grid recommended 1x, where only 3 of the
+    # 8 texts spoke of the sea.
+    request = SweepRequest(FeatureRef(sea.sae, sea.feature), NEUTRAL, max_new_tokens=24)
     points = asyncio.run(sweep(front, request))
     for p in points:  # the table, for the record (pytest -s shows it)
         print(

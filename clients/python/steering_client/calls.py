@@ -195,7 +195,7 @@ class ScoreOptions(TypedDict, total=False):
 
 class SweepOptions(TypedDict, total=False):
     """`sweep`'s keyword arguments: `mode` ("set", "add" or "scale"), `strengths` (empty: 0,
-    0.25, 0.5, 1, 2, 4, 8; multiples of the typical maximum where the feature has one),
+    0.25, 0.5, 1, 1.5, 2, 4, 8; multiples of the typical maximum where the feature has one),
     `max_new_tokens` (0: the server's default), `only_when_active`."""
 
     mode: str

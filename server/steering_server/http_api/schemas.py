@@ -455,7 +455,7 @@ class SweepBody(Strict):
     feature: Ref
     prompts: list[str]
     mode: Literal["set", "add", "scale"] = "set"
-    strengths: list[float] = Field(default_factory=list)  # empty: 0, 0.25, 0.5, 1, 2, 4, 8
+    strengths: list[float] = Field(default_factory=list)  # empty: 0, 0.25, 0.5, 1, 1.5, 2, 4, 8
     max_new_tokens: int = 0
     only_when_active: bool = False
 

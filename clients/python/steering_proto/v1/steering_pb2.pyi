@@ -1677,7 +1677,7 @@ class SweepRequest(_message.Message):
     @_builtins.property
     def strengths(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
         """Strengths, in order: multiples of the feature's typical maximum when it has one (as a
-        relative edit), activation units otherwise. Empty means 0, 0.25, 0.5, 1, 2, 4, 8. At most
+        relative edit), activation units otherwise. Empty means 0, 0.25, 0.5, 1, 1.5, 2, 4, 8. At most
         Limits.max_sweep_strengths; strength 0 (the unsteered baseline) is always measured.
         """
 
