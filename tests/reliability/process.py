@@ -11,6 +11,9 @@ import threading
 import time
 import urllib.request
 from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -152,3 +155,35 @@ class ProcessRig(Client):
             self.server.close()
         assert code == 0
         assert not self.server.error_lines(), "".join(self.server.error_lines())
+
+
+# The fuzzers' server: tight limits, so that "too long" is cheap to reach.
+FUZZ_MAX_NEW_TOKENS = 256  # the canary's length; fuzzed requests ask for a few, or far too many
+FUZZ_LIMITS = {
+    "max_prompt_tokens": 64,
+    "max_new_tokens": FUZZ_MAX_NEW_TOKENS,
+    "default_max_new_tokens": 2,
+    "max_edits_per_request": 8,
+    "max_stop_strings": 4,
+    "max_stop_string_chars": 16,
+    "max_top_k": 8,
+    "max_inspect_features": 4,
+    "max_watched_features": 4,
+    "max_contrast_texts": 4,
+    "max_search_results": 5,
+    "max_rules_per_request": 4,
+}
+
+
+def fuzz_server(model: Path, sae_specs: Sequence[str], folder: Path, **limits: Any) -> ProcessRig:
+    """The real server process (its memory is then its own: a fuzzer's is large) on `model` with
+    FUZZ_LIMITS (and `limits` over them) and a preset `calm`, written into `folder`."""
+    presets = folder / "presets.toml"
+    presets.write_text('[presets.calm]\nedits = ["res:1=set:3", "deep:2=ablate"]\n')
+    server = ServerProcess(
+        "--model", str(model),
+        *(arg for spec in sae_specs for arg in ("--sae", spec)),
+        "--presets", str(presets),
+        env={f"STEERING_{k.upper()}": str(v) for k, v in (FUZZ_LIMITS | limits).items()},
+    )  # fmt: skip
+    return ProcessRig(server)

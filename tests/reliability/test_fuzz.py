@@ -20,11 +20,11 @@ from hypothesis import strategies as st
 
 from steering_proto.v1 import steering_pb2 as pb
 from tests.reliability.conftest import RIGS, Scale
-from tests.reliability.process import ProcessRig, ServerProcess
+from tests.reliability.process import FUZZ_MAX_NEW_TOKENS, ProcessRig, fuzz_server
 from tests.reliability.rig import ADD, SET, Client, Result, gen, outcome_of
 from tests.server.harness import edit
 
-MAX_NEW_TOKENS = 256  # the canary's length; fuzzed requests ask for at most 3, or far too many
+MAX_NEW_TOKENS = FUZZ_MAX_NEW_TOKENS  # the canary's length; fuzzed requests ask for at most 3
 FIELD = re.compile(r"^[a-z_]+(\[\d+\])?(\.[a-z_]+(\[\d+\])?)*: ")  # "edits[3].value: ..."
 GENERATE = "/steering.v1.SteeringService/Generate"
 
@@ -35,31 +35,10 @@ def fuzz_rig(
     sae_specs_reliability: list[str],
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[ProcessRig]:
-    """The real server process (its memory is then its own: the fuzzer's is large), with tight
-    limits, so that 'too long' is cheap to reach."""
-    limits = {
-        "max_prompt_tokens": 64,
-        "max_new_tokens": MAX_NEW_TOKENS,
-        "default_max_new_tokens": 2,
-        "max_edits_per_request": 8,
-        "max_stop_strings": 4,
-        "max_stop_string_chars": 16,
-        "max_top_k": 8,
-        "max_inspect_features": 4,
-        "max_watched_features": 4,
-        "max_contrast_texts": 4,
-        "max_search_results": 5,
-        "max_rules_per_request": 4,
-    }
-    presets = tmp_path_factory.mktemp("fuzz") / "presets.toml"
-    presets.write_text('[presets.calm]\nedits = ["res:1=set:3", "deep:2=ablate"]\n')
-    server = ServerProcess(
-        "--model", str(model_folders["gemma2"]),
-        *(arg for spec in sae_specs_reliability for arg in ("--sae", spec)),
-        "--presets", str(presets),
-        env={f"STEERING_{k.upper()}": str(v) for k, v in limits.items()},
-    )  # fmt: skip
-    rig = ProcessRig(server)
+    """The real server process with the fuzzers' tight limits."""
+    rig = fuzz_server(
+        model_folders["gemma2"], sae_specs_reliability, tmp_path_factory.mktemp("fuzz")
+    )
     RIGS.append(rig)
     yield rig
     rig.close()

@@ -21,7 +21,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.reliability.conftest import RIGS, Scale
-from tests.reliability.process import ProcessRig, ServerProcess
+from tests.reliability.process import FUZZ_MAX_NEW_TOKENS, ProcessRig, ServerProcess, fuzz_server
 from tests.reliability.rig import Client, Rig
 
 COMPLETIONS, CHAT = "/v1/completions", "/v1/chat/completions"
@@ -42,7 +42,7 @@ ERROR_OUTCOME = {  # an error event inside a stream, by its `type`
     "service_unavailable": "unavailable",
     "server_error": "internal",
 }
-MAX_NEW_TOKENS = 256
+MAX_NEW_TOKENS = FUZZ_MAX_NEW_TOKENS
 
 
 @dataclass
@@ -210,30 +210,10 @@ def http_fuzz_rig(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[ProcessRig]:
     """The real process (the fuzzer's memory is then not the server's), with tight limits."""
-    limits = {
-        "max_prompt_tokens": 64,
-        "max_new_tokens": MAX_NEW_TOKENS,
-        "default_max_new_tokens": 2,
-        "max_edits_per_request": 8,
-        "max_stop_strings": 4,
-        "max_stop_string_chars": 16,
-        "max_top_k": 8,
-        "max_inspect_features": 4,
-        "max_watched_features": 4,
-        "max_contrast_texts": 4,
-        "max_search_results": 5,
-        "max_rules_per_request": 4,
-        "max_message_bytes": 64 * 1024,
-    }
-    presets = tmp_path_factory.mktemp("http-fuzz") / "presets.toml"
-    presets.write_text('[presets.calm]\nedits = ["res:1=set:3", "deep:2=ablate"]\n')
-    server = ServerProcess(
-        "--model", str(model_folders["gemma2"]),
-        *(arg for spec in sae_specs_reliability for arg in ("--sae", spec)),
-        "--presets", str(presets),
-        env={f"STEERING_{k.upper()}": str(v) for k, v in limits.items()},
-    )  # fmt: skip
-    rig = ProcessRig(server)
+    folder = tmp_path_factory.mktemp("http-fuzz")
+    rig = fuzz_server(
+        model_folders["gemma2"], sae_specs_reliability, folder, max_message_bytes=64 * 1024
+    )
     RIGS.append(rig)
     yield rig
     rig.close()
