@@ -20,6 +20,7 @@ from typing import Any
 import torch
 
 from steering import SaeAttachment, load_model, load_sae
+from steering.demo.gemma import NEUTRAL_PROMPTS
 from steering.demo.toy import build_model_folder, random_sae
 from steering.discovery.catalog import Catalog
 from steering.discovery.labels import load_label_file
@@ -28,16 +29,7 @@ from steering.engine import Engine, EngineConfig
 from steering.frontend import FrontEnd, sweep
 from steering.requests import FeatureRef, Limits, SamplingParams, SweepRequest, TextRequest
 
-PROMPTS = (
-    "My favourite way to spend a Sunday afternoon is",
-    "The best thing about my job is",
-    "Yesterday I went to the",
-    "The history of the city begins",
-    "Here is a short story about a dog:",
-    "The most important skill for a student is",
-    "I woke up this morning and",
-    "My grandfather used to tell me about",
-)
+PROMPTS = NEUTRAL_PROMPTS
 STRENGTHS = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0)
 
 

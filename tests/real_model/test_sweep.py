@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import pytest
 
 from steering import LoadedModel
-from steering.demo.gemma import DEMO_FEATURES, DemoAssets
+from steering.demo.gemma import DEMO_FEATURES, NEUTRAL_PROMPTS, DemoAssets
 from steering.discovery.catalog import Catalog
 from steering.discovery.labels import load_label_file
 from steering.engine import Engine
@@ -19,16 +19,7 @@ from steering.requests import FeatureRef, SweepRequest
 
 pytestmark = pytest.mark.real_model
 
-NEUTRAL = (
-    "My favourite way to spend a Sunday afternoon is",
-    "The best thing about my job is",
-    "Yesterday I went to the",
-    "The history of the city begins",
-    "Here is a short story about a dog:",
-    "The most important skill for a student is",
-    "I woke up this morning and",
-    "My grandfather used to tell me about",
-)
+NEUTRAL = NEUTRAL_PROMPTS
 SEA_WORDS = re.compile(
     r"\b(sea|seas|ocean|oceans|water|waters|wave|waves|ship|ships|boat|boats|beach|fish|"
     r"sail|sailing|sailor|sailors|naval|marine|shore|coast|tide|island|harbor|harbour)\b",
